@@ -1,0 +1,215 @@
+//! Wire types of ghostline's HTTP API v1 (see DESIGN.md, "HTTP API v1").
+//!
+//! Both sides of the wire use these types: the `ghostline` language server builds requests and
+//! reads stream chunks, `ghostline-server` does the reverse. Field names follow the OpenAI
+//! completions API where a convention exists.
+//!
+//! Invariant: this crate depends on serde alone and does no IO.
+
+use serde::{Deserialize, Serialize};
+
+/// A snippet from another file, sent as repository-level context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextSnippet {
+    pub path: String,
+    pub text: String,
+}
+
+/// Body of `POST /v1/completions`. Only `prompt` is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub prompt: String,
+    /// Present (even empty) means fill-in-the-middle; absent means left-to-right completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<ContextSnippet>>,
+}
+
+/// Why a candidate stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Cancelled,
+}
+
+/// Where the answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOutcome {
+    Miss,
+    Hit,
+    Typeahead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<FinishReason>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub ttft_ms: f64,
+    pub total_ms: f64,
+}
+
+/// One SSE chunk, or the whole body when `stream` is false. `usage`, `cache` and `timings`
+/// appear on the last chunk only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+/// What happened to a suggestion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelemetryKind {
+    Shown,
+    Accepted,
+    PartiallyAccepted,
+    Rejected,
+}
+
+/// One event of `POST /v1/telemetry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryEvent {
+    /// Client-chosen id the server deduplicates on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub completion_id: String,
+    pub choice_index: u32,
+    pub kind: TelemetryKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_chars: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub editor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub events: Vec<TelemetryEvent>,
+}
+
+/// The body of every error answer: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_from_contract_example_parses() {
+        let body = r#"{ "model": "ghostline-tiny", "prompt": "text before the cursor", "suffix": "text after the cursor",
+  "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 7, "n": 1, "stop": ["\n\n"],
+  "stream": true, "user": "opaque session id",
+  "language": "python", "path": "src/app.py",
+  "context": [{"path": "src/util.py", "text": "def helper(): ..."}] }"#;
+        let req: CompletionRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(req.suffix.as_deref(), Some("text after the cursor"));
+        assert_eq!(req.context.unwrap()[0].path, "src/util.py");
+    }
+
+    #[test]
+    fn absent_and_empty_suffix_differ() {
+        let a: CompletionRequest = serde_json::from_str(r#"{"prompt":"x"}"#).unwrap();
+        let b: CompletionRequest = serde_json::from_str(r#"{"prompt":"x","suffix":""}"#).unwrap();
+        assert_eq!(a.suffix, None);
+        assert_eq!(b.suffix, Some(String::new()));
+    }
+
+    #[test]
+    fn openai_fields_we_do_not_use_are_ignored() {
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"x","logprobs":null,"echo":false}"#).unwrap();
+        assert_eq!(r.prompt, "x");
+    }
+
+    #[test]
+    fn chunk_serializes_like_the_contract() {
+        let c = CompletionChunk {
+            id: "cmpl-1".into(),
+            object: "text_completion".into(),
+            created: 1764201600,
+            model: "ghostline-tiny".into(),
+            choices: vec![Choice { index: 0, text: "return a + b".into(), finish_reason: Some(FinishReason::Stop) }],
+            usage: None,
+            cache: Some(CacheOutcome::Typeahead),
+            timings: None,
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["cache"], "typeahead");
+        assert!(v.get("usage").is_none());
+    }
+}

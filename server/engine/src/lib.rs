@@ -1,0 +1,86 @@
+//! ghostline's inference engine.
+//!
+//! Loads a Hugging Face checkpoint of the Llama or Qwen2 family (config.json, safetensors,
+//! tokenizer.json) and runs it on the CPU, matching transformers' logits. The pieces:
+//!
+//! - [`config`]: config.json into a validated [`ModelConfig`].
+//! - [`weights`]: memory-mapped safetensors (single or sharded), f32/f16/bf16.
+//! - [`tokenizer`]: encode/decode with the checkpoint's special tokens; streaming decode.
+//! - [`model`]: the forward pass, batched over sequences of different lengths.
+//! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
+//! - [`sampling`], [`generate`]: token choice, stop strings, one-sequence generation.
+//!
+//! Invariant: the engine knows nothing about HTTP, requests or users; it turns token ids into
+//! logits and logits into token ids, and reports every bad input as an [`EngineError`].
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use error::{EngineError, Result};
+pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
+pub use kv::{BlockId, KvPool, KvShape, SeqKv};
+pub use model::{BatchItem, Logits, Model};
+pub use sampling::{argmax, Sampler, SamplingParams};
+pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// Tokens per KV block unless the caller chooses otherwise.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// A checkpoint loaded from disk: the model and its tokenizer.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+}
+
+impl Checkpoint {
+    /// Loads everything from a checkpoint directory in the Hugging Face layout.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
+            });
+        }
+        let model = Model::load(dir)?;
+        let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
+        Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer })
+    }
+
+    /// A KV pool for this model with the given memory budget in bytes.
+    pub fn kv_pool(&self, budget_bytes: usize) -> KvPool {
+        KvPool::with_budget(self.model.kv_shape(DEFAULT_BLOCK_SIZE), budget_bytes)
+    }
+
+    /// Encodes `prompt` and generates a continuation (a convenience for tools and tests).
+    pub fn complete(
+        &self,
+        pool: &mut KvPool,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let ids = self.tokenizer.encode(prompt, true)?;
+        generate(&self.model, &self.tokenizer, pool, &ids, params, on_text)
+    }
+
+    /// Default generation settings: greedy, stopping at the tokenizer's EOS ids.
+    pub fn default_params(&self, max_tokens: usize) -> GenerateParams {
+        GenerateParams {
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_ids: self.tokenizer.eos_ids.clone(),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The decoder-only transformer (Llama / Qwen2) and its batched forward pass.
+//!
+//! `Model::forward` reads top to bottom like transformers' `LlamaModel.forward`: embedding,
+//! then per layer `input_layernorm → q/k/v → rope → attention → o_proj → residual →
+//! post_attention_layernorm → SwiGLU MLP → residual`, then the final norm and `lm_head`.
+//! Several sequences of different lengths go through in one call: their new tokens are
+//! stacked into one matrix for every projection, and only attention is done per sequence,
+//! over that sequence's KV blocks.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::kv::{KvPool, KvShape, SeqKv};
+use crate::ops::{self, matmul_t};
+use crate::weights::{DType, WeightFiles};
+
+/// A linear layer, weights in the PyTorch `[out, in]` layout.
+pub struct Linear {
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
+
+impl Linear {
+    fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        matmul_t(x, &self.w, self.b.as_deref(), y, m, self.in_dim, self.out_dim);
+    }
+}
+
+/// One transformer block. q, k and v are fused into one projection, as are gate and up.
+pub struct Layer {
+    pub input_layernorm: Vec<f32>,
+    pub qkv_proj: Linear,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// A loaded checkpoint, ready to run.
+pub struct Model {
+    pub config: ModelConfig,
+    pub embed_tokens: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Vec<f32>>,
+    inv_freq: Vec<f32>,
+    /// The dtype the checkpoint stores its weights in.
+    pub stored_dtype: Option<DType>,
+}
+
+/// Which logits a batch item wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a chunk of a prompt that is still being prefilled).
+    None,
+    /// The last position only (generation).
+    Last,
+    /// Every new position.
+    All,
+}
+
+/// One sequence's part of a batched forward: its KV state and the tokens to append.
+pub struct BatchItem<'a> {
+    pub kv: &'a mut SeqKv,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+impl Model {
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightFiles::open_dir(dir)?;
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the model from an already parsed config and opened weight files.
+    pub fn from_weights(config: ModelConfig, w: &WeightFiles) -> Result<Self> {
+        let c = &config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let bias = |name: &str, n: usize, on: bool| -> Result<Option<Vec<f32>>> {
+            if on { w.f32(name, &[n]).map(Some) } else { Ok(None) }
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut qkv = w.f32(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h])?;
+            qkv.extend(w.f32(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h])?);
+            qkv.extend(w.f32(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h])?);
+            let qkv_b = if c.qkv_bias {
+                let mut b = w.f32(&format!("{p}.self_attn.q_proj.bias"), &[q_dim])?;
+                b.extend(w.f32(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim])?);
+                b.extend(w.f32(&format!("{p}.self_attn.v_proj.bias"), &[kv_dim])?);
+                Some(b)
+            } else {
+                None
+            };
+            let inter = c.intermediate_size;
+            let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
+            gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?);
+            let gate_up_b = if c.mlp_bias {
+                let mut b = w.f32(&format!("{p}.mlp.gate_proj.bias"), &[inter])?;
+                b.extend(w.f32(&format!("{p}.mlp.up_proj.bias"), &[inter])?);
+                Some(b)
+            } else {
+                None
+            };
+            layers.push(Layer {
+                input_layernorm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+                qkv_proj: Linear { w: qkv, b: qkv_b, out_dim: q_dim + 2 * kv_dim, in_dim: h },
+                o_proj: Linear {
+                    w: w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim])?,
+                    b: bias(&format!("{p}.self_attn.o_proj.bias"), h, c.o_bias)?,
+                    out_dim: h,
+                    in_dim: q_dim,
+                },
+                post_attention_layernorm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_up_proj: Linear { w: gate_up, b: gate_up_b, out_dim: 2 * inter, in_dim: h },
+                down_proj: Linear {
+                    w: w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+                    b: bias(&format!("{p}.mlp.down_proj.bias"), h, c.mlp_bias)?,
+                    out_dim: h,
+                    in_dim: inter,
+                },
+            });
+        }
+        let embed_tokens = w.f32("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(w.f32("lm_head.weight", &[c.vocab_size, h])?)
+        };
+        Ok(Model {
+            inv_freq: config.rope_inv_freq(),
+            embed_tokens,
+            norm: w.f32("model.norm.weight", &[h])?,
+            lm_head,
+            layers,
+            stored_dtype: w.main_dtype(),
+            config,
+        })
+    }
+
+    /// The KV block geometry this model needs, for a given tokens-per-block.
+    pub fn kv_shape(&self, block_size: usize) -> KvShape {
+        KvShape {
+            layers: self.config.num_layers,
+            kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+        }
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn num_params(&self) -> usize {
+        let mut n = self.embed_tokens.len() + self.norm.len() + self.lm_head.as_ref().map_or(0, Vec::len);
+        for l in &self.layers {
+            n += l.input_layernorm.len() + l.post_attention_layernorm.len();
+            for lin in [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj] {
+                n += lin.w.len() + lin.b.as_ref().map_or(0, Vec::len);
+            }
+        }
+        n
+    }
+
+    /// Appends each item's tokens to its sequence and returns the logits each asked for
+    /// (`vocab_size` floats per returned position, positions in order).
+    ///
+    /// All KV blocks needed are reserved before anything is computed, so on error no
+    /// sequence has changed.
+    pub fn forward(&self, pool: &mut KvPool, items: &mut [BatchItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = c.qkv_dim();
+        let inter = c.intermediate_size;
+        if pool.shape() != self.kv_shape(pool.shape().block_size) {
+            return Err(EngineError::Invalid("KV pool was made for another model shape".into()));
+        }
+
+        // Validate and reserve everything first.
+        let mut needed = 0;
+        for it in items.iter() {
+            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+            }
+            let len = it.kv.len + it.tokens.len();
+            if len > c.max_position_embeddings {
+                return Err(EngineError::ContextOverflow { len, max: c.max_position_embeddings });
+            }
+            needed += pool.blocks_needed(it.kv, len);
+        }
+        if needed > pool.free_blocks() {
+            return Err(EngineError::KvFull { needed, free: pool.free_blocks() });
+        }
+        for it in items.iter_mut() {
+            let len = it.kv.len + it.tokens.len();
+            pool.reserve(it.kv, len)?;
+        }
+
+        // Row layout: item i's new tokens occupy rows starts[i]..starts[i] + n_i.
+        let mut starts = Vec::with_capacity(items.len());
+        let mut t = 0;
+        for it in items.iter() {
+            starts.push(t);
+            t += it.tokens.len();
+        }
+        if t == 0 {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
+        }
+        let positions: Vec<usize> =
+            items.iter().flat_map(|it| (0..it.tokens.len()).map(move |j| it.kv.len + j)).collect();
+
+        // Rotary tables for every row: cos/sin of position · inv_freq, in f32 as transformers.
+        let half = hd / 2;
+        let mut cos = vec![0f32; t * half];
+        let mut sin = vec![0f32; t * half];
+        for (r, &p) in positions.iter().enumerate() {
+            for i in 0..half {
+                let f = p as f32 * self.inv_freq[i];
+                cos[r * half + i] = f.cos();
+                sin[r * half + i] = f.sin();
+            }
+        }
+
+        let mut x = vec![0f32; t * h];
+        for (r, tok) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
+            let tok = *tok as usize;
+            x[r * h..(r + 1) * h].copy_from_slice(&self.embed_tokens[tok * h..(tok + 1) * h]);
+        }
+        let mut xn = vec![0f32; t * h];
+        let mut qkv = vec![0f32; t * qkv_dim];
+        let mut attn = vec![0f32; t * q_dim];
+        let mut proj = vec![0f32; t * h];
+        let mut gu = vec![0f32; t * 2 * inter];
+        let mut act = vec![0f32; t * inter];
+        let shape = pool.shape();
+        let bs = shape.block_size;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut xn, h);
+            layer.qkv_proj.forward(&xn, t, &mut qkv);
+
+            // Rotate q and k, then store k and v into the sequences' blocks.
+            for r in 0..t {
+                let (cr, sr) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+                let row = &mut qkv[r * qkv_dim..(r + 1) * qkv_dim];
+                for head in row[..q_dim + kv_dim].chunks_exact_mut(hd) {
+                    ops::rope(head, cr, sr);
+                }
+            }
+            for (i, it) in items.iter().enumerate() {
+                for j in 0..it.tokens.len() {
+                    let r = starts[i] + j;
+                    let pos = positions[r];
+                    let block = pool.block_mut(it.kv.blocks[pos / bs]);
+                    let slot = pos % bs;
+                    let row = &qkv[r * qkv_dim..(r + 1) * qkv_dim];
+                    for g in 0..nkv {
+                        let k = &row[q_dim + g * hd..q_dim + (g + 1) * hd];
+                        let v = &row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd];
+                        let ko = shape.slab(li, 0, g) + slot * hd;
+                        let vo = shape.slab(li, 1, g) + slot * hd;
+                        block[ko..ko + hd].copy_from_slice(k);
+                        block[vo..vo + hd].copy_from_slice(v);
+                    }
+                }
+            }
+
+            // Causal attention, one task per (sequence, query head).
+            let pool_ref: &KvPool = pool;
+            let tasks: Vec<(usize, usize)> = (0..items.len())
+                .filter(|&i| !items[i].tokens.is_empty())
+                .flat_map(|i| (0..nh).map(move |hh| (i, hh)))
+                .collect();
+            let items_ref: &[BatchItem<'_>] = items;
+            let outs: Vec<Vec<f32>> = tasks
+                .par_iter()
+                .map(|&(i, hh)| {
+                    let it = &items_ref[i];
+                    let n = it.tokens.len();
+                    let p0 = it.kv.len;
+                    let g = hh / (nh / nkv);
+                    let mut out = vec![0f32; n * hd];
+                    let mut scores = vec![0f32; p0 + n];
+                    for j in 0..n {
+                        let r = starts[i] + j;
+                        let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
+                        let total = p0 + j + 1;
+                        for (b, &bid) in it.kv.blocks.iter().enumerate() {
+                            let lo = b * bs;
+                            if lo >= total {
+                                break;
+                            }
+                            let blk = pool_ref.block(bid);
+                            let ks = &blk[shape.slab(li, 0, g)..];
+                            for s in 0..bs.min(total - lo) {
+                                scores[lo + s] = ops::dot(q, &ks[s * hd..(s + 1) * hd]) * scale;
+                            }
+                        }
+                        ops::softmax(&mut scores[..total]);
+                        let o = &mut out[j * hd..(j + 1) * hd];
+                        for (b, &bid) in it.kv.blocks.iter().enumerate() {
+                            let lo = b * bs;
+                            if lo >= total {
+                                break;
+                            }
+                            let blk = pool_ref.block(bid);
+                            let vs = &blk[shape.slab(li, 1, g)..];
+                            for s in 0..bs.min(total - lo) {
+                                ops::axpy(scores[lo + s], &vs[s * hd..(s + 1) * hd], o);
+                            }
+                        }
+                    }
+                    out
+                })
+                .collect();
+            for (&(i, hh), out) in tasks.iter().zip(&outs) {
+                for j in 0..items[i].tokens.len() {
+                    let r = starts[i] + j;
+                    attn[r * q_dim + hh * hd..r * q_dim + (hh + 1) * hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
+                }
+            }
+
+            layer.o_proj.forward(&attn, t, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+
+            ops::rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, &mut xn, h);
+            layer.gate_up_proj.forward(&xn, t, &mut gu);
+            ops::swiglu(&gu, &mut act, inter);
+            layer.down_proj.forward(&act, t, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+
+        for it in items.iter_mut() {
+            it.kv.len += it.tokens.len();
+        }
+
+        // Final norm and lm_head, only for the rows whose logits are wanted.
+        let mut rows = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let n = it.tokens.len();
+            match it.logits {
+                Logits::None => {}
+                Logits::Last if n > 0 => rows.push(starts[i] + n - 1),
+                Logits::Last => {}
+                Logits::All => rows.extend(starts[i]..starts[i] + n),
+            }
+        }
+        let mut sel = vec![0f32; rows.len() * h];
+        for (k, &r) in rows.iter().enumerate() {
+            sel[k * h..(k + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut seln = vec![0f32; rows.len() * h];
+        ops::rms_norm(&sel, &self.norm, c.rms_norm_eps, &mut seln, h);
+        let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
+        let v = c.vocab_size;
+        let mut logits = vec![0f32; rows.len() * v];
+        matmul_t(&seln, head, None, &mut logits, rows.len(), h, v);
+
+        let mut out = Vec::with_capacity(items.len());
+        let mut k = 0;
+        for it in items.iter() {
+            let n = it.tokens.len();
+            let take = match it.logits {
+                Logits::None => 0,
+                Logits::Last => usize::from(n > 0),
+                Logits::All => n,
+            };
+            out.push(logits[k * v..(k + take) * v].to_vec());
+            k += take;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,304 @@
+//! CPU kernels: matrix products, dot products, RMSNorm, rotary embedding, softmax, SwiGLU.
+//!
+//! Everything is f32. Matrix products with many rows go to the `gemm` crate; the few-row case
+//! of decoding (one row per running sequence) uses a weight-streaming kernel that reads each
+//! weight row once for all rows of the batch. SIMD variants are picked at run time, so one
+//! binary runs on any x86-64 (and elsewhere through the portable fallback).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows at or above which a product goes to the blocked GEMM instead of the streaming kernel.
+const GEMM_MIN_ROWS: usize = 16;
+
+type DotFn = fn(&[f32], &[f32]) -> f32;
+
+fn dot_impl() -> DotFn {
+    static IMPL: OnceLock<DotFn> = OnceLock::new();
+    *IMPL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return |a, b| unsafe { x86::dot_avx512(a, b) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return |a, b| unsafe { x86::dot_avx2(a, b) };
+            }
+        }
+        dot_portable
+    })
+}
+
+/// Dot product of two equally long slices.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    (dot_impl())(a, b)
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for i in chunks * 8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (l, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * l)), _mm256_loadu_ps(pb.add(i + 8 * l)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s4 = _mm_add_ps(lo, hi);
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        let mut s = _mm_cvtss_f32(s1);
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (l, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * l)), _mm512_loadu_ps(pb.add(i + 16 * l)), *acc);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, pa.add(i)), _mm512_maskz_loadu_ps(mask, pb.add(i)), acc[1]);
+        }
+        let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(v)
+    }
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: a linear layer with weights in the
+/// PyTorch `[out_features, in_features]` layout.
+pub fn matmul_t(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "matmul_t: buffer too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m >= GEMM_MIN_ROWS {
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: the asserts above bound every index the strides below can reach.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                y.as_mut_ptr(), 1, n as isize,
+                false,
+                x.as_ptr(), 1, k as isize,
+                w.as_ptr(), k as isize, 1,
+                0.0, 1.0,
+                false, false, false,
+                par,
+            );
+        }
+    } else {
+        matmul_t_few_rows(x, w, y, m, k, n);
+    }
+    if let Some(b) = bias {
+        for row in y[..m * n].chunks_exact_mut(n) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// The decode-shaped product: each weight row is read once and dotted with every input row.
+fn matmul_t_few_rows(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    const COLS: usize = 32;
+    let dot = dot_impl();
+    if m == 1 {
+        y[..n].par_chunks_mut(COLS).enumerate().for_each(|(c, out)| {
+            for (j, o) in out.iter_mut().enumerate() {
+                let row = c * COLS + j;
+                *o = dot(&x[..k], &w[row * k..(row + 1) * k]);
+            }
+        });
+        return;
+    }
+    // Compute transposed ([n, m]) so that tasks own contiguous output, then transpose back.
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(COLS * m).enumerate().for_each(|(c, out)| {
+        for (j, o) in out.chunks_exact_mut(m).enumerate() {
+            let row = c * COLS + j;
+            let wr = &w[row * k..(row + 1) * k];
+            for (i, v) in o.iter_mut().enumerate() {
+                *v = dot(&x[i * k..(i + 1) * k], wr);
+            }
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            y[i * n + j] = yt[j * m + i];
+        }
+    }
+}
+
+/// RMSNorm of each `dim`-long row of `x` into `out`, as transformers computes it:
+/// `w * (x / sqrt(mean(x²) + eps))`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], dim: usize) {
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ss = dot(xr, xr);
+        let inv = 1.0 / (ss / dim as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * inv);
+        }
+    }
+}
+
+/// Rotary embedding in transformers' rotate-half layout, applied in place to one head vector.
+#[inline]
+pub fn rope(v: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let (a, b) = (v[i], v[i + half]);
+        v[i] = a * cos[i] - b * sin[i];
+        v[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `out = silu(gate) * up` for SwiGLU; `gu` holds each row as `[gate | up]`.
+pub fn swiglu(gu: &[f32], out: &mut [f32], inter: usize) {
+    for (row, o) in gu.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+        let (g, u) = row.split_at(inter);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+/// `out[j] += p * v[j]`.
+#[inline]
+pub fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += p * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_all_row_counts() {
+        for &(m, k, n) in &[(1, 37, 70), (3, 64, 33), (8, 130, 64), (16, 64, 48), (40, 77, 129)] {
+            let x = data(m * k, 1);
+            let w = data(n * k, 2);
+            let b = data(n, 3);
+            let mut y = vec![0f32; m * n];
+            matmul_t(&x, &w, Some(&b), &mut y, m, k, n);
+            let mut r = naive(&x, &w, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    r[i * n + j] += b[j];
+                }
+            }
+            for (a, b) in y.iter().zip(&r) {
+                assert!((a - b).abs() < 1e-4, "m={m} k={k} n={n}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_handles_every_tail_length() {
+        for len in 0..100 {
+            let a = data(len, 5);
+            let b = data(len, 6);
+            let r: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - r).abs() < 1e-4, "len {len}");
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_values() {
+        let mut v = vec![1000.0, 1001.0, f32::NEG_INFINITY];
+        softmax(&mut v);
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(v[2], 0.0);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        let mut v = vec![1.0, 2.0, 3.0, 4.0];
+        rope(&mut v, &[0.0, 1.0], &[1.0, 0.0]);
+        assert_eq!(v, vec![-3.0, 2.0, 1.0, 4.0]);
+    }
+}

@@ -1,0 +1,189 @@
+//! The checkpoint's tokenizer (`tokenizer.json` through the `tokenizers` crate) with the
+//! special tokens, BOS rule and EOS ids from `tokenizer_config.json` and `generation_config.json`,
+//! plus an incremental detokenizer that never cuts a UTF-8 character in half.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::token_ids;
+use crate::error::{io_err, EngineError, Result};
+
+/// A loaded tokenizer with the checkpoint's special-token conventions.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Ids that end generation: generation_config's `eos_token_id` (one or several), the
+    /// tokenizer config's `eos_token`, and config.json's `eos_token_id`.
+    pub eos_ids: Vec<u32>,
+    pub bos_id: Option<u32>,
+    /// `Some(true|false)` when tokenizer_config.json says whether to add BOS; `None` leaves it
+    /// to tokenizer.json's post-processor.
+    add_bos: Option<bool>,
+    /// Added tokens marked special (FIM markers, EOS, ...), by content.
+    special: HashMap<String, u32>,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` and
+    /// `generation_config.json` from a checkpoint directory. `config_eos` are the EOS ids of
+    /// config.json.
+    pub fn load(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| EngineError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let mut special = HashMap::new();
+        for (id, tok) in inner.get_added_tokens_decoder() {
+            if tok.special {
+                special.insert(tok.content.clone(), id);
+            }
+        }
+
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = read_optional_json(&tc_path)?;
+        let gc_path = dir.join("generation_config.json");
+        let gc = read_optional_json(&gc_path)?;
+        let named = |v: Option<&Value>| -> Option<u32> {
+            let s = match v? {
+                Value::String(s) => s.as_str(),
+                Value::Object(o) => o.get("content")?.as_str()?,
+                _ => return None,
+            };
+            inner.token_to_id(s)
+        };
+
+        let mut eos_ids: Vec<u32> = Vec::new();
+        let mut push = |ids: Vec<u32>| {
+            for id in ids {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        };
+        if let Some(gc) = &gc {
+            push(token_ids(gc.get("eos_token_id")).ok_or_else(|| EngineError::Config {
+                path: gc_path.clone(),
+                message: "eos_token_id must be a token id or a list of them".into(),
+            })?);
+        }
+        if let Some(id) = tc.as_ref().and_then(|tc| named(tc.get("eos_token"))) {
+            push(vec![id]);
+        }
+        push(config_eos.to_vec());
+
+        let bos_id = tc.as_ref().and_then(|tc| named(tc.get("bos_token"))).or_else(|| {
+            gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied())
+        });
+        let add_bos = tc.as_ref().and_then(|tc| tc.get("add_bos_token")).and_then(Value::as_bool);
+        Ok(Tokenizer { inner, eos_ids, bos_id, add_bos, special })
+    }
+
+    /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
+    /// `add_special_tokens` is set. Special-token text such as `<|fim_prefix|>` becomes its id.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if add_special_tokens {
+            if let (Some(add), Some(bos)) = (self.add_bos, self.bos_id) {
+                let has = ids.first() == Some(&bos);
+                if add && !has {
+                    ids.insert(0, bos);
+                } else if !add && has {
+                    ids.remove(0);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text; special tokens are dropped when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| EngineError::Tokenize(e.to_string()))
+    }
+
+    /// The id of a token given by its text (special tokens included).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.special.get(token).copied().or_else(|| self.inner.token_to_id(token))
+    }
+
+    /// The id of a special (added) token, if the tokenizer has it.
+    pub fn special_id(&self, token: &str) -> Option<u32> {
+        self.special.get(token).copied()
+    }
+
+    /// All special tokens by content.
+    pub fn special_tokens(&self) -> &HashMap<String, u32> {
+        &self.special
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+fn read_optional_json(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| EngineError::Config { path: path.to_path_buf(), message: format!("not valid JSON: {e}") }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::Io { path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// Turns generated token ids into text pieces as they arrive.
+///
+/// Byte-level BPE tokens can end in the middle of a UTF-8 character; such a piece is held back
+/// until the following tokens complete it. A few prompt tokens are kept as left context so that
+/// tokenizers which strip a leading space at the start of a decode (SentencePiece) still give
+/// the right first piece.
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl StreamDecoder {
+    /// `context` is the tail of the prompt (a handful of tokens is enough).
+    pub fn new(context: &[u32]) -> Self {
+        let ctx = &context[context.len().saturating_sub(4)..];
+        StreamDecoder { ids: ctx.to_vec(), prefix_offset: 0, read_offset: ctx.len() }
+    }
+
+    /// Adds one token; returns the text it completes (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            let piece = match full.get(prefix.len()..) {
+                Some(p) if full.starts_with(&prefix) => p.to_string(),
+                // The decode of the shorter window is not a prefix of the longer one (a
+                // normaliser merged across the boundary): emit the longest common extension.
+                _ => {
+                    let common = full.char_indices().zip(prefix.chars()).take_while(|((_, a), b)| a == b).count();
+                    let at = full.char_indices().nth(common).map_or(full.len(), |(i, _)| i);
+                    full[at..].to_string()
+                }
+            };
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(piece)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Text still held back (an incomplete character at the very end), decoded lossily.
+    pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Score a model on the held-out FIM benchmark (eval/fim_{python,rust}.jsonl).
+
+Metrics per language and kind (single-line / multi-line infilling):
+  EM     exact match of the completion with the removed text (surrounding whitespace ignored)
+  ES     edit similarity, 1 - Levenshtein(completion, reference) / max(len), in [0, 1]
+  parse  share of completions that add no syntax error: tree-sitter error nodes (ERROR or
+         MISSING) in prefix+completion+suffix are not more than in prefix+reference+suffix
+         (prefix and suffix are clipped, so the reference itself may not parse cleanly)
+
+Backends
+  --backend hf --model DIR        transformers on the CPU, greedy, the Qwen FIM template
+                                  <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>;
+                                  stops at EOS / FIM tokens, single-line cases at the first newline;
+                                  the prompt is clipped (prefix from the left, suffix from the
+                                  right) to the model's context less max_new_tokens
+  --backend server --url URL      ghostline-server HTTP API v1: POST /v1/completions with
+                                  prompt=prefix, suffix=suffix, temperature 0, stream false,
+                                  stop ["\\n"] for single-line cases
+
+Prints a markdown table; --out FILE writes the summary and per-case results as JSON.
+
+  python3 evaluate.py --backend hf --model ../models/ghostline-tiny
+  python3 evaluate.py --backend server --url http://127.0.0.1:8484 --limit 100
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STOP_TOKENS = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+               "<|file_sep|>", "<|repo_name|>"]
+
+
+# ---------------------------------------------------------------- metrics
+def levenshtein(a, b):
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(a, b):
+    if not a and not b:
+        return 1.0
+    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+class SyntaxChecker:
+    def __init__(self):
+        from tree_sitter import Language, Parser
+        import tree_sitter_python
+        import tree_sitter_rust
+        self.parsers = {"python": Parser(Language(tree_sitter_python.language())),
+                        "rust": Parser(Language(tree_sitter_rust.language()))}
+
+    def errors(self, lang, text):
+        tree = self.parsers[lang].parse(text.encode())
+        n, stack = 0, [tree.root_node]
+        while stack:
+            node = stack.pop()
+            if node.is_error or node.is_missing:
+                n += 1
+            if node.has_error:
+                stack.extend(node.children)
+        return n
+
+
+# ---------------------------------------------------------------- backends
+class HFBackend:
+    def __init__(self, model_dir, threads, max_context=None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.torch = torch
+        torch.set_num_threads(threads)
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        # bf16 weights are upcast: CPUs without bf16 units run fp32 faster
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.ctx = max_context or self.model.config.max_position_embeddings
+        ids = self.tok.convert_tokens_to_ids
+        self.pre, self.suf, self.mid = ids("<|fim_prefix|>"), ids("<|fim_suffix|>"), ids("<|fim_middle|>")
+        self.stop = {ids(t) for t in STOP_TOKENS}
+        self.name = f"hf:{Path(model_dir).name}"
+
+    def complete(self, prefix, suffix, single_line, max_new_tokens):
+        torch = self.torch
+        enc = lambda s: self.tok(s, add_special_tokens=False).input_ids
+        p, s = enc(prefix), enc(suffix)
+        budget = self.ctx - max_new_tokens - 3
+        s = s[:min(len(s), budget // 4)]
+        p = p[max(0, len(p) - (budget - len(s))):]
+        ids = [self.pre] + p + [self.suf] + s + [self.mid]
+        out, past = [], None
+        x = torch.tensor([ids])
+        text = ""
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                o = self.model(input_ids=x, past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                nxt = int(o.logits[0, -1].argmax())
+                if nxt in self.stop:
+                    break
+                out.append(nxt)
+                text = self.tok.decode(out)
+                if single_line and "\n" in text:
+                    break
+                x = torch.tensor([[nxt]])
+        if single_line:
+            text = text.split("\n", 1)[0]
+        return text
+
+
+class ServerBackend:
+    """ghostline-server HTTP API v1 (see the project's design notes: POST /v1/completions)."""
+
+    def __init__(self, url, model=None, api_key=None, timeout=60):
+        self.url = url.rstrip("/") + "/v1/completions"
+        self.model = model
+        self.api_key = api_key
+        self.timeout = timeout
+        self.name = f"server:{url}"
+
+    def complete(self, prefix, suffix, single_line, max_new_tokens):
+        body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_new_tokens, "temperature": 0.0,
+                "top_p": 1.0, "n": 1, "stream": False}
+        if single_line:
+            body["stop"] = ["\n"]
+        if self.model:
+            body["model"] = self.model
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    resp = json.loads(r.read())
+                break
+            except urllib.error.HTTPError as e:
+                if e.code in (429, 503) and attempt < 4:
+                    time.sleep(float(e.headers.get("Retry-After") or 1))
+                    continue
+                raise RuntimeError(f"HTTP {e.code}: {e.read()[:300]!r}") from e
+        text = resp["choices"][0]["text"]
+        if single_line:
+            text = text.split("\n", 1)[0]
+        return text
+
+
+# ---------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=["hf", "server"], required=True)
+    ap.add_argument("--model", help="hf: model directory; server: optional `model` field")
+    ap.add_argument("--url", default="http://127.0.0.1:8484")
+    ap.add_argument("--api-key", default=os.environ.get("GHOSTLINE_API_KEY"))
+    ap.add_argument("--data", default=str(HERE / "eval"))
+    ap.add_argument("--languages", default="python,rust")
+    ap.add_argument("--kinds", default="single,multi")
+    ap.add_argument("--limit", type=int, default=None, help="first N cases per language and kind")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="single-line cases")
+    ap.add_argument("--max-new-tokens-multi", type=int, default=96, help="multi-line cases")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="write summary + per-case results as JSON")
+    args = ap.parse_args()
+
+    if args.backend == "hf":
+        if not args.model:
+            ap.error("--backend hf needs --model DIR")
+        backend = HFBackend(args.model, args.threads)
+    else:
+        backend = ServerBackend(args.url, args.model, args.api_key)
+    checker = SyntaxChecker()
+    langs = args.languages.split(",")
+    kinds = args.kinds.split(",")
+    results, summary = [], []
+    for lang in langs:
+        cases = [json.loads(l) for l in open(Path(args.data) / f"fim_{lang}.jsonl")]
+        for kind in kinds:
+            sel = [c for c in cases if c["kind"] == kind][:args.limit]
+            if not sel:
+                continue
+            em = es = ok = 0
+            lat = []
+            for c in sel:
+                single = kind == "single"
+                t0 = time.time()
+                comp = backend.complete(c["prefix"], c["suffix"], single,
+                                        args.max_new_tokens if single else args.max_new_tokens_multi)
+                lat.append(time.time() - t0)
+                ref = c["middle"]
+                e = comp.strip() == ref.strip()
+                s = edit_similarity(comp.strip(), ref.strip())
+                err_ref = checker.errors(lang, c["prefix"] + ref + c["suffix"])
+                err_c = checker.errors(lang, c["prefix"] + comp + c["suffix"])
+                p = err_c <= err_ref
+                em += e
+                es += s
+                ok += p
+                results.append({"id": c["id"], "completion": comp, "exact": e, "edit_sim": round(s, 4),
+                                "parses": p, "latency_s": round(lat[-1], 3)})
+            n = len(sel)
+            lat.sort()
+            summary.append({"language": lang, "kind": kind, "n": n, "exact_match": em / n,
+                            "edit_similarity": es / n, "parse_rate": ok / n,
+                            "latency_p50_ms": 1000 * lat[n // 2]})
+            print(f"{lang}/{kind}: n={n} EM={em / n:.3f} ES={es / n:.3f} parse={ok / n:.3f}", file=sys.stderr)
+
+    print(f"\nbackend: {backend.name}\n")
+    print("| language | kind | n | exact match | edit similarity | parses | p50 latency (ms) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in summary:
+        print(f"| {r['language']} | {r['kind']} | {r['n']} | {100 * r['exact_match']:.1f}% | "
+              f"{r['edit_similarity']:.3f} | {100 * r['parse_rate']:.1f}% | {r['latency_p50_ms']:.0f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"backend": backend.name, "summary": summary, "cases": results},
+                                             indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

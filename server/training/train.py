@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Train ghostline-tiny (Qwen2 architecture) on the pre-tokenized FIM shards.
+
+Deterministic given --seed (data order is fixed by the shards, the row order of later
+epochs by the seed; no dropout), resumable (--resume, or automatically from
+RUN_DIR/ckpt.pt), logs loss, lr and tokens/s to RUN_DIR/train.log, saves a checkpoint
+every --ckpt-every steps (atomically), and exports the final weights to
+server/models/ghostline-tiny in the HF layout when it finishes (export.py).
+
+  python3 train.py --device cpu            # the shipped model: 2 threads, ~5 M params
+  python3 train.py --device cuda           # a larger config for a GPU
+
+AdamW (0.9, 0.95), weight decay 0.1 on matrices, linear warmup then cosine decay to
+10 % of the peak, gradient clipping at 1.0.
+"""
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+
+# Model and run presets.  head_dim 64 and grouped-query attention like Qwen2.5-Coder.
+PRESETS = {
+    "cpu": dict(model=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2),
+                batch_size=8, lr=2e-3, total_tokens=4_500_000, ckpt_every=50, threads=2),
+    "cuda": dict(model=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                            num_attention_heads=8, num_key_value_heads=2),
+                 batch_size=64, lr=1e-3, total_tokens=400_000_000, ckpt_every=500, threads=None),
+}
+
+
+def model_config(preset, vocab_size, seq_len, eos_id):
+    from transformers import Qwen2Config
+    m = PRESETS[preset]["model"]
+    return dict(
+        vocab_size=vocab_size, hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_key_value_heads"], head_dim=64, hidden_act="silu",
+        max_position_embeddings=seq_len, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, use_sliding_window=False, sliding_window=None, max_window_layers=0,
+        attention_dropout=0.0, initializer_range=0.02, bos_token_id=None, eos_token_id=eos_id,
+        pad_token_id=eos_id, use_cache=True, torch_dtype="bfloat16", architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+    )
+
+
+class Data:
+    def __init__(self, data_dir, seed):
+        meta = json.loads((data_dir / "meta.json").read_text())
+        self.shards = [np.load(data_dir / s, mmap_mode="r") for s in meta["shards"]]
+        self.sizes = [len(s) for s in self.shards]
+        self.offsets = np.cumsum([0] + self.sizes)
+        self.n = int(self.offsets[-1])
+        self.seed = seed
+        self.meta = meta
+        self.val = np.load(data_dir / "val.npy")
+        self._perm_epoch, self._perm = None, None
+
+    def row(self, i):
+        epoch, j = divmod(i, self.n)
+        if epoch > 0:  # later epochs: a seeded permutation of the rows
+            if self._perm_epoch != epoch:
+                self._perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
+                self._perm_epoch = epoch
+            j = int(self._perm[j])
+        s = int(np.searchsorted(self.offsets, j, side="right") - 1)
+        return self.shards[s][j - self.offsets[s]]
+
+    def batch(self, step, bs):
+        rows = np.stack([self.row(step * bs + k) for k in range(bs)]).astype(np.int64)
+        return torch.from_numpy(rows)
+
+
+def lr_at(step, total, warmup, peak, floor=0.1):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def loss_fn(model, rows, dev, autocast):
+    rows = rows.to(dev)
+    x, y = rows[:, :-1], rows[:, 1:]
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=x, use_cache=False).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--preset", default=None, help="cpu | cuda (default: from --device)")
+    ap.add_argument("--work", default=str(HERE / "work"))
+    ap.add_argument("--run-dir", default=None, help="default: WORK/run (cpu) or WORK/run-cuda")
+    ap.add_argument("--export-dir", default=str(HERE.parent / "models" / "ghostline-tiny"))
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--total-tokens", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup-frac", type=float, default=0.05)
+    ap.add_argument("--ckpt-every", type=int, default=None)
+    ap.add_argument("--log-every", type=int, default=5)
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for timing runs)")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run dir")
+    args = ap.parse_args()
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    dev = torch.device(args.device)
+    preset = args.preset or ("cuda" if dev.type == "cuda" else "cpu")
+    P = PRESETS[preset]
+    bs = args.batch_size or P["batch_size"]
+    peak = args.lr or P["lr"]
+    ckpt_every = args.ckpt_every or P["ckpt_every"]
+    threads = P["threads"]
+    if threads:
+        torch.set_num_threads(threads)
+    work = Path(args.work)
+    run = Path(args.run_dir) if args.run_dir else work / ("run" if preset == "cpu" else "run-cuda")
+    run.mkdir(parents=True, exist_ok=True)
+    logf = open(run / "train.log", "a", buffering=1)
+
+    def log(msg):
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+
+    data = Data(work / "data", args.seed)
+    seq_len = data.meta["seq_len"]
+    tok_cfg = json.loads((work / "tokenizer" / "tokenizer.json").read_text())
+    eos_id = next(t["id"] for t in tok_cfg["added_tokens"] if t["content"] == "<|endoftext|>")
+    total_tokens = args.total_tokens or P["total_tokens"]
+    tokens_per_step = bs * seq_len
+    total_steps = max(1, total_tokens // tokens_per_step)
+    warmup = max(10, int(args.warmup_frac * total_steps))
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    mcfg = model_config(preset, data.meta["vocab_size"], seq_len, eos_id)
+    model = Qwen2ForCausalLM(Qwen2Config(**mcfg))
+    model.to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_embed = model.model.embed_tokens.weight.numel()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=peak, betas=(0.9, 0.95), eps=1e-8, fused=False)
+    step, tokens_seen, elapsed = 0, 0, 0.0
+    ck_path = run / "ckpt.pt"
+    if ck_path.exists() and not args.fresh:
+        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, tokens_seen, elapsed = ck["step"], ck["tokens_seen"], ck.get("elapsed", 0.0)
+        torch.set_rng_state(ck["torch_rng"])
+        log(f"resumed from {ck_path.name} at step {step} ({tokens_seen} tokens)")
+    autocast = dev.type == "cuda"
+    meta = {"preset": preset, "seed": args.seed, "batch_size": bs, "seq_len": seq_len, "peak_lr": peak,
+            "warmup_steps": warmup, "total_steps": total_steps, "params": n_params,
+            "non_embedding_params": n_params - n_embed, "device": str(dev), "threads": threads,
+            "data_rows": data.n, "data_tokens": data.n * (seq_len + 1)}
+    log(f"config {json.dumps(meta)}")
+
+    def save():
+        tmp = run / "ckpt.pt.tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "tokens_seen": tokens_seen, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
+                    "model_config": mcfg, "meta": dict(meta, elapsed_s=elapsed)}, tmp)
+        os.replace(tmp, ck_path)
+
+    @torch.no_grad()
+    def val_loss():
+        model.eval()
+        ls = []
+        for i in range(0, len(data.val), bs):
+            ls.append(loss_fn(model, torch.from_numpy(data.val[i:i + bs].astype(np.int64)), dev, autocast).item())
+        model.train()
+        return sum(ls) / len(ls)
+
+    model.train()
+    t_last, tok_last = time.time(), 0
+    stop_at = total_steps if args.max_steps is None else min(total_steps, step + args.max_steps)
+    while step < stop_at:
+        lr = lr_at(step, total_steps, warmup, peak)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0 = time.time()
+        loss = loss_fn(model, data.batch(step, bs), dev, autocast)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        tok_last += tokens_per_step
+        elapsed += time.time() - t0
+        if step % args.log_every == 0 or step == stop_at:
+            now = time.time()
+            tps = tok_last / (now - t_last)
+            eta = (total_steps - step) * tokens_per_step / max(tps, 1e-9)
+            log(f"step {step}/{total_steps} loss {loss.item():.4f} lr {lr:.2e} gnorm {gn:.2f} "
+                f"tok/s {tps:.0f} tokens {tokens_seen} elapsed {elapsed / 60:.1f}m eta {eta / 60:.1f}m")
+            t_last, tok_last = now, 0
+        if step % ckpt_every == 0 or step == stop_at:
+            save()
+            log(f"checkpoint step {step} val_loss {val_loss():.4f}")
+            t_last, tok_last = time.time(), 0
+    if step >= total_steps and not args.no_export:
+        from export import export
+        meta.update({"step": step, "tokens_seen": tokens_seen, "train_time_s": round(elapsed),
+                     "final_val_loss": round(val_loss(), 4)})
+        rep = export(model, work / "tokenizer", args.export_dir, meta, log=log)
+        (run / "export_report.json").write_text(json.dumps(rep, indent=1))
+        log("done")
+
+
+if __name__ == "__main__":
+    main()
