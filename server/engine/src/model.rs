@@ -289,38 +289,11 @@ impl Model {
                     let n = it.tokens.len();
                     let p0 = it.kv.len;
                     let g = hh / (nh / nkv);
-                    let mut out = vec![0f32; n * hd];
-                    let mut scores = vec![0f32; p0 + n];
-                    for j in 0..n {
-                        let r = starts[i] + j;
-                        let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
-                        let total = p0 + j + 1;
-                        for (b, &bid) in it.kv.blocks.iter().enumerate() {
-                            let lo = b * bs;
-                            if lo >= total {
-                                break;
-                            }
-                            let blk = pool_ref.block(bid);
-                            let ks = &blk[shape.slab(li, 0, g)..];
-                            for s in 0..bs.min(total - lo) {
-                                scores[lo + s] = ops::dot(q, &ks[s * hd..(s + 1) * hd]) * scale;
-                            }
-                        }
-                        ops::softmax(&mut scores[..total]);
-                        let o = &mut out[j * hd..(j + 1) * hd];
-                        for (b, &bid) in it.kv.blocks.iter().enumerate() {
-                            let lo = b * bs;
-                            if lo >= total {
-                                break;
-                            }
-                            let blk = pool_ref.block(bid);
-                            let vs = &blk[shape.slab(li, 1, g)..];
-                            for s in 0..bs.min(total - lo) {
-                                ops::axpy(scores[lo + s], &vs[s * hd..(s + 1) * hd], o);
-                            }
-                        }
+                    if n >= PREFILL_GEMM_MIN {
+                        attend_prefill(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
+                    } else {
+                        attend_decode(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
                     }
-                    out
                 })
                 .collect();
             for (&(i, hh), out) in tasks.iter().zip(&outs) {
@@ -380,4 +353,89 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// New tokens of one sequence at or above which attention uses matrix products.
+const PREFILL_GEMM_MIN: usize = 8;
+
+/// Causal attention of one query head for a few new tokens: dot products straight from the
+/// KV blocks, no copies.
+#[allow(clippy::too_many_arguments)]
+fn attend_decode(
+    pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
+    hh: usize, qkv_dim: usize, scale: f32,
+) -> Vec<f32> {
+    let shape = pool.shape();
+    let (bs, hd) = (shape.block_size, shape.head_dim);
+    let mut out = vec![0f32; n * hd];
+    let mut scores = vec![0f32; p0 + n];
+    for j in 0..n {
+        let r = row0 + j;
+        let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
+        let total = p0 + j + 1;
+        for (b, &bid) in blocks.iter().enumerate() {
+            let lo = b * bs;
+            if lo >= total {
+                break;
+            }
+            let ks = &pool.block(bid)[shape.slab(li, 0, g)..];
+            for s in 0..bs.min(total - lo) {
+                scores[lo + s] = ops::dot(q, &ks[s * hd..(s + 1) * hd]) * scale;
+            }
+        }
+        ops::softmax(&mut scores[..total]);
+        let o = &mut out[j * hd..(j + 1) * hd];
+        for (b, &bid) in blocks.iter().enumerate() {
+            let lo = b * bs;
+            if lo >= total {
+                break;
+            }
+            let vs = &pool.block(bid)[shape.slab(li, 1, g)..];
+            for s in 0..bs.min(total - lo) {
+                ops::axpy(scores[lo + s], &vs[s * hd..(s + 1) * hd], o);
+            }
+        }
+    }
+    out
+}
+
+/// Causal attention of one query head for many new tokens (prefill): gather the head's keys
+/// and values once, then `softmax(mask(Q·Kᵀ)·scale)·V` as two matrix products.
+#[allow(clippy::too_many_arguments)]
+fn attend_prefill(
+    pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
+    hh: usize, qkv_dim: usize, scale: f32,
+) -> Vec<f32> {
+    let shape = pool.shape();
+    let (bs, hd) = (shape.block_size, shape.head_dim);
+    let total = p0 + n;
+    let mut k = vec![0f32; total * hd];
+    let mut v = vec![0f32; total * hd];
+    for (b, &bid) in blocks.iter().enumerate() {
+        let lo = b * bs;
+        if lo >= total {
+            break;
+        }
+        let cnt = bs.min(total - lo) * hd;
+        let blk = pool.block(bid);
+        let (ko, vo) = (shape.slab(li, 0, g), shape.slab(li, 1, g));
+        k[lo * hd..lo * hd + cnt].copy_from_slice(&blk[ko..ko + cnt]);
+        v[lo * hd..lo * hd + cnt].copy_from_slice(&blk[vo..vo + cnt]);
+    }
+    let mut q = vec![0f32; n * hd];
+    for j in 0..n {
+        let r = (row0 + j) * qkv_dim + hh * hd;
+        q[j * hd..(j + 1) * hd].copy_from_slice(&qkv[r..r + hd]);
+    }
+    let mut scores = vec![0f32; n * total];
+    ops::matmul_single(&q, &k, &mut scores, n, hd, total, true);
+    for (j, row) in scores.chunks_exact_mut(total).enumerate() {
+        let visible = p0 + j + 1;
+        row[..visible].iter_mut().for_each(|x| *x *= scale);
+        ops::softmax(&mut row[..visible]);
+        row[visible..].iter_mut().for_each(|x| *x = 0.0);
+    }
+    let mut out = vec![0f32; n * hd];
+    ops::matmul_single(&scores, &v, &mut out, n, total, hd, false);
+    out
 }
