@@ -1,17 +1,28 @@
 //! `ghostline-server`: runs the model and serves completions (see DESIGN.md, "CLI").
 //!
-//! `generate` runs one completion in the terminal on any supported checkpoint, streaming the
-//! text as it is produced.
+//! `serve` (the default) loads a checkpoint and serves the HTTP API v1; `generate` runs one
+//! completion in the terminal.
+
+mod fim;
+mod http;
+mod prefix_cache;
+mod scheduler;
+mod typeahead;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ghostline_engine::{Checkpoint, SamplingParams};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use serde::Deserialize;
 
 #[derive(Parser)]
-#[command(name = "ghostline-server", version, about = "ghostline's companion server")]
+#[command(name = "ghostline-server", version, about = "ghostline's companion server: runs the model and serves completions")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -19,18 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve completions over HTTP.
-    Serve {
-        #[arg(long, default_value = "127.0.0.1:8484")]
-        addr: String,
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
+    /// Serve completions over HTTP (the default).
+    Serve(ServeArgs),
     /// Complete one prompt in the terminal.
     Generate {
-        /// Checkpoint directory in the Hugging Face layout.
-        #[arg(long, default_value = "server/models/ghostline-tiny")]
-        model: PathBuf,
+        /// Checkpoint directory in the Hugging Face layout (default: the bundled model).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Text to continue.
         #[arg(long)]
         prompt: String,
@@ -50,18 +56,167 @@ enum Command {
     },
 }
 
+/// Options of `serve`. Each can also come from the environment (`GHOSTLINE_*`) or the TOML
+/// config file; a flag wins over the environment, which wins over the file.
+#[derive(Args, Default, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GHOSTLINE_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Checkpoint directory (Hugging Face layout). Default: the bundled ghostline-tiny.
+    #[arg(long, env = "GHOSTLINE_MODEL")]
+    model: Option<String>,
+    /// cpu, or cuda[:N] where built with the cuda feature.
+    #[arg(long, env = "GHOSTLINE_DEVICE")]
+    device: Option<String>,
+    /// TOML config file.
+    #[arg(long, env = "GHOSTLINE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the server's state.
+    #[arg(long, env = "GHOSTLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name the model is served under (default: the checkpoint directory's name).
+    #[arg(long, env = "GHOSTLINE_MODEL_NAME")]
+    model_name: Option<String>,
+    /// KV cache memory budget in MiB.
+    #[arg(long, env = "GHOSTLINE_KV_MEMORY_MB")]
+    kv_memory_mb: Option<usize>,
+    /// Tokens computed per engine step at most (decode tokens plus prefill chunks).
+    #[arg(long, env = "GHOSTLINE_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// Requests running at once at most.
+    #[arg(long, env = "GHOSTLINE_MAX_RUNNING")]
+    max_running: Option<usize>,
+    /// Requests waiting at most; beyond it the server answers 503.
+    #[arg(long, env = "GHOSTLINE_MAX_QUEUE")]
+    max_queue: Option<usize>,
+    /// Reuse KV blocks of earlier prompts that share a prefix (true/false).
+    #[arg(long, env = "GHOSTLINE_PREFIX_CACHE")]
+    prefix_cache: Option<bool>,
+    /// Remembered completions for typed-ahead reuse (0 turns it off).
+    #[arg(long, env = "GHOSTLINE_TYPEAHEAD_ENTRIES")]
+    typeahead_entries: Option<usize>,
+    /// FIM template: qwen, starcoder, deepseek, codellama or none (default: detected).
+    #[arg(long, env = "GHOSTLINE_FIM_TEMPLATE")]
+    fim_template: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "GHOSTLINE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, env = "GHOSTLINE_MAX_TOKENS_LIMIT")]
+    max_tokens_limit: Option<u32>,
+    /// Engine threads (default: all cores).
+    #[arg(long, env = "GHOSTLINE_THREADS")]
+    threads: Option<usize>,
+    /// Seconds running streams get to finish after SIGTERM.
+    #[arg(long, env = "GHOSTLINE_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+    /// Redis URL for the shared cache and limits (team deployments).
+    #[arg(long, env = "GHOSTLINE_REDIS")]
+    redis: Option<String>,
+    /// Telemetry database URL (team deployments).
+    #[arg(long, env = "GHOSTLINE_DATABASE")]
+    database: Option<String>,
+    /// Serve a non-loopback address without API keys.
+    #[arg(long, env = "GHOSTLINE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+/// The same options in the TOML file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<SocketAddr>,
+    model: Option<String>,
+    device: Option<String>,
+    data_dir: Option<PathBuf>,
+    model_name: Option<String>,
+    kv_memory_mb: Option<usize>,
+    max_batch_tokens: Option<usize>,
+    max_running: Option<usize>,
+    max_queue: Option<usize>,
+    prefix_cache: Option<bool>,
+    typeahead_entries: Option<usize>,
+    fim_template: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_tokens_limit: Option<u32>,
+    threads: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    redis: Option<String>,
+    database: Option<String>,
+    insecure_no_auth: Option<bool>,
+}
+
+fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
+    let Some(path) = a.config.clone() else { return Ok(a) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
+    let f: FileConfig = toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+    macro_rules! fill {
+        ($($field:ident),*) => { $( if a.$field.is_none() { a.$field = f.$field; } )* };
+    }
+    fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
+        prefix_cache, typeahead_entries, fim_template, max_body_bytes, max_tokens_limit, threads,
+        shutdown_grace_secs, redis, database);
+    a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
+    Ok(a)
+}
+
+/// Where the bundled model lives: beside the executable's repository checkout, or the source
+/// tree the binary was built from.
+fn bundled_model() -> PathBuf {
+    let rel = Path::new("server/models/ghostline-tiny");
+    if rel.join("config.json").exists() {
+        return rel.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ghostline-tiny")
+}
+
+fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
+    match arg {
+        Some(m) => {
+            let p = PathBuf::from(m);
+            if p.is_dir() {
+                Ok(p)
+            } else {
+                bail!(
+                    "model {m} not found: --model takes a checkpoint directory in the Hugging Face layout \
+                     (config.json, model.safetensors, tokenizer.json)"
+                )
+            }
+        }
+        None => {
+            let p = bundled_model();
+            if p.join("config.json").exists() && p.join("model.safetensors").exists() {
+                Ok(p)
+            } else {
+                bail!(
+                    "the bundled model is missing at {} (build it with server/training, see its README), \
+                     or pass --model DIR with a checkpoint in the Hugging Face layout",
+                    p.display()
+                )
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None | Some(Command::Serve { .. }) => {
-            bail!("HTTP serving is not part of this build yet; use `ghostline-server generate --model DIR --prompt TEXT`")
-        }
+        None => serve(merge(ServeArgs::parse_from_env()?)?),
+        Some(Command::Serve(a)) => serve(merge(a)?),
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
-            let t0 = std::time::Instant::now();
-            let ckpt = Checkpoint::load(&model).with_context(|| format!("loading {}", model.display()))?;
+            let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
+            let t0 = Instant::now();
+            let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
             eprintln!(
                 "loaded {} ({:.1}M parameters) in {:.2}s",
-                model.display(),
+                dir.display(),
                 ckpt.model.num_params() as f64 / 1e6,
                 t0.elapsed().as_secs_f64()
             );
@@ -69,22 +224,179 @@ fn main() -> anyhow::Result<()> {
             let mut params = ckpt.default_params(max_tokens);
             params.sampling = SamplingParams { temperature, top_k, top_p, seed };
             params.stop = stop;
-            let t1 = std::time::Instant::now();
+            let t1 = Instant::now();
             let mut out = std::io::stdout().lock();
             let g = ckpt.complete(&mut pool, &prompt, &params, |piece| {
                 let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();
                 true
             })?;
-            let dt = t1.elapsed().as_secs_f64();
             eprintln!(
                 "\n{} prompt + {} generated tokens in {:.3}s ({:?})",
                 g.prompt_tokens,
                 g.tokens.len(),
-                dt,
+                t1.elapsed().as_secs_f64(),
                 g.finish
             );
             Ok(())
         }
+    }
+}
+
+impl ServeArgs {
+    /// `ghostline-server` with no subcommand: the serve options from the environment only.
+    fn parse_from_env() -> anyhow::Result<Self> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        Ok(Only::try_parse_from(["ghostline-server"])?.a)
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let addr = a.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8484)));
+    match a.device.as_deref().unwrap_or("cpu") {
+        "cpu" => {}
+        d if d == "cuda" || d.starts_with("cuda:") => bail!(
+            "--device {d}: this build has no CUDA backend; rebuild with `--features cuda` or use --device cpu"
+        ),
+        d => bail!("--device {d} is not known; use cpu or cuda[:N]"),
+    }
+    if !addr.ip().is_loopback() && !a.insecure_no_auth {
+        bail!(
+            "refusing to serve {addr} without API keys: bind a loopback address, or pass --insecure-no-auth \
+             to serve the network unauthenticated"
+        );
+    }
+    if a.redis.is_some() || a.database.is_some() {
+        tracing::warn!("--redis and --database are not used by this build; the cache and limits stay in-process");
+    }
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
+    }
+    let dir = resolve_model(a.model.as_deref())?;
+    let t0 = Instant::now();
+    let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let model_name = a.model_name.clone().unwrap_or_else(|| {
+        dir.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    });
+    let template = fim::detect(&ckpt.tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut fim_stop_ids = ckpt.tokenizer.eos_ids.clone();
+    if let Some(t) = &template {
+        fim_stop_ids.extend(t.stop_ids(&ckpt.tokenizer));
+    }
+    fim_stop_ids.sort_unstable();
+    fim_stop_ids.dedup();
+    let kv_bytes = a.kv_memory_mb.unwrap_or(512) << 20;
+    let pool = ckpt.kv_pool(kv_bytes);
+    tracing::info!(
+        model = %dir.display(),
+        name = %model_name,
+        params_m = ckpt.model.num_params() as f64 / 1e6,
+        fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
+        kv_blocks = pool.max_blocks(),
+        load_s = t0.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    let context_length = ckpt.model.config.max_position_embeddings;
+    let eos_ids = ckpt.tokenizer.eos_ids.clone();
+    let Checkpoint { model, tokenizer, .. } = ckpt;
+    let tokenizer = Arc::new(tokenizer);
+    let sched = scheduler::Scheduler::start(
+        Arc::new(model),
+        tokenizer.clone(),
+        pool,
+        scheduler::SchedulerConfig {
+            max_batch_tokens: a.max_batch_tokens.unwrap_or(512),
+            max_running: a.max_running.unwrap_or(64),
+            max_queue: a.max_queue.unwrap_or(256),
+            prefix_cache: a.prefix_cache.unwrap_or(true),
+        },
+    );
+    let latency = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("ghostline_ttft_seconds".into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full("ghostline_request_duration_seconds".into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full("ghostline_batch_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let mut limits = http::Limits::default();
+    if let Some(b) = a.max_body_bytes {
+        limits.max_body_bytes = b;
+    }
+    if let Some(m) = a.max_tokens_limit {
+        limits.max_tokens = m.max(1);
+    }
+    let state = Arc::new(http::AppState {
+        model_name,
+        context_length,
+        scheduler: sched,
+        tokenizer,
+        template,
+        eos_ids,
+        fim_stop_ids,
+        limits,
+        typeahead: Mutex::new(typeahead::TypeAhead::new(a.typeahead_entries.unwrap_or(256))),
+        metrics: handle,
+        started: Instant::now(),
+    });
+    let grace = Duration::from_secs(a.shutdown_grace_secs.unwrap_or(10));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening on http://{local}");
+        // Scripts and tests read this line to find the port when asked for port 0.
+        println!("ghostline-server listening on http://{local}");
+        let _ = std::io::stdout().flush();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = http::router(state);
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new connections, {}s for running streams", grace.as_secs());
+            let _ = stop_tx.send(true);
+        });
+        let mut stop_rx2 = stop_rx.clone();
+        tokio::select! {
+            r = server => r.context("serving")?,
+            _ = async move {
+                let _ = stop_rx2.wait_for(|v| *v).await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!("grace period over; closing remaining streams"),
+        }
+        drop(stop_rx);
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
     }
 }

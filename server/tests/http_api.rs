@@ -1,0 +1,329 @@
+//! The real `ghostline-server` binary on a loopback port, driven over HTTP.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/tests/fixtures").join(name)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(model: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(fixture(model))
+        .args(["--threads", "2"])
+        .args(extra)
+        .env("GHOSTLINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting ghostline-server");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("ghostline-server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+impl Server {
+    fn post_raw(&self, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+        let r = client()
+            .post(format!("{}/v1/completions", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+    fn complete(&self, body: Value) -> Value {
+        let (s, v) = self.post_raw(body.to_string());
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+    /// Streams a completion and returns every `data:` payload in order.
+    fn stream(&self, mut body: Value) -> Vec<String> {
+        body["stream"] = json!(true);
+        let r = client().post(format!("{}/v1/completions", self.base)).json(&body).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let mut text = String::new();
+        BufReader::new(r).read_to_string(&mut text).unwrap();
+        text.split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}")).to_string())
+            .collect()
+    }
+    fn metrics(&self) -> String {
+        client().get(format!("{}/metrics", self.base)).send().unwrap().text().unwrap()
+    }
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn streamed_text(events: &[String]) -> (String, Value) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut text = String::new();
+    let mut last = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap());
+        last = v;
+    }
+    (text, last)
+}
+
+#[test]
+fn streamed_and_plain_answers_agree_and_carry_the_contract_fields() {
+    let s = start("qwen2-tied-bf16", &[]);
+    let body = json!({"prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 12, "temperature": 0.0});
+    let plain = s.complete(body.clone());
+    assert_eq!(plain["object"], "text_completion");
+    assert!(plain["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(plain["model"], "qwen2-tied-bf16");
+    assert!(["stop", "length"].contains(&plain["choices"][0]["finish_reason"].as_str().unwrap()));
+    let events = s.stream(body);
+    let (text, last) = streamed_text(&events);
+    assert_eq!(text, plain["choices"][0]["text"].as_str().unwrap());
+    for e in &events[..events.len() - 2] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], Value::Null);
+        assert!(v.get("usage").is_none());
+    }
+    assert_eq!(last["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"]);
+    let u = &last["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()));
+    assert!(u["prompt_tokens_details"]["cached_tokens"].is_u64());
+    assert_eq!(last["cache"], "miss");
+    for k in ["queue_ms", "prefill_ms", "ttft_ms", "total_ms"] {
+        assert!(last["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    // Several candidates.
+    let v = s.complete(json!({"prompt": "x = ", "suffix": "", "max_tokens": 6, "n": 3, "temperature": 0.9, "seed": 5}));
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn sixteen_concurrent_streams_equal_their_sequential_answers() {
+    let s = start("qwen2-tied-bf16", &[]);
+    let bodies: Vec<Value> = (0..16)
+        .map(|i| json!({"prompt": format!("fn f{i}() {{\n    let x = {i};\n"), "suffix": "}\n", "max_tokens": 16}))
+        .collect();
+    let sequential: Vec<String> =
+        bodies.iter().map(|b| s.complete(b.clone())["choices"][0]["text"].as_str().unwrap().to_string()).collect();
+    let s = std::sync::Arc::new(s);
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|b| {
+            let s = s.clone();
+            std::thread::spawn(move || streamed_text(&s.stream(b)).0)
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), sequential[i], "request {i}");
+    }
+    assert!(s.metrics().contains("ghostline_batch_size_bucket"));
+}
+
+#[test]
+fn a_shared_prefix_is_reused_and_gives_the_same_text() {
+    let on = start("qwen2-tied-bf16", &[]);
+    let off = start("qwen2-tied-bf16", &["--prefix-cache", "false"]);
+    let prefix = "import os\nimport sys\n\ndef main(argv):\n    for name in os.listdir('.'):\n        print(name)\n".repeat(3);
+    let first = json!({"prompt": prefix.clone(), "suffix": "\n", "max_tokens": 8});
+    let second = json!({"prompt": format!("{prefix}    ret"), "suffix": "\n", "max_tokens": 8});
+    let a = on.complete(first);
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let b = on.complete(second.clone());
+    let cached = b["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= 32, "cached {cached}");
+    let reference = off.complete(second);
+    assert_eq!(reference["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(b["choices"][0]["text"], reference["choices"][0]["text"]);
+    assert!(on.metric("ghostline_cached_tokens_total") >= cached as f64);
+}
+
+#[test]
+fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
+    let s = start("qwen2-tied-bf16", &["--max-body-bytes", "4096"]);
+    let check = |body: Vec<u8>, status: u16, param: Option<&str>| {
+        let (st, v) = s.post_raw(body.clone());
+        assert_eq!(st, status, "{}: {v}", String::from_utf8_lossy(&body));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(v["error"]["type"].is_string());
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{v}");
+        }
+    };
+    check(b"{\"prompt\": ".to_vec(), 400, None);
+    check(b"".to_vec(), 400, None);
+    check(b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None);
+    check(br#"{"prompt": 5}"#.to_vec(), 400, Some("prompt"));
+    check(br#"{"max_tokens": 5}"#.to_vec(), 400, None);
+    check(br#"{"prompt": "x", "max_tokens": "many"}"#.to_vec(), 400, Some("max_tokens"));
+    check(br#"{"prompt": "x", "max_tokens": 0}"#.to_vec(), 400, Some("max_tokens"));
+    check(br#"{"prompt": "x", "max_tokens": 100000}"#.to_vec(), 400, Some("max_tokens"));
+    check(br#"{"prompt": "x", "max_tokens": -1}"#.to_vec(), 400, Some("max_tokens"));
+    check(br#"{"prompt": "x", "n": 5}"#.to_vec(), 400, Some("n"));
+    check(br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#.to_vec(), 400, Some("stop"));
+    check(br#"{"prompt": "x", "temperature": 7}"#.to_vec(), 400, Some("temperature"));
+    check(br#"{"prompt": "x", "model": "gpt-17"}"#.to_vec(), 404, Some("model"));
+    check(format!("{{\"prompt\": \"{}\"}}", "a".repeat(5000)).into_bytes(), 413, None);
+    let long = "def f(x):\n    return x\n".repeat(100);
+    let big = start("qwen2-tied-bf16", &[]);
+    let (st, v) = big.post_raw(json!({"prompt": long, "suffix": "", "max_tokens": 8}).to_string());
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let (st, v) = big.post_raw(json!({"prompt": long, "suffix": "", "max_tokens": 8, "truncate": true}).to_string());
+    assert_eq!(st, 200, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() <= 512 - 8);
+    // Still serving.
+    let ok = s.complete(json!({"prompt": "y = ", "max_tokens": 4}));
+    assert!(ok["choices"][0]["text"].is_string());
+    assert!(s.metrics().contains("status=\"400\""));
+}
+
+#[test]
+fn a_model_without_fim_tokens_refuses_a_suffix() {
+    let s = start("llama-gqa-f32", &[]);
+    let (st, v) = s.post_raw(json!({"prompt": "x", "suffix": ""}).to_string());
+    assert_eq!(st, 400);
+    assert_eq!(v["error"]["param"], "suffix");
+    let ok = s.complete(json!({"prompt": "def f", "max_tokens": 4}));
+    assert_eq!(ok["usage"]["prompt_tokens"], 3, "BOS is added for the llama tokenizer: {ok}");
+}
+
+#[test]
+fn a_disconnected_stream_frees_its_sequences() {
+    let s = start("qwen2-tied-bf16", &["--max-tokens-limit", "480"]);
+    let body = json!({"prompt": "a", "suffix": "", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 1, "stream": true});
+    let r = client().post(format!("{}/v1/completions", s.base)).json(&body).send().unwrap();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("data: "));
+    drop(reader);
+    let t = Instant::now();
+    while s.metric("ghostline_active_sequences") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "sequences still active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.metric("ghostline_cancelled_total") >= 1.0, "{}", s.metrics());
+    assert!(s.metric("ghostline_generated_tokens_total") < 4.0 * 480.0);
+}
+
+#[test]
+fn a_newer_request_for_the_same_file_supersedes_the_older() {
+    let s = std::sync::Arc::new(start("qwen2-tied-bf16", &["--max-tokens-limit", "480"]));
+    let s2 = s.clone();
+    let older = std::thread::spawn(move || {
+        s2.stream(json!({"prompt": "a", "suffix": "", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 2,
+            "user": "dev1", "path": "src/a.py"}))
+    });
+    // Wait until the older one is running, then send the newer one.
+    let t = Instant::now();
+    while s.metric("ghostline_active_sequences") == 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let newer = s.complete(json!({"prompt": "b", "suffix": "", "max_tokens": 4, "user": "dev1", "path": "src/a.py"}));
+    assert!(newer["choices"][0]["finish_reason"].is_string());
+    let events = older.join().unwrap();
+    let (_, last) = streamed_text(&events);
+    // Candidates that had not ended when the newer request came are cancelled.
+    let reasons: Vec<&str> =
+        last["choices"].as_array().unwrap().iter().map(|c| c["finish_reason"].as_str().unwrap()).collect();
+    assert!(reasons.contains(&"cancelled"), "{last}");
+    assert!(s.metric("ghostline_cancelled_total") >= 1.0);
+}
+
+#[test]
+fn typing_the_start_of_a_suggestion_is_answered_without_the_model() {
+    let s = start("qwen2-tied-bf16", &[]);
+    let prompt = "for name in os.listdir('.'):\n    ";
+    let first = s.complete(json!({"prompt": prompt, "suffix": "\n", "max_tokens": 12}));
+    let text = first["choices"][0]["text"].as_str().unwrap().to_string();
+    let typed: String = text.chars().take(1).collect();
+    assert!(text.chars().count() >= 2, "need a completion of 2+ chars: {text:?}");
+    let generated = s.metric("ghostline_generated_tokens_total");
+    let second = s.complete(json!({"prompt": format!("{prompt}{typed}"), "suffix": "\n", "max_tokens": 12}));
+    assert_eq!(second["cache"], "typeahead");
+    assert_eq!(second["choices"][0]["text"].as_str().unwrap(), &text[typed.len()..]);
+    assert_eq!(s.metric("ghostline_generated_tokens_total"), generated, "the model ran");
+    // A different suffix is a different question.
+    let third = s.complete(json!({"prompt": format!("{prompt}{typed}"), "suffix": "\nelse\n", "max_tokens": 12}));
+    assert_eq!(third["cache"], "miss");
+}
+
+#[test]
+fn health_ready_models_and_metrics() {
+    let s = start("qwen2-tied-bf16", &["--model-name", "tiny"]);
+    let c = client();
+    assert_eq!(c.get(format!("{}/health", s.base)).send().unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/ready", s.base)).send().unwrap().status(), 200);
+    let m: Value = c.get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(m["data"][0]["id"], "tiny");
+    assert_eq!(m["data"][0]["fim"], "qwen");
+    s.complete(json!({"prompt": "x", "model": "tiny", "max_tokens": 2}));
+    let text = s.metrics();
+    for name in [
+        "ghostline_requests_total{endpoint=\"/v1/completions\",status=\"200\"}",
+        "ghostline_ttft_seconds_bucket",
+        "ghostline_request_duration_seconds_bucket",
+        "ghostline_prompt_tokens_total",
+        "ghostline_generated_tokens_total",
+        "ghostline_queue_depth",
+        "ghostline_active_sequences",
+        "ghostline_kv_blocks_used",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+}
+
+#[test]
+fn bad_startup_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--model", "/nonexistent/model"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--model") && err.contains("/nonexistent/model"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--model"])
+        .arg(fixture("qwen2-tied-bf16"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-auth"));
+}
