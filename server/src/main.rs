@@ -3,6 +3,7 @@
 //! `serve` (the default) loads a checkpoint and serves the HTTP API v1; `generate` runs one
 //! completion in the terminal.
 
+mod bench;
 mod fim;
 mod http;
 mod prefix_cache;
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Serve completions over HTTP (the default).
     Serve(ServeArgs),
+    /// Replay simulated typing (or a throughput test) against a running server.
+    Bench(bench::BenchArgs),
     /// Complete one prompt in the terminal.
     Generate {
         /// Checkpoint directory in the Hugging Face layout (default: the bundled model).
@@ -210,6 +213,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => serve(merge(ServeArgs::parse_from_env()?)?),
         Some(Command::Serve(a)) => serve(merge(a)?),
+        Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
             let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
             let t0 = Instant::now();

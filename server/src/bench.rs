@@ -1,0 +1,304 @@
+//! The typing load generator: simulated developers type through real source files character by
+//! character; after each pause longer than the debounce a completion request is sent for the
+//! cursor position (prefix = text typed so far, suffix = rest of the file), and a newer request
+//! supersedes (drops) the one in flight, as an editor plugin does.
+//!
+//! Also a throughput mode: the same K requests one at a time, then all at once.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use ghostline_engine::sampling::Rng;
+use serde_json::{json, Value};
+
+/// Options of `ghostline-server bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8484")]
+    pub url: String,
+    /// Simulated developers typing at once.
+    #[arg(long, default_value_t = 4)]
+    pub developers: usize,
+    /// Source files to type through (files or directories of .py / .rs files).
+    #[arg(long, num_args = 1.., required = true)]
+    pub files: Vec<PathBuf>,
+    /// How long to type, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Mean time between keystrokes in milliseconds (exponentially spread, 30 ms minimum).
+    #[arg(long, default_value_t = 150.0)]
+    pub key_ms: f64,
+    /// Quiet time after a keystroke before a request is sent.
+    #[arg(long, default_value_t = 75)]
+    pub debounce_ms: u64,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: u32,
+    /// Characters of prefix / suffix sent (the editor's window).
+    #[arg(long, default_value_t = 1200)]
+    pub prefix_chars: usize,
+    #[arg(long, default_value_t = 400)]
+    pub suffix_chars: usize,
+    /// Instead of typing: K identical-shape requests sequentially, then concurrently.
+    #[arg(long)]
+    pub throughput: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: usize,
+    completed: usize,
+    superseded: usize,
+    errors: usize,
+    ttft_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    completion_tokens: u64,
+    typeahead: usize,
+}
+
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("reading {}", p.display()))? {
+                stack.push(e?.path());
+            }
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("py" | "rs")) {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                if t.len() > 200 {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no .py or .rs files of more than 200 bytes under the given --files");
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The editor's view around the cursor. The window's start moves in coarse steps and sits on a
+/// line start, as a plugin's does, so that consecutive keystrokes send the same beginning.
+fn window(text: &str, pos: usize, before: usize, after: usize) -> (String, String) {
+    let mut start = (pos.saturating_sub(before) / 256) * 256;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    if start > 0 {
+        start = text[start..pos].find('\n').map_or(start, |i| start + i + 1);
+    }
+    let mut end = (pos + after).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[start..pos].to_string(), text[pos..end].to_string())
+}
+
+/// Sends one streaming request; returns (ttft ms, total ms, final chunk) or None if dropped.
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    body: Value,
+    cancel: Option<tokio::sync::watch::Receiver<u64>>,
+    my_gen: u64,
+) -> Result<Option<(f64, f64, Value)>, String> {
+    let t0 = Instant::now();
+    let resp = client.post(format!("{url}/v1/completions")).json(&body).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut ttft = None;
+    let mut last = Value::Null;
+    loop {
+        let next = if let Some(c) = &cancel {
+            let mut c = c.clone();
+            tokio::select! {
+                n = stream.next() => n,
+                _ = c.wait_for(|g| *g != my_gen) => return Ok(None),
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(chunk) = next else { break };
+        buf.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+            let ev: Vec<u8> = buf.drain(..i + 2).collect();
+            let line = String::from_utf8_lossy(&ev);
+            let data = line.trim().strip_prefix("data: ").unwrap_or("").to_string();
+            if data == "[DONE]" {
+                let total = t0.elapsed().as_secs_f64() * 1000.0;
+                return Ok(Some((ttft.unwrap_or(total), total, last)));
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                if ttft.is_none() && v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+                    ttft = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                last = v;
+            }
+        }
+    }
+    Err("stream ended without [DONE]".into())
+}
+
+fn record(stats: &Mutex<Stats>, r: Result<Option<(f64, f64, Value)>, String>) {
+    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    match r {
+        Ok(Some((ttft, total, last))) => {
+            s.completed += 1;
+            s.ttft_ms.push(ttft);
+            s.total_ms.push(total);
+            let u = &last["usage"];
+            s.prompt_tokens += u["prompt_tokens"].as_u64().unwrap_or(0);
+            s.cached_tokens += u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+            s.completion_tokens += u["completion_tokens"].as_u64().unwrap_or(0);
+            if last["cache"] == "typeahead" {
+                s.typeahead += 1;
+            }
+        }
+        Ok(None) => s.superseded += 1,
+        Err(_) => s.errors += 1,
+    }
+}
+
+async fn developer(
+    id: usize,
+    a: Arc<BenchArgs>,
+    files: Arc<Vec<String>>,
+    client: reqwest::Client,
+    stats: Arc<Mutex<Stats>>,
+    deadline: Instant,
+) {
+    let mut rng = Rng::new(a.seed.wrapping_mul(1000).wrapping_add(id as u64));
+    let text = &files[(rng.next_u64() % files.len() as u64) as usize];
+    // Start somewhere in the file, on a line start, and type from there.
+    let mut pos = (rng.next_u64() % (text.len() as u64 / 2).max(1)) as usize;
+    while !text.is_char_boundary(pos) {
+        pos += 1;
+    }
+    pos = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let (gen_tx, gen_rx) = tokio::sync::watch::channel(0u64);
+    let mut generation = 0u64;
+    let mut tasks = Vec::new();
+    while Instant::now() < deadline && pos < text.len() {
+        let ch = text[pos..].chars().next().map_or(1, char::len_utf8);
+        pos += ch;
+        let gap = (-(1.0 - rng.next_f64()).ln() * a.key_ms).max(30.0);
+        // A pause longer than the debounce fires a request at the current position.
+        if gap > a.debounce_ms as f64 {
+            tokio::time::sleep(Duration::from_millis(a.debounce_ms)).await;
+            generation += 1;
+            let _ = gen_tx.send(generation);
+            let (prefix, suffix) = window(text, pos, a.prefix_chars, a.suffix_chars);
+            let body = json!({"prompt": prefix, "suffix": suffix, "max_tokens": a.max_tokens, "temperature": 0.0,
+                "stream": true, "truncate": true, "user": format!("dev{id}"), "path": format!("file{id}"),
+                "stop": ["\n"]});
+            let (c, url, st, rx, g) = (client.clone(), a.url.clone(), stats.clone(), gen_rx.clone(), generation);
+            stats.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
+            tasks.push(tokio::spawn(async move {
+                let r = one(&c, &url, body, Some(rx), g).await;
+                record(&st, r);
+            }));
+            tokio::time::sleep(Duration::from_secs_f64((gap - a.debounce_ms as f64) / 1000.0)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs_f64(gap / 1000.0)).await;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let files = Arc::new(collect_files(&a.files)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        let m: Value = client.get(format!("{}/v1/models", a.url)).send().await?.json().await?;
+        let model = m["data"][0]["id"].as_str().unwrap_or("?").to_string();
+        if let Some(k) = a.throughput {
+            return throughput(&client, &a, &files, k, &model).await;
+        }
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let a = Arc::new(a);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs_f64(a.seconds);
+        let devs: Vec<_> = (0..a.developers)
+            .map(|i| tokio::spawn(developer(i, a.clone(), files.clone(), client.clone(), stats.clone(), deadline)))
+            .collect();
+        for d in devs {
+            let _ = d.await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut s = std::mem::take(&mut *stats.lock().unwrap_or_else(|e| e.into_inner()));
+        let out = json!({
+            "model": model, "developers": a.developers, "seconds": (secs * 10.0).round() / 10.0,
+            "requests_sent": s.sent, "completed": s.completed, "superseded": s.superseded, "errors": s.errors,
+            "requests_per_s": ((s.completed as f64 / secs) * 100.0).round() / 100.0,
+            "ttft_ms": {"p50": pct(&mut s.ttft_ms, 0.5), "p90": pct(&mut s.ttft_ms, 0.9), "p99": pct(&mut s.ttft_ms, 0.99)},
+            "total_ms": {"p50": pct(&mut s.total_ms, 0.5), "p90": pct(&mut s.total_ms, 0.9), "p99": pct(&mut s.total_ms, 0.99)},
+            "cached_token_share": if s.prompt_tokens > 0 { (s.cached_tokens as f64 / s.prompt_tokens as f64 * 1000.0).round() / 1000.0 } else { 0.0 },
+            "typeahead_hits": s.typeahead,
+            "completion_tokens": s.completion_tokens,
+        });
+        println!("{out}");
+        anyhow::Ok(())
+    })
+}
+
+async fn throughput(client: &reqwest::Client, a: &BenchArgs, files: &[String], k: usize, model: &str) -> anyhow::Result<()> {
+    let bodies: Vec<Value> = (0..k)
+        .map(|i| {
+            let text = &files[i % files.len()];
+            let mut pos = (text.len() / 2 + i * 97) % text.len();
+            while !text.is_char_boundary(pos) {
+                pos -= 1;
+            }
+            let (p, s) = window(text, pos, a.prefix_chars, a.suffix_chars);
+            json!({"prompt": p, "suffix": s, "max_tokens": a.max_tokens, "temperature": 0.0, "stream": true,
+                   "truncate": true, "seed": i})
+        })
+        .collect();
+    let tokens = |v: &[Result<Option<(f64, f64, Value)>, String>]| -> u64 {
+        v.iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
+            .map(|(_, _, l)| l["usage"]["completion_tokens"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let t = Instant::now();
+    let mut seq = Vec::new();
+    for b in &bodies {
+        seq.push(one(client, &a.url, b.clone(), None, 0).await);
+    }
+    let seq_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, b.clone(), None, 0)).collect();
+    let conc = futures_util::future::join_all(futs).await;
+    let conc_s = t.elapsed().as_secs_f64();
+    let (ts, tc) = (tokens(&seq), tokens(&conc));
+    println!(
+        "{}",
+        json!({"model": model, "requests": k, "sequential": {"seconds": seq_s, "completion_tokens": ts, "tok_per_s": ts as f64 / seq_s},
+               "concurrent": {"seconds": conc_s, "completion_tokens": tc, "tok_per_s": tc as f64 / conc_s},
+               "speedup": (tc as f64 / conc_s) / (ts as f64 / seq_s)})
+    );
+    Ok(())
+}
