@@ -327,3 +327,30 @@ fn bad_startup_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-auth"));
 }
+
+#[test]
+fn sigterm_lets_running_streams_finish_and_exits_zero() {
+    let mut s = start("qwen2-tied-bf16", &["--max-tokens-limit", "300"]);
+    let body = json!({"prompt": "a", "suffix": "", "max_tokens": 300, "n": 4, "temperature": 1.0, "seed": 3, "stream": true});
+    let r = client().post(format!("{}/v1/completions", s.base)).json(&body).send().unwrap();
+    let mut reader = BufReader::new(r);
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("data: "));
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "stream cut short: {rest}");
+    let t = Instant::now();
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // New connections are refused once it has stopped.
+    assert!(client().get(format!("{}/health", s.base)).send().is_err());
+}

@@ -96,9 +96,13 @@ class HFBackend:
         torch = self.torch
         enc = lambda s: self.tok(s, add_special_tokens=False).input_ids
         p, s = enc(prefix), enc(suffix)
-        budget = self.ctx - max_new_tokens - 3
-        s = s[:min(len(s), budget // 4)]
-        p = p[max(0, len(p) - (budget - len(s))):]
+        # Same trimming as ghostline-server's `truncate`: the suffix keeps up to a third of the
+        # room (more when the prefix is short), the prefix the rest, nearest the cursor.
+        room = self.ctx - max_new_tokens - 3
+        s_keep = min(max(min(len(s), room // 3), room - len(p)), len(s))
+        p_keep = min(room - s_keep, len(p))
+        s = s[:s_keep]
+        p = p[len(p) - p_keep:]
         ids = [self.pre] + p + [self.suf] + s + [self.mid]
         out, past = [], None
         x = torch.tensor([ids])
@@ -132,7 +136,7 @@ class ServerBackend:
 
     def complete(self, prefix, suffix, single_line, max_new_tokens):
         body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_new_tokens, "temperature": 0.0,
-                "top_p": 1.0, "n": 1, "stream": False}
+                "top_p": 1.0, "n": 1, "stream": False, "truncate": True}
         if single_line:
             body["stop"] = ["\n"]
         if self.model:
