@@ -24,7 +24,12 @@ impl Drop for Server {
 }
 
 fn start(model: &str, extra: &[&str]) -> Server {
+    start_env(model, extra, &[])
+}
+
+fn start_env(model: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .envs(envs.iter().copied())
         .args(["serve", "--addr", "127.0.0.1:0", "--model"])
         .arg(fixture(model))
         .args(["--threads", "2"])
@@ -353,4 +358,34 @@ fn sigterm_lets_running_streams_finish_and_exits_zero() {
     }
     // New connections are refused once it has stopped.
     assert!(client().get(format!("{}/health", s.base)).send().is_err());
+}
+
+#[test]
+fn flags_win_over_environment_which_wins_over_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("ghostline-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("server.toml");
+    std::fs::write(&cfg, "model_name = \"from-file\"\nmax_tokens_limit = 7\n").unwrap();
+    let name = |env: Option<&str>, flag: Option<&str>| -> (String, u16) {
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        if let Some(f) = flag {
+            args.extend(["--model-name", f]);
+        }
+        let envs: Vec<(&str, &str)> = env.map(|e| ("GHOSTLINE_MODEL_NAME", e)).into_iter().collect();
+        let s = start_env("qwen2-tied-bf16", &args, &envs);
+        let m: Value = client().get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
+        let (status, _) = s.post_raw(json!({"prompt": "x", "max_tokens": 8}).to_string());
+        (m["data"][0]["id"].as_str().unwrap().to_string(), status)
+    };
+    assert_eq!(name(None, None), ("from-file".into(), 400), "file sets max_tokens_limit 7");
+    assert_eq!(name(Some("from-env"), None).0, "from-env");
+    assert_eq!(name(Some("from-env"), Some("from-flag")).0, "from-flag");
+    std::fs::write(&cfg, "model_nmae = \"typo\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model_nmae"));
+    std::fs::remove_dir_all(dir).ok();
 }
