@@ -389,3 +389,31 @@ fn flags_win_over_environment_which_wins_over_the_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("model_nmae"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn with_no_model_flag_the_bundled_house_model_is_served() {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ghostline-tiny/model.safetensors");
+    assert!(bundled.exists(), "the house model must be committed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .args(["--version"])
+        .output()
+        .unwrap();
+    assert!(child.status.success());
+    child.stdout.clear();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .env("GHOSTLINE_ADDR", "127.0.0.1:0")
+        .env("GHOSTLINE_THREADS", "2")
+        .env("GHOSTLINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let s = Server { child: c, base: line.trim().trim_start_matches("ghostline-server listening on ").to_string() };
+    let m: Value = client().get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(m["data"][0]["id"], "ghostline-tiny");
+    assert_eq!(m["data"][0]["fim"], "qwen");
+    let v = s.complete(json!({"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 16, "stop": ["\n"]}));
+    assert!(v["choices"][0]["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "{v}");
+}
