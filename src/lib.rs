@@ -4,3 +4,4 @@
 //! Invariant: `document` does no IO and knows nothing of LSP transport; it is tested alone.
 
 pub mod document;
+pub mod syntax;
