@@ -3,5 +3,6 @@
 //!
 //! Invariant: `document` does no IO and knows nothing of LSP transport; it is tested alone.
 
+pub mod context;
 pub mod document;
 pub mod syntax;

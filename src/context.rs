@@ -1,0 +1,196 @@
+//! What the model sees: the prefix and suffix windows around the cursor, sized in estimated
+//! tokens and cut at line boundaries, plus the lines a cut would lose that matter most — the
+//! file's imports and the header of the enclosing function, class or impl.
+//!
+//! Invariant: pure; no IO, no network, no allocation proportional to the file beyond the
+//! windows themselves.
+
+use tree_sitter::{Node, Tree};
+
+use crate::document::Document;
+
+/// Window sizes.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    /// Prompt tokens for prefix + suffix.
+    pub budget_tokens: usize,
+    /// Share of the budget the prefix may take when the suffix does not need its part.
+    pub prefix_share: f32,
+    /// Characters per token of the house tokenizer on code (measured: about 3.7).
+    pub chars_per_token: f32,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig { budget_tokens: 1500, prefix_share: 0.75, chars_per_token: 3.7 }
+    }
+}
+
+/// The text sent as `prompt` and `suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+const IMPORT_KINDS: &[&str] = &["import_statement", "import_from_statement", "future_import_statement", "use_declaration", "extern_crate_declaration"];
+const SCOPE_KINDS: &[&str] = &["function_definition", "class_definition", "function_item", "impl_item", "trait_item", "mod_item"];
+
+/// Builds the windows for a cursor at char index `cursor`.
+pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextConfig) -> Window {
+    let rope = doc.rope();
+    let cursor = cursor.min(rope.len_chars());
+    let budget_chars = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+    let prefix_chars = (budget_chars as f32 * cfg.prefix_share) as usize;
+    let cur_line = rope.char_to_line(cursor);
+
+    // Suffix: whole lines after the cursor up to its share; the prefix gets what it leaves.
+    let mut suffix_end = rope.line_to_char((cur_line + 1).min(rope.len_lines()));
+    let suffix_limit = cursor + (budget_chars - prefix_chars);
+    let mut line = cur_line + 1;
+    while line < rope.len_lines() {
+        let next = rope.line_to_char((line + 1).min(rope.len_lines()));
+        if next > suffix_limit {
+            break;
+        }
+        suffix_end = next;
+        line += 1;
+    }
+    suffix_end = suffix_end.max(cursor);
+    let prefix_budget = budget_chars.saturating_sub(suffix_end - cursor);
+
+    // Prefix: whole lines before the cursor's line, back to the budget.
+    let mut start_line = cur_line;
+    while start_line > 0 {
+        let s = rope.line_to_char(start_line - 1);
+        if cursor - s > prefix_budget {
+            break;
+        }
+        start_line -= 1;
+    }
+    let start = rope.line_to_char(start_line);
+    let mut prefix = rope.slice(start..cursor).to_string();
+    let suffix = rope.slice(cursor..suffix_end).to_string();
+
+    if start_line > 0 {
+        if let Some(tree) = tree {
+            let mut extra = String::new();
+            let start_byte = rope.char_to_byte(start);
+            // Imports that the window cut off.
+            let root = tree.root_node();
+            let mut walk = root.walk();
+            for child in root.children(&mut walk) {
+                if child.start_byte() >= start_byte {
+                    break;
+                }
+                if IMPORT_KINDS.contains(&child.kind()) {
+                    extra.push_str(&node_lines(doc, child));
+                }
+            }
+            // Headers of enclosing scopes that begin before the window, outermost first.
+            let cursor_byte = rope.char_to_byte(cursor);
+            let mut headers = Vec::new();
+            let mut node = root.descendant_for_byte_range(cursor_byte, cursor_byte);
+            while let Some(n) = node {
+                if SCOPE_KINDS.contains(&n.kind()) && n.start_byte() < start_byte {
+                    headers.push(first_line(doc, n));
+                }
+                node = n.parent();
+            }
+            for h in headers.iter().rev() {
+                extra.push_str(h);
+            }
+            // Keep the total within budget: the extra lines displace the far end of the window.
+            if !extra.is_empty() {
+                let room = prefix_budget.saturating_sub(extra.chars().count());
+                let mut cut = prefix.chars().count().saturating_sub(room);
+                let chars: Vec<(usize, char)> = prefix.char_indices().collect();
+                while cut < chars.len() && cut > 0 && chars[cut - 1].1 != '\n' {
+                    cut += 1;
+                }
+                let at = chars.get(cut).map_or(prefix.len(), |&(i, _)| i);
+                prefix = format!("{extra}{}", &prefix[at..]);
+            }
+        }
+    }
+    Window { prefix, suffix }
+}
+
+fn node_lines(doc: &Document, n: Node) -> String {
+    let rope = doc.rope();
+    let a = rope.line_to_char(n.start_position().row);
+    let b = rope.line_to_char((n.end_position().row + 1).min(rope.len_lines()));
+    let mut s = rope.slice(a..b).to_string();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+fn first_line(doc: &Document, n: Node) -> String {
+    let rope = doc.rope();
+    let row = n.start_position().row;
+    let mut s = rope.line(row).to_string();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::Syntax;
+
+    fn parsed(text: &str, lang: &str) -> (Document, Syntax) {
+        let doc = Document::new(text, 1, lang);
+        let mut s = Syntax::new(lang).unwrap();
+        s.parse_full(&doc);
+        (doc, s)
+    }
+
+    #[test]
+    fn small_files_are_sent_whole() {
+        let text = "import os\n\ndef f(x):\n    return x\n";
+        let (doc, syn) = parsed(text, "python");
+        let cursor = text.find("return").unwrap();
+        let w = build(&doc, cursor, syn.tree(), &ContextConfig::default());
+        assert_eq!(w.prefix, &text[..cursor]);
+        assert_eq!(w.suffix, &text[cursor..]);
+    }
+
+    #[test]
+    fn a_cut_window_keeps_imports_and_the_enclosing_header_within_budget() {
+        let mut text = String::from("import os\nfrom sys import argv\n\nclass Big:\n    def method(self, items):\n");
+        for i in 0..3000 {
+            text.push_str(&format!("        value_{i} = items[{i}] * 2\n"));
+        }
+        text.push_str("        return value_0\n");
+        for i in 0..2000 {
+            text.push_str(&format!("# trailing line {i}\n"));
+        }
+        let (doc, syn) = parsed(&text, "python");
+        let cursor = text.find("return value_0").unwrap() + "return ".len();
+        let cfg = ContextConfig::default();
+        let w = build(&doc, cursor, syn.tree(), &cfg);
+        let budget = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+        assert!(w.prefix.len() + w.suffix.len() <= budget, "{}", w.prefix.len() + w.suffix.len());
+        assert!(w.prefix.starts_with("import os\nfrom sys import argv\nclass Big:\n    def method(self, items):\n        value_"), "{}", &w.prefix[..200]);
+        assert!(w.prefix.ends_with("        return "));
+        assert!(w.suffix.starts_with("value_0\n# trailing line 0\n"));
+        assert!(w.suffix.ends_with('\n'));
+    }
+
+    #[test]
+    fn rust_keeps_use_lines_and_the_impl_and_fn_headers() {
+        let mut text = String::from("use std::fmt;\n\nimpl Thing {\n    fn run(&self) -> u32 {\n");
+        for i in 0..2000 {
+            text.push_str(&format!("        let v{i} = {i};\n"));
+        }
+        text.push_str("        v0\n    }\n}\n");
+        let (doc, syn) = parsed(&text, "rust");
+        let cursor = text.find("        v0\n").unwrap() + 8;
+        let w = build(&doc, cursor, syn.tree(), &ContextConfig::default());
+        assert!(w.prefix.starts_with("use std::fmt;\nimpl Thing {\n    fn run(&self) -> u32 {\n        let v"), "{}", &w.prefix[..120]);
+    }
+}
