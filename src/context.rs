@@ -116,10 +116,11 @@ pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextCo
     Window { prefix, suffix }
 }
 
-fn node_lines(doc: &Document, n: Node) -> String {
+/// Whole lines `first..=last` of the document, ending in a newline.
+fn lines(doc: &Document, first: usize, last: usize) -> String {
     let rope = doc.rope();
-    let a = rope.line_to_char(n.start_position().row);
-    let b = rope.line_to_char((n.end_position().row + 1).min(rope.len_lines()));
+    let a = rope.line_to_char(first);
+    let b = rope.line_to_char((last + 1).min(rope.len_lines()));
     let mut s = rope.slice(a..b).to_string();
     if !s.ends_with('\n') {
         s.push('\n');
@@ -127,14 +128,12 @@ fn node_lines(doc: &Document, n: Node) -> String {
     s
 }
 
+fn node_lines(doc: &Document, n: Node) -> String {
+    lines(doc, n.start_position().row, n.end_position().row)
+}
+
 fn first_line(doc: &Document, n: Node) -> String {
-    let rope = doc.rope();
-    let row = n.start_position().row;
-    let mut s = rope.line(row).to_string();
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s
+    lines(doc, n.start_position().row, n.start_position().row)
 }
 
 #[cfg(test)]

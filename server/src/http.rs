@@ -262,10 +262,6 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
             Some("stop"),
         ));
     }
-    if n > 1 && temperature == 0.0 {
-        // Several greedy candidates would be identical; sample them instead.
-    }
-
     let budget = st.context_length.saturating_sub(max_tokens as usize);
     if budget == 0 {
         return Err(ApiError::bad(

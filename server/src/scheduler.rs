@@ -173,7 +173,7 @@ struct Loop {
     config: SchedulerConfig,
     rx: mpsc::Receiver<Request>,
     pending: Arc<AtomicUsize>,
-    waiting: VecDeque<(Request, Instant)>,
+    waiting: VecDeque<Request>,
     running: Vec<Group>,
 }
 
@@ -212,7 +212,7 @@ impl Loop {
                 Self::finish_all(&mut self.pool, g, FinishReason::Cancelled);
             }
             let mut kept = VecDeque::new();
-            for (w, t) in self.waiting.drain(..) {
+            for w in self.waiting.drain(..) {
                 if w.supersede_key.as_ref() == Some(key) {
                     metrics::counter!("ghostline_cancelled_total", "reason" => "superseded").increment(1);
                     self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -227,12 +227,12 @@ impl Loop {
                         ..Summary::default()
                     }));
                 } else {
-                    kept.push_back((w, t));
+                    kept.push_back(w);
                 }
             }
             self.waiting = kept;
         }
-        self.waiting.push_back((req, Instant::now()));
+        self.waiting.push_back(req);
     }
 
     /// Frees requests whose client has gone away.
@@ -242,7 +242,7 @@ impl Loop {
             Self::finish_all(&mut self.pool, g, FinishReason::Cancelled);
         }
         let before = self.waiting.len();
-        self.waiting.retain(|(r, _)| !r.events.is_closed());
+        self.waiting.retain(|r| !r.events.is_closed());
         self.pending.fetch_sub(before - self.waiting.len(), Ordering::Relaxed);
     }
 
@@ -252,7 +252,7 @@ impl Loop {
 
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running {
-            let Some((req, _)) = self.waiting.front() else { break };
+            let Some(req) = self.waiting.front() else { break };
             let bs = self.pool.shape().block_size;
             // Reuse whole cached blocks, but always leave at least one prompt token to compute.
             let max_blocks = req.prompt.len().saturating_sub(1) / bs;
@@ -262,7 +262,7 @@ impl Loop {
             if need > self.pool.free_blocks() + self.cache.evictable(&self.pool) {
                 if self.running.is_empty() {
                     // Nothing will free memory: this request can never run.
-                    let (req, _) = self.waiting.pop_front().expect("front exists");
+                    let req = self.waiting.pop_front().expect("front exists");
                     self.pending.fetch_sub(1, Ordering::Relaxed);
                     let _ = req.events.send(Event::Error(format!(
                         "the prompt needs {need} KV blocks but the KV cache holds {}; raise kv_memory_mb",
@@ -272,7 +272,7 @@ impl Loop {
                 }
                 break;
             }
-            let (req, _) = self.waiting.pop_front().expect("front exists");
+            let req = self.waiting.pop_front().expect("front exists");
             self.pending.fetch_sub(1, Ordering::Relaxed);
             for &b in &hit {
                 self.pool.retain_block(b);
@@ -449,16 +449,8 @@ impl Loop {
         }
         let tok = g.cands[ci].sampler.sample(logits);
         if g.req.stop_ids.contains(&tok) {
-            let tail = {
-                let c = &mut g.cands[ci];
-                let mut t = c.decoder.flush(&self.tok).unwrap_or_default();
-                let (out, hit) = c.stops.push(&t);
-                t = out;
-                if !hit {
-                    t.push_str(&c.stops.finish());
-                }
-                t
-            };
+            let c = &mut g.cands[ci];
+            let (tail, _) = c.stops.finish_with(&c.decoder.flush(&self.tok).unwrap_or_default());
             Self::send_text(g, ci, tail, now);
             Self::finish_cand(&mut self.pool, g, ci, FinishReason::Stop);
             return;
@@ -472,14 +464,9 @@ impl Loop {
         let mut text = out;
         let mut hit = hit;
         if !hit && at_limit {
-            let tail = c.decoder.flush(&self.tok).unwrap_or_default();
-            let (o2, hit2) = c.stops.push(&tail);
-            text.push_str(&o2);
-            if hit2 {
-                hit = true;
-            } else {
-                text.push_str(&c.stops.finish());
-            }
+            let (tail, hit_in_tail) = c.stops.finish_with(&c.decoder.flush(&self.tok).unwrap_or_default());
+            text.push_str(&tail);
+            hit = hit_in_tail;
         }
         c.next = Some(tok);
         Self::send_text(g, ci, text, now);

@@ -61,6 +61,16 @@ impl StopMatcher {
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
+
+    /// Ends the stream with its last piece of text (the decoder's flushed tail): returns the
+    /// text to emit and whether a stop string was hit; held-back text is released if not.
+    pub fn finish_with(&mut self, tail: &str) -> (String, bool) {
+        let (mut out, hit) = self.push(tail);
+        if !hit {
+            out.push_str(&self.finish());
+        }
+        (out, hit)
+    }
 }
 
 /// Settings of one generation.
@@ -141,13 +151,9 @@ fn generate_on(
         input.clear();
         input.push(next);
     }
-    let tail = decoder.flush(tok)?;
-    let (out, hit) = stops.push(&tail);
-    let mut rest = out;
+    let (rest, hit) = stops.finish_with(&decoder.flush(tok)?);
     if hit {
         finish = Finish::Stop;
-    } else {
-        rest.push_str(&stops.finish());
     }
     if !emit(&rest, &mut text, on_text) {
         finish = Finish::Cancelled;

@@ -358,6 +358,21 @@ impl Model {
 /// New tokens of one sequence at or above which attention uses matrix products.
 const PREFILL_GEMM_MIN: usize = 8;
 
+/// One KV head's first `total` positions in a sequence's blocks: per block, the position of its
+/// first slot and its `[count][head_dim]` floats (`kv` 0 for keys, 1 for values).
+fn kv_slabs<'a>(
+    pool: &'a KvPool, blocks: &'a [u32], li: usize, kv: usize, g: usize, total: usize,
+) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
+    let shape = pool.shape();
+    let (bs, hd, off) = (shape.block_size, shape.head_dim, shape.slab(li, kv, g));
+    blocks
+        .iter()
+        .enumerate()
+        .map(move |(b, &bid)| (b * bs, bid))
+        .take_while(move |&(lo, _)| lo < total)
+        .map(move |(lo, bid)| (lo, &pool.block(bid)[off..off + bs.min(total - lo) * hd]))
+}
+
 /// Causal attention of one query head for a few new tokens: dot products straight from the
 /// KV blocks, no copies.
 #[allow(clippy::too_many_arguments)]
@@ -365,34 +380,23 @@ fn attend_decode(
     pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
     hh: usize, qkv_dim: usize, scale: f32,
 ) -> Vec<f32> {
-    let shape = pool.shape();
-    let (bs, hd) = (shape.block_size, shape.head_dim);
+    let hd = pool.shape().head_dim;
     let mut out = vec![0f32; n * hd];
     let mut scores = vec![0f32; p0 + n];
     for j in 0..n {
         let r = row0 + j;
         let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
         let total = p0 + j + 1;
-        for (b, &bid) in blocks.iter().enumerate() {
-            let lo = b * bs;
-            if lo >= total {
-                break;
-            }
-            let ks = &pool.block(bid)[shape.slab(li, 0, g)..];
-            for s in 0..bs.min(total - lo) {
-                scores[lo + s] = ops::dot(q, &ks[s * hd..(s + 1) * hd]) * scale;
+        for (lo, keys) in kv_slabs(pool, blocks, li, 0, g, total) {
+            for (s, key) in keys.chunks_exact(hd).enumerate() {
+                scores[lo + s] = ops::dot(q, key) * scale;
             }
         }
         ops::softmax(&mut scores[..total]);
         let o = &mut out[j * hd..(j + 1) * hd];
-        for (b, &bid) in blocks.iter().enumerate() {
-            let lo = b * bs;
-            if lo >= total {
-                break;
-            }
-            let vs = &pool.block(bid)[shape.slab(li, 1, g)..];
-            for s in 0..bs.min(total - lo) {
-                ops::axpy(scores[lo + s], &vs[s * hd..(s + 1) * hd], o);
+        for (lo, values) in kv_slabs(pool, blocks, li, 1, g, total) {
+            for (s, value) in values.chunks_exact(hd).enumerate() {
+                ops::axpy(scores[lo + s], value, o);
             }
         }
     }
@@ -406,21 +410,14 @@ fn attend_prefill(
     pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
     hh: usize, qkv_dim: usize, scale: f32,
 ) -> Vec<f32> {
-    let shape = pool.shape();
-    let (bs, hd) = (shape.block_size, shape.head_dim);
+    let hd = pool.shape().head_dim;
     let total = p0 + n;
     let mut k = vec![0f32; total * hd];
     let mut v = vec![0f32; total * hd];
-    for (b, &bid) in blocks.iter().enumerate() {
-        let lo = b * bs;
-        if lo >= total {
-            break;
+    for (dst, kv) in [(&mut k, 0), (&mut v, 1)] {
+        for (lo, slab) in kv_slabs(pool, blocks, li, kv, g, total) {
+            dst[lo * hd..lo * hd + slab.len()].copy_from_slice(slab);
         }
-        let cnt = bs.min(total - lo) * hd;
-        let blk = pool.block(bid);
-        let (ko, vo) = (shape.slab(li, 0, g), shape.slab(li, 1, g));
-        k[lo * hd..lo * hd + cnt].copy_from_slice(&blk[ko..ko + cnt]);
-        v[lo * hd..lo * hd + cnt].copy_from_slice(&blk[vo..vo + cnt]);
     }
     let mut q = vec![0f32; n * hd];
     for j in 0..n {

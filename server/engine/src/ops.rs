@@ -125,20 +125,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: us
         let threads = rayon::current_num_threads().max(1);
         let rows = m.div_ceil(threads).max(GEMM_MIN_ROWS / 2);
         y[..m * n].par_chunks_mut(rows * n).zip(x[..m * k].par_chunks(rows * k)).for_each(|(yc, xc)| {
-            let mc = xc.len() / k;
-            // SAFETY: `yc` holds `mc * n` floats, `xc` `mc * k`, `w` at least `n * k`.
-            unsafe {
-                gemm::gemm(
-                    mc, n, k,
-                    yc.as_mut_ptr(), 1, n as isize,
-                    false,
-                    xc.as_ptr(), 1, k as isize,
-                    w.as_ptr(), k as isize, 1,
-                    0.0, 1.0,
-                    false, false, false,
-                    gemm::Parallelism::None,
-                );
-            }
+            matmul_single(xc, w, yc, xc.len() / k, k, n, true);
         });
     } else {
         matmul_t_few_rows(x, w, y, m, k, n);
