@@ -3,7 +3,9 @@
 //! cursor position (prefix = text typed so far, suffix = rest of the file), and a newer request
 //! supersedes (drops) the one in flight, as an editor plugin does.
 //!
-//! Also a throughput mode: the same K requests one at a time, then all at once.
+//! Also a throughput mode: the same K requests one at a time, then all at once; and a gateway
+//! mode: N response-cache hits, then N one-token misses, reporting client-side latency and the
+//! server's own `ghostline_gateway_seconds` (auth, limits, validation, cache lookup).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub developers: usize,
     /// Source files to type through (files or directories of .py / .rs files).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "gateway")]
     pub files: Vec<PathBuf>,
     /// How long to type, in seconds.
     #[arg(long, default_value_t = 30.0)]
@@ -47,6 +49,12 @@ pub struct BenchArgs {
     pub throughput: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instead of typing: N cache hits, then N one-token misses, measuring the gateway.
+    #[arg(long)]
+    pub gateway: Option<usize>,
+    /// API key sent as `Authorization: Bearer`.
+    #[arg(long, env = "GHOSTLINE_API_KEY")]
+    pub key: Option<String>,
 }
 
 #[derive(Default)]
@@ -228,12 +236,19 @@ async fn developer(
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let files = Arc::new(collect_files(&a.files)?);
+    let files = Arc::new(if a.gateway.is_some() { Vec::new() } else { collect_files(&a.files)? });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(k) = &a.key {
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {k}").parse().context("--key")?);
+        }
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).default_headers(headers).build()?;
         let m: Value = client.get(format!("{}/v1/models", a.url)).send().await?.json().await?;
         let model = m["data"][0]["id"].as_str().unwrap_or("?").to_string();
+        if let Some(n) = a.gateway {
+            return gateway(&client, &a.url, n.max(1), &model).await;
+        }
         if let Some(k) = a.throughput {
             return throughput(&client, &a, &files, k, &model).await;
         }
@@ -299,6 +314,51 @@ async fn throughput(client: &reqwest::Client, a: &BenchArgs, files: &[String], k
         json!({"model": model, "requests": k, "sequential": {"seconds": seq_s, "completion_tokens": ts, "tok_per_s": ts as f64 / seq_s},
                "concurrent": {"seconds": conc_s, "completion_tokens": tc, "tok_per_s": tc as f64 / conc_s},
                "speedup": (tc as f64 / conc_s) / (ts as f64 / seq_s)})
+    );
+    Ok(())
+}
+
+/// The server's `ghostline_gateway_seconds{outcome}` quantiles, in microseconds.
+async fn gateway_quantiles(client: &reqwest::Client, url: &str, outcome: &str) -> anyhow::Result<Value> {
+    let text = client.get(format!("{url}/metrics")).send().await?.error_for_status()?.text().await?;
+    let mut out = serde_json::Map::new();
+    for l in text.lines().filter(|l| l.starts_with("ghostline_gateway_seconds{") && l.contains(&format!("outcome=\"{outcome}\""))) {
+        let Some((labels, v)) = l.rsplit_once(' ') else { continue };
+        let Some(q) = labels.split("quantile=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        if let Ok(v) = v.parse::<f64>() {
+            out.insert(format!("p{}", (q.parse::<f64>().unwrap_or(0.0) * 100.0).round()), json!((v * 1e7).round() / 10.0));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+async fn gateway(client: &reqwest::Client, url: &str, n: usize, model: &str) -> anyhow::Result<()> {
+    let post = |body: Value| async move {
+        let t = Instant::now();
+        let v: Value = client.post(format!("{url}/v1/completions")).json(&body).send().await?.error_for_status()?.json().await?;
+        anyhow::Ok((t.elapsed().as_secs_f64() * 1e6, v))
+    };
+    let hit = json!({"prompt": "def gateway_bench(x):\n    return", "max_tokens": 8, "temperature": 0.0});
+    post(hit.clone()).await?;
+    let mut hits = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (us, v) = post(hit.clone()).await?;
+        if v["cache"] != "hit" {
+            bail!("expected a response-cache hit, got {}: is the cache on (--cache-mb)?", v["cache"]);
+        }
+        hits.push(us);
+    }
+    let mut misses = Vec::with_capacity(n);
+    for i in 0..n {
+        let (us, _) = post(json!({"prompt": format!("v{i} = {}", i * 7919), "max_tokens": 1, "temperature": 0.0})).await?;
+        misses.push(us);
+    }
+    let us = |v: &mut Vec<f64>| json!({"p50": pct(v, 0.5).round(), "p90": pct(v, 0.9).round(), "p99": pct(v, 0.99).round()});
+    println!(
+        "{}",
+        json!({"model": model, "requests": n,
+               "hit": {"client_us": us(&mut hits), "gateway_us": gateway_quantiles(client, url, "hit").await?},
+               "miss_1_token": {"client_us": us(&mut misses), "gateway_us": gateway_quantiles(client, url, "miss").await?}})
     );
     Ok(())
 }

@@ -1,13 +1,21 @@
 //! `ghostline-server`: runs the model and serves completions (see DESIGN.md, "CLI").
 //!
-//! `serve` (the default) loads a checkpoint and serves the HTTP API v1; `generate` runs one
-//! completion in the terminal.
+//! `serve` (the default) loads a checkpoint and serves the HTTP API v1; `keys` manages API
+//! keys; `stats` prints the telemetry figures; `generate` runs one completion in the terminal.
 
 mod bench;
+mod cache;
+mod filters;
 mod fim;
 mod http;
+mod keys;
+mod limits;
 mod prefix_cache;
+mod redis_link;
 mod scheduler;
+mod stats;
+mod store;
+mod telemetry;
 mod typeahead;
 
 use std::io::Write;
@@ -35,6 +43,24 @@ enum Command {
     Serve(ServeArgs),
     /// Replay simulated typing (or a throughput test) against a running server.
     Bench(bench::BenchArgs),
+    /// Manage API keys (stored hashed in the server's database).
+    Keys {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Print acceptance, cache and latency figures from the telemetry store.
+    Stats {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Unix seconds, or an age like 30m, 24h, 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Print the JSON of GET /v1/stats instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Complete one prompt in the terminal.
     Generate {
         /// Checkpoint directory in the Hugging Face layout (default: the bundled model).
@@ -57,6 +83,33 @@ enum Command {
         #[arg(long)]
         stop: Vec<String>,
     },
+}
+
+/// Where the database is, for `keys` and `stats` (the same as `serve` uses).
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Directory for the server's state.
+    #[arg(long, env = "GHOSTLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL: postgres://… (default: SQLite in the data dir).
+    #[arg(long, env = "GHOSTLINE_DATABASE")]
+    database: Option<String>,
+}
+
+impl DbArgs {
+    fn target(&self) -> anyhow::Result<store::DbTarget> {
+        store::DbTarget::resolve(self.database.as_deref(), &data_dir(self.data_dir.clone()))
+    }
+}
+
+/// The data dir: given, or the user's data directory.
+fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+        base.map_or_else(|| PathBuf::from("ghostline-data"), |b| b.join("ghostline"))
+    })
 }
 
 /// Options of `serve`. Each can also come from the environment (`GHOSTLINE_*`) or the TOML
@@ -123,6 +176,42 @@ struct ServeArgs {
     /// Serve a non-loopback address without API keys.
     #[arg(long, env = "GHOSTLINE_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+    /// Response cache size in MiB, in process (0 turns the response cache off).
+    #[arg(long, env = "GHOSTLINE_CACHE_MB")]
+    cache_mb: Option<usize>,
+    /// How long Redis keeps a cached response, in seconds.
+    #[arg(long, env = "GHOSTLINE_CACHE_TTL_SECS")]
+    cache_ttl_secs: Option<u64>,
+    /// Deadline of one Redis operation, in milliseconds.
+    #[arg(long, env = "GHOSTLINE_REDIS_TIMEOUT_MS")]
+    redis_timeout_ms: Option<u64>,
+    /// Sequences one key may have queued or running at once.
+    #[arg(long, env = "GHOSTLINE_MAX_INFLIGHT_PER_KEY")]
+    max_inflight_per_key: Option<usize>,
+    /// Per-key rate buckets hold this many seconds of the rate (60: a minute's worth).
+    #[arg(long, env = "GHOSTLINE_RATE_LIMIT_BURST_SECS")]
+    rate_limit_burst_secs: Option<f64>,
+    /// Serve /metrics and /v1/stats without an API key.
+    #[arg(long, env = "GHOSTLINE_OPEN_METRICS")]
+    open_metrics: bool,
+    /// Redact secrets from prompts and drop completions with secrets (true/false).
+    #[arg(long, env = "GHOSTLINE_REDACT_SECRETS")]
+    redact_secrets: Option<bool>,
+    /// Another secret pattern (regex; repeatable).
+    #[arg(long = "secret-pattern")]
+    secret_patterns: Vec<String>,
+    /// Drop completions matching this regex (repeatable).
+    #[arg(long = "blocklist")]
+    blocklist: Vec<String>,
+    /// Keep prompt and completion text in the completion record.
+    #[arg(long, env = "GHOSTLINE_STORE_COMPLETION_TEXT")]
+    store_completion_text: bool,
+    /// Log the text given to the engine (debugging; it contains code).
+    #[arg(long, env = "GHOSTLINE_DEBUG_LOG_PROMPTS")]
+    debug_log_prompts: bool,
+    /// Telemetry events and completion records waiting to be stored at most; beyond it 503.
+    #[arg(long, env = "GHOSTLINE_TELEMETRY_BACKLOG")]
+    telemetry_backlog: Option<usize>,
 }
 
 /// The same options in the TOML file.
@@ -148,6 +237,18 @@ struct FileConfig {
     redis: Option<String>,
     database: Option<String>,
     insecure_no_auth: Option<bool>,
+    cache_mb: Option<usize>,
+    cache_ttl_secs: Option<u64>,
+    redis_timeout_ms: Option<u64>,
+    max_inflight_per_key: Option<usize>,
+    rate_limit_burst_secs: Option<f64>,
+    open_metrics: Option<bool>,
+    redact_secrets: Option<bool>,
+    secret_patterns: Option<Vec<String>>,
+    blocklist: Option<Vec<String>>,
+    store_completion_text: Option<bool>,
+    debug_log_prompts: Option<bool>,
+    telemetry_backlog: Option<usize>,
 }
 
 fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
@@ -159,8 +260,18 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     }
     fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
         prefix_cache, typeahead_entries, fim_template, max_body_bytes, max_tokens_limit, threads,
-        shutdown_grace_secs, redis, database);
+        shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
+        rate_limit_burst_secs, redact_secrets, telemetry_backlog);
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
+    a.open_metrics |= f.open_metrics.unwrap_or(false);
+    a.store_completion_text |= f.store_completion_text.unwrap_or(false);
+    a.debug_log_prompts |= f.debug_log_prompts.unwrap_or(false);
+    if a.secret_patterns.is_empty() {
+        a.secret_patterns = f.secret_patterns.unwrap_or_default();
+    }
+    if a.blocklist.is_empty() {
+        a.blocklist = f.blocklist.unwrap_or_default();
+    }
     Ok(a)
 }
 
@@ -214,6 +325,23 @@ fn main() -> anyhow::Result<()> {
         None => serve(merge(ServeArgs::parse_from_env()?)?),
         Some(Command::Serve(a)) => serve(merge(a)?),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Keys { db, command }) => {
+            let target = db.target()?;
+            let mut store = store::Store::open(&target)?;
+            keys::run_cli(&mut store, command)
+        }
+        Some(Command::Stats { db, since, json }) => {
+            let target = db.target()?;
+            let now = telemetry::unix_ms();
+            let since = stats::parse_since(&since, now).context("--since takes unix seconds or an age like 30m, 24h, 7d")?;
+            let report = stats::report(&mut store::Store::open(&target)?, since)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", stats::render(&report));
+            }
+            Ok(())
+        }
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
             let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
             let t0 = Instant::now();
@@ -269,15 +397,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         ),
         d => bail!("--device {d} is not known; use cpu or cuda[:N]"),
     }
-    if !addr.ip().is_loopback() && !a.insecure_no_auth {
+    let database = store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir.clone()))?;
+    let require_key = !addr.ip().is_loopback() && !a.insecure_no_auth;
+    let auth = Arc::new(keys::Auth::new(store::Store::open(&database)?, require_key));
+    if require_key && !auth.any() {
         bail!(
-            "refusing to serve {addr} without API keys: bind a loopback address, or pass --insecure-no-auth \
-             to serve the network unauthenticated"
+            "refusing to serve {addr} without API keys: add one with `ghostline-server keys add NAME`, bind a \
+             loopback address, or pass --insecure-no-auth to serve the network unauthenticated"
         );
     }
-    if a.redis.is_some() || a.database.is_some() {
-        tracing::warn!("--redis and --database are not used by this build; the cache and limits stay in-process");
-    }
+    let filters = filters::Filters::new(a.redact_secrets.unwrap_or(true), &a.secret_patterns, &a.blocklist)?;
+    let ingest = telemetry::Ingest::start(database.clone(), store::Store::open(&database)?, a.telemetry_backlog.unwrap_or(10_000));
+    tracing::info!(database = %database.describe(), keys = auth.any(), "database ready");
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
     }
@@ -337,6 +468,36 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = a.max_tokens_limit {
         limits.max_tokens = m.max(1);
     }
+    let model_identity = format!("{model_name}@{}", cache::model_digest(&dir).context("hashing the model files")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // The Redis connection manager spawns its tasks on this runtime.
+    let entered = rt.enter();
+    let redis = match &a.redis {
+        Some(url) => Some(Arc::new(redis_link::RedisLink::new(url, Duration::from_millis(a.redis_timeout_ms.unwrap_or(250)))?)),
+        None => None,
+    };
+    let cache_bytes = a.cache_mb.unwrap_or(64) << 20;
+    let cache_ttl = Duration::from_secs(a.cache_ttl_secs.unwrap_or(3600));
+    let gateway = http::Gateway {
+        auth,
+        limiter: limits::Limiter::new(redis.clone()),
+        burst_secs: a.rate_limit_burst_secs.filter(|b| *b > 0.0).unwrap_or(60.0),
+        inflight: Arc::default(),
+        max_inflight_per_key: a.max_inflight_per_key.unwrap_or(16).max(1),
+        cache: (cache_bytes > 0).then(|| Arc::new(cache::ResponseCache::new(cache_bytes, redis.clone(), cache_ttl))),
+        model_identity,
+        filters,
+        ingest,
+        database,
+        open_metrics: a.open_metrics,
+        store_text: a.store_completion_text,
+        log_prompts: a.debug_log_prompts,
+    };
+    drop(entered);
     let state = Arc::new(http::AppState {
         model_name,
         context_length,
@@ -349,13 +510,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         typeahead: Mutex::new(typeahead::TypeAhead::new(a.typeahead_entries.unwrap_or(256))),
         metrics: handle,
         started: Instant::now(),
+        gateway,
     });
     let grace = Duration::from_secs(a.shutdown_grace_secs.unwrap_or(10));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;

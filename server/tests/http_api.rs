@@ -1,115 +1,19 @@
 //! The real `ghostline-server` binary on a loopback port, driven over HTTP.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{client, fixture, start, streamed_text, Launch, Server, TempDir};
 use serde_json::{json, Value};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/tests/fixtures").join(name)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &str, extra: &[&str]) -> Server {
-    start_env(model, extra, &[])
-}
-
-fn start_env(model: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
-        .envs(envs.iter().copied())
-        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
-        .arg(fixture(model))
-        .args(["--threads", "2"])
-        .args(extra)
-        .env("GHOSTLINE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting ghostline-server");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("ghostline-server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    Server { child, base }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-impl Server {
-    fn post_raw(&self, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
-        let r = client()
-            .post(format!("{}/v1/completions", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().unwrap_or(Value::Null))
-    }
-    fn complete(&self, body: Value) -> Value {
-        let (s, v) = self.post_raw(body.to_string());
-        assert_eq!(s, 200, "{v}");
-        v
-    }
-    /// Streams a completion and returns every `data:` payload in order.
-    fn stream(&self, mut body: Value) -> Vec<String> {
-        body["stream"] = json!(true);
-        let r = client().post(format!("{}/v1/completions", self.base)).json(&body).send().unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-        let mut text = String::new();
-        BufReader::new(r).read_to_string(&mut text).unwrap();
-        text.split("\n\n")
-            .filter(|e| !e.trim().is_empty())
-            .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}")).to_string())
-            .collect()
-    }
-    fn metrics(&self) -> String {
-        client().get(format!("{}/metrics", self.base)).send().unwrap().text().unwrap()
-    }
-    fn metric(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-fn streamed_text(events: &[String]) -> (String, Value) {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let mut text = String::new();
-    let mut last = Value::Null;
-    for e in &events[..events.len() - 1] {
-        let v: Value = serde_json::from_str(e).unwrap();
-        text.push_str(v["choices"][0]["text"].as_str().unwrap());
-        last = v;
-    }
-    (text, last)
-}
 
 #[test]
 fn streamed_and_plain_answers_agree_and_carry_the_contract_fields() {
-    let s = start("qwen2-tied-bf16", &[]);
+    // The response cache would answer the second, identical request.
+    let s = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
     let body = json!({"prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 12, "temperature": 0.0});
     let plain = s.complete(body.clone());
     assert_eq!(plain["object"], "text_completion");
@@ -140,7 +44,7 @@ fn streamed_and_plain_answers_agree_and_carry_the_contract_fields() {
 
 #[test]
 fn sixteen_concurrent_streams_equal_their_sequential_answers() {
-    let s = start("qwen2-tied-bf16", &[]);
+    let s = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
     let bodies: Vec<Value> = (0..16)
         .map(|i| json!({"prompt": format!("fn f{i}() {{\n    let x = {i};\n"), "suffix": "}\n", "max_tokens": 16}))
         .collect();
@@ -317,7 +221,9 @@ fn health_ready_models_and_metrics() {
 
 #[test]
 fn bad_startup_is_a_clear_error() {
+    let data = TempDir::new("data");
     let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .env("GHOSTLINE_DATA_DIR", data.path())
         .args(["serve", "--addr", "127.0.0.1:0", "--model", "/nonexistent/model"])
         .output()
         .unwrap();
@@ -325,6 +231,7 @@ fn bad_startup_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--model") && err.contains("/nonexistent/model"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .env("GHOSTLINE_DATA_DIR", data.path())
         .args(["serve", "--addr", "0.0.0.0:0", "--model"])
         .arg(fixture("qwen2-tied-bf16"))
         .output()
@@ -371,8 +278,11 @@ fn flags_win_over_environment_which_wins_over_the_config_file() {
         if let Some(f) = flag {
             args.extend(["--model-name", f]);
         }
-        let envs: Vec<(&str, &str)> = env.map(|e| ("GHOSTLINE_MODEL_NAME", e)).into_iter().collect();
-        let s = start_env("qwen2-tied-bf16", &args, &envs);
+        let mut launch = Launch::new("qwen2-tied-bf16").args(&args);
+        if let Some(e) = env {
+            launch = launch.env("GHOSTLINE_MODEL_NAME", e);
+        }
+        let s = launch.start();
         let m: Value = client().get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
         let (status, _) = s.post_raw(json!({"prompt": "x", "max_tokens": 8}).to_string());
         (m["data"][0]["id"].as_str().unwrap().to_string(), status)
@@ -400,7 +310,9 @@ fn with_no_model_flag_the_bundled_house_model_is_served() {
         .unwrap();
     assert!(child.status.success());
     child.stdout.clear();
+    let data = TempDir::new("data");
     let mut c = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+        .env("GHOSTLINE_DATA_DIR", data.path())
         .env("GHOSTLINE_ADDR", "127.0.0.1:0")
         .env("GHOSTLINE_THREADS", "2")
         .env("GHOSTLINE_LOG", "warn")
@@ -410,7 +322,8 @@ fn with_no_model_flag_the_bundled_house_model_is_served() {
     let mut out = BufReader::new(c.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let s = Server { child: c, base: line.trim().trim_start_matches("ghostline-server listening on ").to_string() };
+    let base = line.trim().trim_start_matches("ghostline-server listening on ").to_string();
+    let s = Server { child: c, base, key: None, data: Some(data) };
     let m: Value = client().get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
     assert_eq!(m["data"][0]["id"], "ghostline-tiny");
     assert_eq!(m["data"][0]["fim"], "qwen");

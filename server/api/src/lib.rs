@@ -57,6 +57,8 @@ pub enum FinishReason {
     Stop,
     Length,
     Cancelled,
+    /// Dropped by the server's output filters (a secret or a blocklisted pattern).
+    ContentFilter,
 }
 
 /// Where the answer came from.
