@@ -34,7 +34,7 @@ fn main() {
     for k in 0..2000 {
         let cursor = (k * 7919 * 13) % n;
         let t = Instant::now();
-        let w = build(&doc, cursor, syn.tree(), &cfg);
+        let w = build(&doc, cursor, syn.parts(), &cfg);
         times.push(t.elapsed().as_secs_f64() * 1e6);
         sink += w.prefix.len() + w.suffix.len();
     }

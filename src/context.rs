@@ -8,6 +8,7 @@
 use tree_sitter::{Node, Tree};
 
 use crate::document::Document;
+use crate::lang::{LangSpec, Role};
 
 /// Window sizes.
 #[derive(Debug, Clone)]
@@ -33,11 +34,8 @@ pub struct Window {
     pub suffix: String,
 }
 
-const IMPORT_KINDS: &[&str] = &["import_statement", "import_from_statement", "future_import_statement", "use_declaration", "extern_crate_declaration"];
-const SCOPE_KINDS: &[&str] = &["function_definition", "class_definition", "function_item", "impl_item", "trait_item", "mod_item"];
-
 /// Builds the windows for a cursor at char index `cursor`.
-pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextConfig) -> Window {
+pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, cfg: &ContextConfig) -> Window {
     let rope = doc.rope();
     let cursor = cursor.min(rope.len_chars());
     let budget_chars = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
@@ -73,7 +71,7 @@ pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextCo
     let suffix = rope.slice(cursor..suffix_end).to_string();
 
     if start_line > 0 {
-        if let Some(tree) = tree {
+        if let Some((spec, tree)) = syntax {
             let mut extra = String::new();
             let start_byte = rope.char_to_byte(start);
             // Imports that the window cut off.
@@ -83,7 +81,7 @@ pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextCo
                 if child.start_byte() >= start_byte {
                     break;
                 }
-                if IMPORT_KINDS.contains(&child.kind()) {
+                if spec.is(child, Role::Import) {
                     extra.push_str(&node_lines(doc, child));
                 }
             }
@@ -92,7 +90,7 @@ pub fn build(doc: &Document, cursor: usize, tree: Option<&Tree>, cfg: &ContextCo
             let mut headers = Vec::new();
             let mut node = root.descendant_for_byte_range(cursor_byte, cursor_byte);
             while let Some(n) = node {
-                if SCOPE_KINDS.contains(&n.kind()) && n.start_byte() < start_byte {
+                if n.start_byte() < start_byte && spec.is(n, Role::Scope) {
                     headers.push(first_line(doc, n));
                 }
                 node = n.parent();
@@ -153,7 +151,7 @@ mod tests {
         let text = "import os\n\ndef f(x):\n    return x\n";
         let (doc, syn) = parsed(text, "python");
         let cursor = text.find("return").unwrap();
-        let w = build(&doc, cursor, syn.tree(), &ContextConfig::default());
+        let w = build(&doc, cursor, syn.parts(), &ContextConfig::default());
         assert_eq!(w.prefix, &text[..cursor]);
         assert_eq!(w.suffix, &text[cursor..]);
     }
@@ -171,7 +169,7 @@ mod tests {
         let (doc, syn) = parsed(&text, "python");
         let cursor = text.find("return value_0").unwrap() + "return ".len();
         let cfg = ContextConfig::default();
-        let w = build(&doc, cursor, syn.tree(), &cfg);
+        let w = build(&doc, cursor, syn.parts(), &cfg);
         let budget = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
         assert!(w.prefix.len() + w.suffix.len() <= budget, "{}", w.prefix.len() + w.suffix.len());
         assert!(w.prefix.starts_with("import os\nfrom sys import argv\nclass Big:\n    def method(self, items):\n        value_"), "{}", &w.prefix[..200]);
@@ -189,7 +187,7 @@ mod tests {
         text.push_str("        v0\n    }\n}\n");
         let (doc, syn) = parsed(&text, "rust");
         let cursor = text.find("        v0\n").unwrap() + 8;
-        let w = build(&doc, cursor, syn.tree(), &ContextConfig::default());
+        let w = build(&doc, cursor, syn.parts(), &ContextConfig::default());
         assert!(w.prefix.starts_with("use std::fmt;\nimpl Thing {\n    fn run(&self) -> u32 {\n        let v"), "{}", &w.prefix[..120]);
     }
 }

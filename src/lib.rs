@@ -1,8 +1,19 @@
-//! The `ghostline` language server's library: pure document state first (positions, edits),
-//! protocol plumbing on top.
+//! The `ghostline` language server's library: pure document state first (positions, edits,
+//! trees, windows, trigger and post-processing rules), then the keystroke path (`suggest`), then
+//! the transports on top (`lsp`, and `cli` for `ghostline complete`).
 //!
 //! Invariant: `document` does no IO and knows nothing of LSP transport; it is tested alone.
 
+pub mod cache;
+pub mod cli;
+pub mod client;
 pub mod context;
 pub mod document;
+pub mod lang;
+pub mod lsp;
+pub mod postprocess;
+pub mod settings;
+pub mod snippets;
+pub mod suggest;
 pub mod syntax;
+pub mod trigger;

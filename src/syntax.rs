@@ -4,18 +4,16 @@
 use tree_sitter::{InputEdit, Language, Parser, Point, Tree};
 
 use crate::document::{Document, TextEdit};
+use crate::lang::LangSpec;
 
 /// The grammar for an LSP language id, if ghostline has one.
 pub fn language(id: &str) -> Option<Language> {
-    match id {
-        "rust" => Some(tree_sitter_rust::LANGUAGE.into()),
-        "python" => Some(tree_sitter_python::LANGUAGE.into()),
-        _ => None,
-    }
+    crate::lang::spec(id).map(|s| s.language.clone())
 }
 
 /// A document's syntax tree and the parser that maintains it.
 pub struct Syntax {
+    pub spec: &'static LangSpec,
     parser: Parser,
     tree: Option<Tree>,
 }
@@ -23,13 +21,27 @@ pub struct Syntax {
 impl Syntax {
     /// A parser for `language_id`, or `None` for languages without a grammar.
     pub fn new(language_id: &str) -> Option<Self> {
+        let spec = crate::lang::spec(language_id)?;
         let mut parser = Parser::new();
-        parser.set_language(&language(language_id)?).ok()?;
-        Some(Syntax { parser, tree: None })
+        parser.set_language(&spec.language).ok()?;
+        Some(Syntax { spec, parser, tree: None })
     }
 
     pub fn tree(&self) -> Option<&Tree> {
         self.tree.as_ref()
+    }
+
+    /// A separate parser over a copy of the current tree (trees are cheap to clone), for trying
+    /// an edit without touching the document's own tree.
+    pub fn fork(&self) -> Option<Syntax> {
+        let mut s = Syntax::new(self.spec.id)?;
+        s.tree = self.tree.clone();
+        Some(s)
+    }
+
+    /// The language's spec with the current tree, as context building wants them.
+    pub fn parts(&self) -> Option<(&'static LangSpec, &Tree)> {
+        Some((self.spec, self.tree.as_ref()?))
     }
 
     /// Parses the whole document from scratch.
@@ -71,6 +83,19 @@ impl Syntax {
     }
 }
 
+/// A parsed document from text with one `|` marking the cursor: (document, syntax, cursor char).
+#[cfg(test)]
+pub fn parsed_at(text_with_caret: &str, lang: &str) -> (Document, Option<Syntax>, usize) {
+    let at = text_with_caret.find('|').expect("a | marks the cursor");
+    let doc = Document::new(&text_with_caret.replacen('|', "", 1), 1, lang);
+    let mut syn = Syntax::new(lang);
+    if let Some(s) = syn.as_mut() {
+        s.parse_full(&doc);
+    }
+    let cursor = doc.rope().byte_to_char(at);
+    (doc, syn, cursor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +122,33 @@ mod tests {
                 assert_eq!(syn.tree().unwrap().root_node().to_sexp(), full(&doc), "{lang}: {}", doc.text());
             }
             assert!(!syn.tree().unwrap().root_node().has_error(), "{}", doc.text());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Random edit sequences (positions in UTF-16 units, clamped as LSP clamps them) give the
+        /// text of applying them to a string and the tree of a parse from scratch.
+        #[test]
+        fn random_edits_match_a_full_reparse(
+            lang in 0usize..2,
+            edits in proptest::collection::vec((0u32..8, 0u32..30, 0u32..8, 0u32..30, "[a-z_(){}:;=\\n\r 😀é\"#/]{0,12}"), 1..12),
+        ) {
+            let (lang, seed) = [("python", "def f(a):\n    return a  # é\n\nclass C:\n    x = '😀'\n"), ("rust", "fn main() {\r\n    let s = \"😀\";\r\n}\r\n// end\r\n")][lang];
+            let mut doc = Document::new(seed, 1, lang);
+            let mut model: Vec<char> = seed.chars().collect();
+            let mut syn = Syntax::new(lang).unwrap();
+            syn.parse_full(&doc);
+            for (l0, c0, l1, c1, new) in edits {
+                let (a, b) = (Position::new(l0, c0), Position::new(l1, c1));
+                let (ia, ib) = (doc.char_index(a, Utf16), doc.char_index(b, Utf16));
+                let (lo, hi) = (ia.min(ib), ia.max(ib));
+                model.splice(lo..hi, new.chars());
+                let e = doc.apply(Some((a, b)), &new, Utf16);
+                syn.edit(&doc, &e);
+                proptest::prop_assert_eq!(doc.text(), model.iter().collect::<String>());
+                proptest::prop_assert_eq!(syn.tree().unwrap().root_node().to_sexp(), full(&doc));
+            }
         }
     }
 

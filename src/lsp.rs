@@ -1,0 +1,229 @@
+//! The LSP transport (tower-lsp-server): capabilities, document sync, settings, and the two
+//! ways suggestions reach the editor — `textDocument/inlineCompletion` (ghost text, LSP 3.18)
+//! and `textDocument/completion` (menu-only clients such as Helix).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tower_lsp_server::jsonrpc::Result;
+use tower_lsp_server::ls_types::*;
+use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+
+use crate::document::{Position as DocPosition, PositionEncoding};
+use crate::settings::Settings;
+use crate::suggest::{Ask, Core, Suggestion};
+use crate::trigger::is_word_char;
+
+pub const ACCEPT_COMMAND: &str = "ghostline.accepted";
+
+pub struct Backend {
+    client: Client,
+    pub core: Arc<Core>,
+}
+
+fn to_doc(p: Position) -> DocPosition {
+    DocPosition::new(p.line, p.character)
+}
+
+fn to_lsp(p: DocPosition) -> Position {
+    Position::new(p.line, p.character)
+}
+
+impl Backend {
+    async fn warn(&self, warnings: Vec<String>) {
+        for w in warnings {
+            self.client.show_message(MessageType::WARNING, w).await;
+        }
+    }
+
+    async fn suggestion(&self, uri: &Uri, pos: Position, ask: Ask) -> Option<Suggestion> {
+        // No await before `suggest` takes its snapshot: messages are handled in the order they
+        // arrive, so the request sees exactly the edits sent before it.
+        match self.core.suggest(uri.as_str(), to_doc(pos), ask).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+
+    fn accept_command(id: &str, index: u32) -> Command {
+        Command { title: "ghostline: accepted".into(), command: ACCEPT_COMMAND.into(), arguments: Some(vec![json!(id), json!(index)]) }
+    }
+
+    /// `textDocument/inlineCompletion`.
+    pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
+        let tdp = params.text_document_position;
+        let invoked = params.context.trigger_kind == InlineCompletionTriggerKind::INVOKED;
+        let ask = Ask { invoked, n: if invoked { 3 } else { 1 }, debounce: !invoked };
+        let Some(s) = self.suggestion(&tdp.text_document.uri, tdp.position, ask).await else { return Ok(None) };
+        let at = to_lsp(s.position);
+        let items = s
+            .items
+            .iter()
+            .map(|(i, text)| InlineCompletionItem {
+                insert_text: text.clone(),
+                filter_text: None,
+                range: Some(Range::new(at, at)),
+                command: Some(Self::accept_command(&s.id, *i)),
+                insert_text_format: None,
+            })
+            .collect();
+        Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
+    }
+
+    async fn notification_log(&self, name: &str, params: Value) {
+        tracing::debug!("{name}: {params}");
+    }
+
+    pub async fn did_show_completion(&self, params: Value) {
+        self.notification_log("didShowCompletion", params).await;
+    }
+
+    pub async fn did_partially_accept_completion(&self, params: Value) {
+        self.notification_log("didPartiallyAcceptCompletion", params).await;
+    }
+}
+
+fn server_capabilities(encoding: PositionEncoding) -> ServerCapabilities {
+    let mut caps = ServerCapabilities {
+        position_encoding: Some(match encoding {
+            PositionEncoding::Utf8 => PositionEncodingKind::UTF8,
+            PositionEncoding::Utf16 => PositionEncodingKind::UTF16,
+        }),
+        text_document_sync: Some(TextDocumentSyncCapability::Options(TextDocumentSyncOptions {
+            open_close: Some(true),
+            change: Some(TextDocumentSyncKind::INCREMENTAL),
+            ..Default::default()
+        })),
+        completion_provider: Some(CompletionOptions {
+            // Helix asks on these and after its idle timeout; together that is often enough.
+            trigger_characters: Some([".", "(", "[", "{", ",", ":", "=", " ", ">", "\n"].iter().map(|s| s.to_string()).collect()),
+            resolve_provider: Some(false),
+            ..Default::default()
+        }),
+        execute_command_provider: Some(ExecuteCommandOptions { commands: vec![ACCEPT_COMMAND.into()], ..Default::default() }),
+        ..Default::default()
+    };
+    caps.inline_completion_provider = Some(OneOf::Left(true));
+    caps
+}
+
+impl LanguageServer for Backend {
+    async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
+        let offered = params.capabilities.general.as_ref().and_then(|g| g.position_encodings.clone()).unwrap_or_default();
+        let encoding = if offered.contains(&PositionEncodingKind::UTF8) { PositionEncoding::Utf8 } else { PositionEncoding::Utf16 };
+        if let Ok(mut e) = self.core.encoding.write() {
+            *e = encoding;
+        }
+        #[allow(deprecated)]
+        let root = params
+            .workspace_folders
+            .as_ref()
+            .and_then(|f| f.first().map(|f| f.uri.clone()))
+            .or(params.root_uri.clone())
+            .and_then(|u| u.to_file_path().map(|p| p.into_owned()));
+        if let Ok(mut r) = self.core.root.write() {
+            *r = root;
+        }
+        if let Some(opts) = &params.initialization_options {
+            let w = self.core.update_settings(opts);
+            self.warn(w).await;
+        }
+        Ok(InitializeResult {
+            capabilities: server_capabilities(encoding),
+            server_info: Some(ServerInfo { name: "ghostline".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+            ..Default::default()
+        })
+    }
+
+    async fn initialized(&self, _: InitializedParams) {
+        let s = self.core.settings();
+        tracing::info!("ghostline {} using {}", env!("CARGO_PKG_VERSION"), s.server_url);
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn did_open(&self, params: DidOpenTextDocumentParams) {
+        let d = params.text_document;
+        self.core.open(d.uri.as_str(), &d.language_id, d.version, &d.text);
+    }
+
+    async fn did_change(&self, params: DidChangeTextDocumentParams) {
+        let changes: Vec<_> = params.content_changes.into_iter().map(|c| (c.range.map(|r| (to_doc(r.start), to_doc(r.end))), c.text)).collect();
+        let uri = params.text_document.uri;
+        if !self.core.change(uri.as_str(), params.text_document.version, &changes) {
+            tracing::warn!("didChange for a document that is not open: {}", uri.as_str());
+        }
+    }
+
+    async fn did_close(&self, params: DidCloseTextDocumentParams) {
+        self.core.close(params.text_document.uri.as_str());
+    }
+
+    async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
+        let v = match params.settings.get("ghostline") {
+            Some(inner) => inner.clone(),
+            None => params.settings,
+        };
+        let w = self.core.update_settings(&v);
+        self.warn(w).await;
+    }
+
+    async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
+        let tdp = params.text_document_position;
+        let uri = tdp.text_document.uri;
+        let ask = Ask { invoked: false, n: 1, debounce: false };
+        let Some(s) = self.suggestion(&uri, tdp.position, ask).await else { return Ok(None) };
+        // The item replaces the word before the cursor, so the menu's filter matches it.
+        let word = self.core.document_text_before(uri.as_str(), to_doc(tdp.position)).map(|b| b.chars().rev().take_while(|c| is_word_char(*c)).collect::<Vec<_>>().into_iter().rev().collect::<String>()).unwrap_or_default();
+        let end = to_lsp(s.position);
+        let start_char = end.character.saturating_sub(self.core.units(&word));
+        let start = Position::new(end.line, start_char);
+        let items = s
+            .items
+            .iter()
+            .map(|(i, text)| {
+                let full = format!("{word}{text}");
+                let first = full.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+                let label: String = if first.chars().count() > 60 { format!("{}…", first.chars().take(60).collect::<String>()) } else { first.clone() };
+                CompletionItem {
+                    label,
+                    kind: Some(CompletionItemKind::TEXT),
+                    detail: Some("ghostline".into()),
+                    documentation: Some(Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: format!("```{}\n{}\n```", self.core.language_of(uri.as_str()).unwrap_or_default(), full) })),
+                    filter_text: Some(first),
+                    sort_text: Some(format!("0{i}")),
+                    preselect: Some(*i == 0),
+                    text_edit: Some(CompletionTextEdit::Edit(TextEdit { range: Range::new(start, end), new_text: full })),
+                    insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+                    command: Some(Self::accept_command(&s.id, *i)),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })))
+    }
+
+    async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
+        if params.command == ACCEPT_COMMAND {
+            tracing::debug!("accepted: {:?}", params.arguments);
+        }
+        Ok(None)
+    }
+}
+
+/// Serves LSP on stdio until the client exits.
+pub async fn serve(settings: Settings) {
+    let core = Core::new(settings);
+    let (service, socket) = LspService::build(|client| Backend { client, core })
+        .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
+        .custom_method("textDocument/didShowCompletion", Backend::did_show_completion)
+        .custom_method("textDocument/didPartiallyAcceptCompletion", Backend::did_partially_accept_completion)
+        .finish();
+    // Requests wait on the network; a generous limit keeps them from holding up didChange.
+    Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).concurrency_level(64).serve(service).await;
+}
