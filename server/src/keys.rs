@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, Val};
+use crate::store::{DbTarget, Store, Val};
 
 /// One stored key, as the server and `keys list` see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,30 +175,42 @@ struct Snapshot {
 
 /// The server's view of the keys.
 pub struct Auth {
-    store: Mutex<Store>,
+    target: DbTarget,
+    /// None after a failure: the next check reconnects (a restarted Postgres, say).
+    store: Mutex<Option<Store>>,
     snapshot: Mutex<Option<Snapshot>>,
     /// Require a key even while none exist (a non-loopback bind without --insecure-no-auth).
     require: bool,
 }
 
 impl Auth {
-    pub fn new(store: Store, require: bool) -> Auth {
-        Auth { store: Mutex::new(store), snapshot: Mutex::new(None), require }
+    pub fn new(target: DbTarget, store: Store, require: bool) -> Auth {
+        Auth { target, store: Mutex::new(Some(store)), snapshot: Mutex::new(None), require }
     }
 
     /// The keys, re-read when the generation moved. Blocking (one small query).
     fn current(&self) -> Result<Snapshot, Denied> {
         let known = || self.snapshot.lock().ok().and_then(|s| s.clone());
         let fresh = (|| -> anyhow::Result<Snapshot> {
-            let mut store = self.store.lock().map_err(|_| anyhow::anyhow!("key store lock poisoned"))?;
-            let g = generation(&mut store)?;
-            if let Some(s) = known().filter(|s| s.generation == g) {
-                return Ok(s);
+            let mut slot = self.store.lock().map_err(|_| anyhow::anyhow!("key store lock poisoned"))?;
+            if slot.is_none() {
+                *slot = Some(Store::open(&self.target)?);
             }
-            let all = list(&mut store)?;
-            let enabled = !all.is_empty();
-            let active = all.into_iter().filter(|k| k.revoked_at.is_none()).collect();
-            Ok(Snapshot { generation: g, active: Arc::new(active), enabled })
+            let store = slot.as_mut().ok_or_else(|| anyhow::anyhow!("no key store connection"))?;
+            let read = (|| {
+                let g = generation(store)?;
+                if let Some(s) = known().filter(|s| s.generation == g) {
+                    return Ok(s);
+                }
+                let all = list(store)?;
+                let enabled = !all.is_empty();
+                let active = all.into_iter().filter(|k| k.revoked_at.is_none()).collect();
+                Ok(Snapshot { generation: g, active: Arc::new(active), enabled })
+            })();
+            if read.is_err() {
+                *slot = None;
+            }
+            read
         })();
         match fresh {
             Ok(s) => {
@@ -236,6 +248,11 @@ impl Auth {
         }
         let k = found.ok_or(Denied::Unauthorized)?;
         Ok(Principal { name: Some(k.name.clone()), requests_per_minute: k.requests_per_minute, tokens_per_minute: k.tokens_per_minute })
+    }
+
+    /// Whether the key store is a local file (cheap enough to read on an async worker).
+    pub fn is_local(&self) -> bool {
+        matches!(self.target, DbTarget::Sqlite(_))
     }
 
     /// Whether any key is active (for the startup check).
@@ -301,7 +318,6 @@ pub enum KeysCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DbTarget;
 
     fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("ghostline-keys-{tag}-{}", std::process::id()));
@@ -313,7 +329,8 @@ mod tests {
     fn keys_are_random_hashed_and_revocable_at_once() {
         let (mut store, dir) = temp_store("a");
         let (mut other, _) = (Store::open(&DbTarget::Sqlite(dir.join("g.db"))).unwrap(), ());
-        let auth = Auth::new(Store::open(&DbTarget::Sqlite(dir.join("g.db"))).unwrap(), false);
+        let target = DbTarget::Sqlite(dir.join("g.db"));
+        let auth = Auth::new(target.clone(), Store::open(&target).unwrap(), false);
         assert_eq!(auth.check(None), Ok(Principal::default()), "no keys: auth is off");
         let k1 = add(&mut store, "alice", Some(10), None).unwrap();
         let k2 = add(&mut other, "bob", None, Some(100)).unwrap();
@@ -343,7 +360,7 @@ mod tests {
     #[test]
     fn a_required_auth_with_no_keys_lets_nobody_in() {
         let (store, dir) = temp_store("b");
-        let auth = Auth::new(store, true);
+        let auth = Auth::new(DbTarget::Sqlite(dir.join("g.db")), store, true);
         assert_eq!(auth.check(None), Err(Denied::Unauthorized));
         std::fs::remove_dir_all(dir).ok();
     }

@@ -94,11 +94,20 @@ struct DbArgs {
     /// Database URL: postgres://… (default: SQLite in the data dir).
     #[arg(long, env = "GHOSTLINE_DATABASE")]
     database: Option<String>,
+    /// The server's TOML config file (its data_dir and database apply).
+    #[arg(long, env = "GHOSTLINE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 impl DbArgs {
     fn target(&self) -> anyhow::Result<store::DbTarget> {
-        store::DbTarget::resolve(self.database.as_deref(), &data_dir(self.data_dir.clone()))
+        let a = merge(ServeArgs {
+            data_dir: self.data_dir.clone(),
+            database: self.database.clone(),
+            config: self.config.clone(),
+            ..ServeArgs::default()
+        })?;
+        store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir))
     }
 }
 
@@ -399,7 +408,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let database = store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir.clone()))?;
     let require_key = !addr.ip().is_loopback() && !a.insecure_no_auth;
-    let auth = Arc::new(keys::Auth::new(store::Store::open(&database)?, require_key));
+    let auth = Arc::new(keys::Auth::new(database.clone(), store::Store::open(&database)?, require_key));
     if require_key && !auth.any() {
         bail!(
             "refusing to serve {addr} without API keys: add one with `ghostline-server keys add NAME`, bind a \

@@ -169,8 +169,11 @@ impl Store {
                 Store::Sqlite(c)
             }
             DbTarget::Postgres(url) => {
-                let c = postgres::Client::connect(url, postgres::NoTls)
-                    .with_context(|| format!("connecting to {}", target.describe()))?;
+                let mut config: postgres::Config = url.parse().with_context(|| format!("--database {}: not a PostgreSQL URL", target.describe()))?;
+                if config.get_connect_timeout().is_none() {
+                    config.connect_timeout(std::time::Duration::from_secs(5));
+                }
+                let c = config.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.describe()))?;
                 Store::Postgres(c)
             }
         };

@@ -343,6 +343,22 @@ fn postgres_holds_keys_and_telemetry() {
     assert!(!data.path().join("ghostline.db").exists(), "nothing went to SQLite");
     let mut s = launch();
     s.complete(json!({"prompt": "y", "max_tokens": 1}));
+
+    // PostgreSQL goes away: completions go on with the keys last read; telemetry is refused
+    // (not acknowledged) until it is back, then stored again.
+    pg.stop();
+    s.complete(json!({"prompt": "z", "max_tokens": 1}));
+    let batch = json!({"events": [event("p1", "c", "shown")]});
+    let (st, v) = s.telemetry(&batch);
+    assert_eq!(st, 503, "{v}");
+    pg.restart();
+    let t = Instant::now();
+    while s.telemetry(&batch).0 != 202 {
+        assert!(t.elapsed() < Duration::from_secs(20), "telemetry did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.get("/v1/stats?since=1h").1["overall"]["shown"], 3);
+
     keys(&db, &["revoke", "pg-user"]);
     assert_eq!(status_of(&s, &json!({"prompt": "y", "max_tokens": 1})).0, 401);
     s.key = None;

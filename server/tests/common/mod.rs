@@ -316,13 +316,25 @@ impl Postgres {
             let ok = Command::new("chown").args(["-R", "postgres:postgres", pg.dir.arg()]).status().unwrap();
             assert!(ok.success());
         }
-        let data = pg.dir.path().join("data");
-        let data = data.to_str().unwrap();
-        pg.run("initdb", &["-D", data, "-A", "trust", "-U", "ghostline", "--no-sync", "--no-instructions"]);
-        let opts = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", pg.port, pg.dir.arg());
-        let log = pg.dir.path().join("log");
-        pg.run("pg_ctl", &["-D", data, "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "ghostline", "--no-sync", "--no-instructions"]);
+        pg.restart();
         pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_str().unwrap().to_string()
+    }
+
+    /// Starts the cluster (again) on the same port.
+    pub fn restart(&self) {
+        let opts = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", self.port, self.dir.arg());
+        let log = self.dir.path().join("log");
+        self.run("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
+    }
+
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
 
     pub fn url(&self) -> String {
