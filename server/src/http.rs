@@ -512,15 +512,17 @@ async fn complete(st: &Arc<AppState>, who: Principal, t0: Instant, body: Body) -
         typeahead_key: deterministic.then_some(plan.typeahead_key),
         prompt: plan.req.prompt.clone(),
         cache_key,
-        completion: CompletionRecord {
+        completion: Some(CompletionRecord {
             id,
             key_name: who.name.clone(),
             language: plan.req.language.as_ref().map(|l| l.chars().take(64).collect()),
             editor: plan.editor.clone(),
             model: st.model_name.clone(),
+            prompt_tokens: plan.ids.len() as u64,
             ..CompletionRecord::default()
-        },
+        }),
         who,
+        started: t0,
         _slot: slot,
     };
     let answer = |text: String, finish: FinishReason, completion_tokens: usize| {
@@ -598,9 +600,23 @@ struct Recorder {
     typeahead_key: Option<u64>,
     prompt: String,
     cache_key: Option<cache::Key>,
-    completion: CompletionRecord,
+    /// Filled in when the completion ends; taken once recorded.
+    completion: Option<CompletionRecord>,
     who: Principal,
+    started: Instant,
     _slot: Option<Slot>,
+}
+
+/// A client that goes away before the end still leaves a record: cancelled, with what is known.
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.completion.take() {
+            c.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            c.cache = "miss";
+            c.finish_reason = Some(finish_name(FinishReason::Cancelled));
+            self.st.gateway.ingest.record(c);
+        }
+    }
 }
 
 impl Recorder {
@@ -624,9 +640,9 @@ impl Recorder {
                     c.put(k, cache::Entry { text: text.to_string(), finish, completion_tokens: summary.completion_tokens as u32 });
                 }
             }
-            if gw.store_text {
-                self.completion.prompt = Some(self.prompt.clone());
-                self.completion.completion = Some(text.to_string());
+            if let Some(c) = self.completion.as_mut().filter(|_| gw.store_text) {
+                c.prompt = Some(self.prompt.clone());
+                c.completion = Some(text.to_string());
             }
         }
         if let Some(name) = self.who.name.clone() {
@@ -635,7 +651,7 @@ impl Recorder {
             let tokens = summary.completion_tokens as u64;
             tokio::spawn(async move { st.gateway.limiter.charge(&name, &rates, tokens).await });
         }
-        let mut c = std::mem::take(&mut self.completion);
+        let Some(mut c) = self.completion.take() else { return };
         c.prompt_tokens = summary.prompt_tokens as u64;
         c.cached_tokens = summary.cached_tokens as u64;
         c.completion_tokens = summary.completion_tokens as u64;

@@ -279,7 +279,7 @@ pub fn run_cli(store: &mut Store, cmd: KeysCommand) -> anyhow::Result<()> {
             if keys.is_empty() {
                 println!("no keys (the server accepts requests without a key on loopback addresses)");
             }
-            println!("{:<24} {:>12} {:>12} {:<12} {}", "NAME", "REQ/MIN", "TOK/MIN", "CREATED", "STATUS");
+            println!("{:<24} {:>12} {:>12} {:<12} STATUS", "NAME", "REQ/MIN", "TOK/MIN", "CREATED");
             for k in keys {
                 let lim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 let status = k.revoked_at.map_or("active".to_string(), |t| format!("revoked at {t}"));

@@ -137,6 +137,11 @@ fn rate_limits_answer_429_with_headers_and_recover_and_one_key_cannot_hog_the_qu
         assert!(t.elapsed() < Duration::from_secs(20), "the slot was not freed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The abandoned stream is recorded too, as cancelled.
+    while s.get("/v1/stats?since=1h").1["by_key"]["hog"]["completions"] != 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", s.get("/v1/stats?since=1h").1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
