@@ -28,6 +28,16 @@ use regex::Regex;
 
 pub const PLACEHOLDER: &str = "<REDACTED>";
 
+/// How much streamed text is held back for the output check: nothing (no filters), the word
+/// being written (the default patterns, none of which spans a space outside a string literal
+/// or a PEM header line), or the line being written (custom patterns and blocklists).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Hold {
+    Nothing,
+    Words,
+    Lines,
+}
+
 /// How much of a match is replaced.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Span {
@@ -104,9 +114,15 @@ impl Filters {
         Ok(Filters { secrets, blocklist })
     }
 
-    /// Whether any output check is configured.
-    pub fn active(&self) -> bool {
-        !self.secrets.is_empty() || !self.blocklist.is_empty()
+    /// How much streamed text must wait for the output check (see `http::safe_point`).
+    pub fn hold(&self) -> Hold {
+        if !self.blocklist.is_empty() || self.secrets.iter().any(|p| p.kind == "custom") {
+            Hold::Lines
+        } else if self.secrets.is_empty() {
+            Hold::Nothing
+        } else {
+            Hold::Words
+        }
     }
 
     /// `text` with every secret replaced by the placeholder, and the kinds found.

@@ -25,7 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::cache::{self, ResponseCache};
-use crate::filters::Filters;
+use crate::filters::{Filters, Hold};
 use crate::fim::{self, FimTemplate, PromptError};
 use crate::keys::{Auth, Denied, Principal};
 use crate::limits::{Decision, InFlight, Limiter, Rates, Slot};
@@ -708,9 +708,9 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// One candidate's text on its way out. With output filters on, text is released a whole line
-/// at a time, after the candidate's text so far has passed them, so a secret that spans
-/// several chunks is never half sent.
+/// One candidate's text on its way out. With output filters on, text is held back until the
+/// output check can vouch for it (see `safe_point`), and every release re-checks the
+/// candidate's text so far, so a secret that spans several chunks is never half sent.
 #[derive(Default)]
 struct Outgoing {
     sent: String,
@@ -719,28 +719,56 @@ struct Outgoing {
     blocked: bool,
 }
 
+/// How much of `held` may go out now. `Words`: all but the word being written, or, inside an
+/// open string literal or a `-----` line (a PEM header), all but the line being written; no
+/// default secret pattern can then be cut in two. `Lines`: whole lines only, since custom
+/// patterns may span anything within a line.
+fn safe_point(sent: &str, held: &str, hold: Hold) -> usize {
+    let line_start = held.rfind('\n').map_or(0, |i| i + 1);
+    let line = &held[line_start..];
+    match hold {
+        Hold::Nothing => held.len(),
+        Hold::Lines => line_start,
+        Hold::Words => {
+            // The line being written, with what of it was already sent.
+            let sent_line = if line_start == 0 { sent.rsplit('\n').next().unwrap_or("") } else { "" };
+            let quotes = |s: &str| s.chars().filter(|c| matches!(c, '"' | '\'' | '`')).count();
+            if (quotes(sent_line) + quotes(line)) % 2 == 1 || sent_line.contains("-----") || line.contains("-----") {
+                return line_start;
+            }
+            match line.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+                Some((i, c)) => line_start + i + c.len_utf8(),
+                None => line_start,
+            }
+        }
+    }
+}
+
 impl Outgoing {
-    /// Takes new text; returns what may be sent now.
-    fn push(&mut self, rec: &Recorder, text: &str, hold_lines: bool) -> Option<String> {
+    /// Takes new text; returns what may be sent now. `blocked` is the output check.
+    fn push(&mut self, blocked: &dyn Fn(&str) -> bool, text: &str, hold: Hold) -> Option<String> {
         if self.blocked {
             return None;
         }
         self.held.push_str(text);
-        let upto = if hold_lines { self.held.rfind('\n').map(|i| i + 1)? } else { self.held.len() };
-        self.release(rec, upto)
+        let upto = safe_point(&self.sent, &self.held, hold);
+        if upto == 0 {
+            return None;
+        }
+        self.release(blocked, upto)
     }
 
     /// Sends whatever is held (the candidate has ended).
-    fn flush(&mut self, rec: &Recorder) -> Option<String> {
+    fn flush(&mut self, blocked: &dyn Fn(&str) -> bool) -> Option<String> {
         if self.blocked {
             return None;
         }
-        self.release(rec, self.held.len())
+        self.release(blocked, self.held.len())
     }
 
-    fn release(&mut self, rec: &Recorder, upto: usize) -> Option<String> {
+    fn release(&mut self, blocked: &dyn Fn(&str) -> bool, upto: usize) -> Option<String> {
         let candidate = format!("{}{}", self.sent, &self.held[..upto]);
-        if rec.blocked(&candidate).is_some() {
+        if blocked(&candidate) {
             self.blocked = true;
             self.held.clear();
             return None;
@@ -804,7 +832,7 @@ where
                 Event::Error(m) => return server_error(m).into_response(),
                 Event::Finished(summary) => {
                     for o in outs.iter_mut() {
-                        o.flush(&record);
+                        o.flush(&|t| record.blocked(t).is_some());
                     }
                     let f = first(&outs);
                     let finishes: Vec<_> = outs.iter().map(Outgoing::finish_reason).collect();
@@ -821,7 +849,7 @@ where
         return server_error("the engine stopped before the completion finished".into()).into_response();
     }
 
-    let hold_lines = record.st.gateway.filters.active();
+    let hold = record.st.gateway.filters.hold();
     struct St<S> {
         events: S,
         outs: Vec<Outgoing>,
@@ -840,7 +868,8 @@ where
             };
             match ev {
                 Event::Text { index, text } => {
-                    if let Some(text) = s.outs[index as usize].push(&s.record, &text, hold_lines) {
+                    let record = &s.record;
+                    if let Some(text) = s.outs[index as usize].push(&|t| record.blocked(t).is_some(), &text, hold) {
                         let c = chunk(vec![Choice { index, text, finish_reason: None }]);
                         return Some((vec![sse_json(&c)], (s, chunk)));
                     }
@@ -858,7 +887,8 @@ where
                     s.done = true;
                     let mut out = Vec::new();
                     for i in 0..s.outs.len() {
-                        if let Some(text) = s.outs[i].flush(&s.record) {
+                        let record = &s.record;
+                        if let Some(text) = s.outs[i].flush(&|t| record.blocked(t).is_some()) {
                             out.push(sse_json(&chunk(vec![Choice { index: i as u32, text, finish_reason: None }])));
                         }
                     }
@@ -977,4 +1007,43 @@ async fn stats(State(st): State<Arc<AppState>>, Query(q): Query<StatsQuery>) -> 
         ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", format!("the telemetry store cannot be read: {e}")).retry(5)
     })?;
     Ok(Json(report).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams `chunks` through the default filters; returns what went out and whether the
+    /// candidate was dropped.
+    fn stream(chunks: &[&str]) -> (Vec<String>, bool) {
+        let f = Filters::new(true, &[], &[]).unwrap();
+        let check = |t: &str| f.check_output(t).is_some();
+        let mut o = Outgoing::default();
+        let mut out: Vec<String> = chunks.iter().filter_map(|c| o.push(&check, c, f.hold())).collect();
+        out.extend(o.flush(&check));
+        (out, o.blocked)
+    }
+
+    #[test]
+    fn ordinary_code_streams_word_by_word() {
+        assert_eq!(stream(&["return", " a", " +", " b"]), (vec!["return ".into(), "a ".into(), "+ ".into(), "b".into()], false));
+        assert_eq!(stream(&["x = 'it", "s'", " + y"]).0, vec!["x = ", "'its' + ", "y"], "a string literal goes out closed");
+    }
+
+    #[test]
+    fn no_part_of_a_secret_is_streamed() {
+        for chunks in [
+            &["key = AKIA", "IOSFODNN7", "EXAMPLE\n"][..],
+            &["password = \"hun", "ter2 is", " fine\"\n"],
+            &["-----BEGIN", " RSA PRIVATE", " KEY-----\nMIIE"],
+            &["t = ghp_0123456789", "abcdefghijABCDEFGHIJ012345 ", "x"],
+        ] {
+            let (out, blocked) = stream(chunks);
+            assert!(blocked, "{chunks:?}");
+            let sent = out.concat();
+            for piece in ["AKIA", "hun", "BEGIN", "ghp_"] {
+                assert!(!sent.contains(piece), "{piece} went out: {sent:?}");
+            }
+        }
+    }
 }
