@@ -25,7 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::cache::{self, ResponseCache};
-use crate::filters::{Filters, Hold};
+use crate::filters::{Filters, Outgoing};
 use crate::fim::{self, FimTemplate, PromptError};
 use crate::keys::{Auth, Denied, Principal};
 use crate::limits::{Decision, InFlight, Limiter, Rates, Slot};
@@ -708,84 +708,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// One candidate's text on its way out. With output filters on, text is held back until the
-/// output check can vouch for it (see `safe_point`), and every release re-checks the
-/// candidate's text so far, so a secret that spans several chunks is never half sent.
-#[derive(Default)]
-struct Outgoing {
-    sent: String,
-    held: String,
-    finish: Option<FinishReason>,
-    blocked: bool,
-}
-
-/// How much of `held` may go out now. `Words`: all but the word being written, or, inside an
-/// open string literal or a `-----` line (a PEM header), all but the line being written; no
-/// default secret pattern can then be cut in two. `Lines`: whole lines only, since custom
-/// patterns may span anything within a line.
-fn safe_point(sent: &str, held: &str, hold: Hold) -> usize {
-    let line_start = held.rfind('\n').map_or(0, |i| i + 1);
-    let line = &held[line_start..];
-    match hold {
-        Hold::Nothing => held.len(),
-        Hold::Lines => line_start,
-        Hold::Words => {
-            // The line being written, with what of it was already sent.
-            let sent_line = if line_start == 0 { sent.rsplit('\n').next().unwrap_or("") } else { "" };
-            let quotes = |s: &str| s.chars().filter(|c| matches!(c, '"' | '\'' | '`')).count();
-            if (quotes(sent_line) + quotes(line)) % 2 == 1 || sent_line.contains("-----") || line.contains("-----") {
-                return line_start;
-            }
-            match line.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
-                Some((i, c)) => line_start + i + c.len_utf8(),
-                None => line_start,
-            }
-        }
-    }
-}
-
-impl Outgoing {
-    /// Takes new text; returns what may be sent now. `blocked` is the output check.
-    fn push(&mut self, blocked: &dyn Fn(&str) -> bool, text: &str, hold: Hold) -> Option<String> {
-        if self.blocked {
-            return None;
-        }
-        self.held.push_str(text);
-        let upto = safe_point(&self.sent, &self.held, hold);
-        if upto == 0 {
-            return None;
-        }
-        self.release(blocked, upto)
-    }
-
-    /// Sends whatever is held (the candidate has ended).
-    fn flush(&mut self, blocked: &dyn Fn(&str) -> bool) -> Option<String> {
-        if self.blocked {
-            return None;
-        }
-        self.release(blocked, self.held.len())
-    }
-
-    fn release(&mut self, blocked: &dyn Fn(&str) -> bool, upto: usize) -> Option<String> {
-        let candidate = format!("{}{}", self.sent, &self.held[..upto]);
-        if blocked(&candidate) {
-            self.blocked = true;
-            self.held.clear();
-            return None;
-        }
-        let out: String = self.held.drain(..upto).collect();
-        self.sent.push_str(&out);
-        (!out.is_empty()).then_some(out)
-    }
-
-    fn finish_reason(&self) -> Option<FinishReason> {
-        if self.blocked {
-            Some(FinishReason::ContentFilter)
-        } else {
-            self.finish
-        }
-    }
-}
 
 /// The last chunk: usage, cache outcome and timings.
 fn final_chunk(mut c: CompletionChunk, summary: &Summary, cache: CacheOutcome) -> CompletionChunk {
@@ -1007,43 +929,4 @@ async fn stats(State(st): State<Arc<AppState>>, Query(q): Query<StatsQuery>) -> 
         ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", format!("the telemetry store cannot be read: {e}")).retry(5)
     })?;
     Ok(Json(report).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Streams `chunks` through the default filters; returns what went out and whether the
-    /// candidate was dropped.
-    fn stream(chunks: &[&str]) -> (Vec<String>, bool) {
-        let f = Filters::new(true, &[], &[]).unwrap();
-        let check = |t: &str| f.check_output(t).is_some();
-        let mut o = Outgoing::default();
-        let mut out: Vec<String> = chunks.iter().filter_map(|c| o.push(&check, c, f.hold())).collect();
-        out.extend(o.flush(&check));
-        (out, o.blocked)
-    }
-
-    #[test]
-    fn ordinary_code_streams_word_by_word() {
-        assert_eq!(stream(&["return", " a", " +", " b"]), (vec!["return ".into(), "a ".into(), "+ ".into(), "b".into()], false));
-        assert_eq!(stream(&["x = 'it", "s'", " + y"]).0, vec!["x = ", "'its' + ", "y"], "a string literal goes out closed");
-    }
-
-    #[test]
-    fn no_part_of_a_secret_is_streamed() {
-        for chunks in [
-            &["key = AKIA", "IOSFODNN7", "EXAMPLE\n"][..],
-            &["password = \"hun", "ter2 is", " fine\"\n"],
-            &["-----BEGIN", " RSA PRIVATE", " KEY-----\nMIIE"],
-            &["t = ghp_0123456789", "abcdefghijABCDEFGHIJ012345 ", "x"],
-        ] {
-            let (out, blocked) = stream(chunks);
-            assert!(blocked, "{chunks:?}");
-            let sent = out.concat();
-            for piece in ["AKIA", "hun", "BEGIN", "ghp_"] {
-                assert!(!sent.contains(piece), "{piece} went out: {sent:?}");
-            }
-        }
-    }
 }
