@@ -147,6 +147,9 @@ impl Api {
     }
 }
 
+/// Longest completion text read from a stream.
+const MAX_TEXT_BYTES: usize = 64 << 10;
+
 /// What a fetch has so far.
 #[derive(Debug, Clone, Default)]
 pub struct FetchState {
@@ -180,6 +183,10 @@ impl Fetch {
             let result = api
                 .stream(&body, |texts, finished| {
                     tx.send_modify(|s| s.texts = texts.to_vec());
+                    // A server that never stops is cut off; the text is judged as it stands.
+                    if texts.iter().any(|t| t.len() > MAX_TEXT_BYTES) {
+                        return false;
+                    }
                     !texts.iter().zip(finished).all(|(t, f)| *f || complete_at(mode, t).is_some())
                 })
                 .await;

@@ -54,7 +54,8 @@ pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, 
         suffix_end = next;
         line += 1;
     }
-    suffix_end = suffix_end.max(cursor);
+    // A line longer than the budget (minified code) is cut inside the line.
+    suffix_end = suffix_end.max(cursor).min(cursor + (budget_chars - prefix_chars));
     let prefix_budget = budget_chars.saturating_sub(suffix_end - cursor);
 
     // Prefix: whole lines before the cursor's line, back to the budget.
@@ -66,7 +67,7 @@ pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, 
         }
         start_line -= 1;
     }
-    let start = rope.line_to_char(start_line);
+    let start = rope.line_to_char(start_line).max(cursor.saturating_sub(prefix_budget));
     let mut prefix = rope.slice(start..cursor).to_string();
     let suffix = rope.slice(cursor..suffix_end).to_string();
 
@@ -176,6 +177,16 @@ mod tests {
         assert!(w.prefix.ends_with("        return "));
         assert!(w.suffix.starts_with("value_0\n# trailing line 0\n"));
         assert!(w.suffix.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_minified_line_is_cut_inside_the_line() {
+        let line = "a=1;".repeat(250_000);
+        let (doc, syn) = parsed(&format!("{line}\n"), "rust");
+        let cfg = ContextConfig::default();
+        let w = build(&doc, 500_000, syn.parts(), &cfg);
+        let budget = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+        assert!(w.prefix.len() + w.suffix.len() <= budget && w.prefix.len() > budget / 2, "{} {}", w.prefix.len(), w.suffix.len());
     }
 
     #[test]

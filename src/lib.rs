@@ -16,4 +16,5 @@ pub mod settings;
 pub mod snippets;
 pub mod suggest;
 pub mod syntax;
+pub mod telemetry;
 pub mod trigger;

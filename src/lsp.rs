@@ -39,10 +39,16 @@ impl Backend {
     async fn suggestion(&self, uri: &Uri, pos: Position, ask: Ask) -> Option<Suggestion> {
         // No await before `suggest` takes its snapshot: messages are handled in the order they
         // arrive, so the request sees exactly the edits sent before it.
-        match self.core.suggest(uri.as_str(), to_doc(pos), ask).await {
-            Ok(s) => s,
-            Err(e) => {
+        // A bug must not take the editor's session down: a panic answers empty and is logged.
+        let fut = std::panic::AssertUnwindSafe(self.core.suggest(uri.as_str(), to_doc(pos), ask));
+        match futures_util::FutureExt::catch_unwind(fut).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 tracing::warn!("{e}");
+                None
+            }
+            Err(_) => {
+                tracing::error!("internal error while completing {}; answered empty", uri.as_str());
                 None
             }
         }
@@ -73,17 +79,46 @@ impl Backend {
         Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
     }
 
-    async fn notification_log(&self, name: &str, params: Value) {
-        tracing::debug!("{name}: {params}");
+    /// `ghostline/stats`: the keystroke path's counters (for benchmarks and bug reports).
+    pub async fn stats(&self) -> Result<Value> {
+        let c = &self.core.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(json!({
+            "requests": get(&c.requests), "fetches": get(&c.fetches), "cache_hits": get(&c.cache_hits),
+            "reused": get(&c.reused), "superseded": get(&c.superseded), "skipped": get(&c.skipped), "errors": get(&c.errors),
+        }))
     }
 
+    /// `textDocument/didShowCompletion` (`{item}`: the inline item shown).
     pub async fn did_show_completion(&self, params: Value) {
-        self.notification_log("didShowCompletion", params).await;
+        if let Some((id, index)) = item_ids(&params) {
+            let lang = params["item"]["language"].as_str().unwrap_or("").to_string();
+            self.core.shown(&id, index, &lang);
+        }
     }
 
+    /// `textDocument/didPartiallyAcceptCompletion` (`{item, acceptedLength}`).
     pub async fn did_partially_accept_completion(&self, params: Value) {
-        self.notification_log("didPartiallyAcceptCompletion", params).await;
+        let n = params["acceptedLength"].as_u64().or(params["accepted_length"].as_u64());
+        if let (Some((id, _)), Some(n)) = (item_ids(&params), n) {
+            self.core.partially_accepted(&id, n as usize);
+        }
     }
+}
+
+/// The completion id and candidate index of an item, from its `ghostline.accepted` command.
+fn item_ids(params: &Value) -> Option<(String, u32)> {
+    let args = &params["item"]["command"]["arguments"];
+    let id = args[0].as_str().or(params["completionId"].as_str())?.to_string();
+    Some((id, args[1].as_u64().unwrap_or(0) as u32))
+}
+
+/// `$/ghostline/status`: the server's state for plugins that show one.
+enum StatusNotification {}
+
+impl tower_lsp_server::ls_types::notification::Notification for StatusNotification {
+    type Params = Value;
+    const METHOD: &'static str = "$/ghostline/status";
 }
 
 fn server_capabilities(encoding: PositionEncoding) -> ServerCapabilities {
@@ -126,6 +161,9 @@ impl LanguageServer for Backend {
             .and_then(|u| u.to_file_path().map(|p| p.into_owned()));
         if let Ok(mut r) = self.core.root.write() {
             *r = root;
+        }
+        if let Ok(mut e) = self.core.editor.write() {
+            *e = params.client_info.as_ref().map(|c| c.name.clone());
         }
         if let Some(opts) = &params.initialization_options {
             let w = self.core.update_settings(opts);
@@ -210,17 +248,39 @@ impl LanguageServer for Backend {
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
         if params.command == ACCEPT_COMMAND {
-            tracing::debug!("accepted: {:?}", params.arguments);
+            let id = params.arguments.first().and_then(|a| a.as_str());
+            let index = params.arguments.get(1).and_then(|a| a.as_u64()).unwrap_or(0) as u32;
+            match id {
+                Some(id) => self.core.accepted(id, index),
+                None => return Err(tower_lsp_server::jsonrpc::Error::invalid_params("ghostline.accepted takes [completion id, candidate index]")),
+            }
+            return Ok(None);
         }
-        Ok(None)
+        Err(tower_lsp_server::jsonrpc::Error::invalid_params(format!("unknown command {}", params.command)))
     }
 }
 
 /// Serves LSP on stdio until the client exits.
 pub async fn serve(settings: Settings) {
     let core = Core::new(settings);
-    let (service, socket) = LspService::build(|client| Backend { client, core })
+    let (service, socket) = LspService::build(|client| {
+        // Notices about the server reach the user once per change of state.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::suggest::Notice>();
+        core.set_notices(tx);
+        let c = client.clone();
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                if n.show {
+                    let level = if n.state == "ready" { MessageType::INFO } else { MessageType::WARNING };
+                    c.show_message(level, &n.message).await;
+                }
+                c.send_notification::<StatusNotification>(json!({"state": n.state, "message": n.message})).await;
+            }
+        });
+        Backend { client, core }
+    })
         .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
+        .custom_method("ghostline/stats", Backend::stats)
         .custom_method("textDocument/didShowCompletion", Backend::did_show_completion)
         .custom_method("textDocument/didPartiallyAcceptCompletion", Backend::did_partially_accept_completion)
         .finish();

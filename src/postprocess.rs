@@ -101,6 +101,7 @@ fn drop_repeated_suffix_lines(text: &str, doc: &Document, cursor: usize) -> Stri
     let rope = doc.rope();
     let line = rope.char_to_line(cursor);
     let next: Vec<String> = (line + 1..rope.len_lines().min(line + 12))
+        .filter(|&l| rope.line(l).len_chars() < 1000)
         .map(|l| rope.line(l).to_string())
         .filter(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())

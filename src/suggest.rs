@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ghostline_api::ContextSnippet;
 use lru::LruCache;
@@ -24,10 +24,16 @@ use crate::postprocess;
 use crate::settings::Settings;
 use crate::snippets::{identifiers, SnippetIndex, WINDOW_LINES};
 use crate::syntax::Syntax;
+use crate::telemetry::{Outcome, Outcomes, Spool, Telemetry, SPOOL_MAX_BYTES};
 use crate::trigger::{self, Mode};
+use ghostline_api::TelemetryKind;
 
 /// Recently closed documents kept for snippets.
 const CLOSED_KEPT: usize = 16;
+/// Documents larger than this get no syntax tree.
+const MAX_PARSED_BYTES: usize = 8 << 20;
+/// Documents larger than this give no snippets.
+const MAX_SNIPPET_SOURCE_BYTES: usize = 2 << 20;
 /// Suggestions kept for typed-ahead and revisits.
 const CACHE_ENTRIES: usize = 256;
 
@@ -84,6 +90,28 @@ pub struct Ask {
     pub debounce: bool,
 }
 
+/// What the user is told about the server, once per change of state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// `ready`, `error`, `unauthorized` or `limited` (the `$/ghostline/status` state).
+    pub state: &'static str,
+    pub message: String,
+    /// Show it to the user (`window/showMessage`), not just as a status.
+    pub show: bool,
+}
+
+/// The server's state as requests see it.
+#[derive(Debug, Clone, PartialEq)]
+enum Health {
+    Ok,
+    /// Unreachable or failing: no request before `until`; the wait doubles up to 30 s.
+    Down { until: Instant, backoff: Duration },
+    /// 401: nothing more until the settings change.
+    Unauthorized,
+    /// 429: nothing before `until` (Retry-After).
+    Limited { until: Instant },
+}
+
 pub struct Core {
     docs: Mutex<HashMap<String, DocState>>,
     closed: Mutex<LruCache<String, (Document, String)>>,
@@ -92,12 +120,20 @@ pub struct Core {
     cache: Mutex<SuggestionCache>,
     inflight: Mutex<HashMap<String, Arc<Fetch>>>,
     snippets: Mutex<SnippetIndex>,
-    api: RwLock<Arc<Api>>,
+    api: Arc<RwLock<Arc<Api>>>,
     /// The model's context length once known.
     context_length: Mutex<Option<usize>>,
     pub root: RwLock<Option<std::path::PathBuf>>,
     pub session: String,
     pub counters: Counters,
+    health: Mutex<Health>,
+    notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Notice>>>,
+    outcomes: Mutex<Outcomes>,
+    telemetry: Mutex<Option<Arc<Telemetry>>>,
+    /// The client reports shown suggestions itself (`didShowCompletion`).
+    pub client_reports_shown: std::sync::atomic::AtomicBool,
+    /// The editor's name, from `clientInfo`.
+    pub editor: RwLock<Option<String>>,
 }
 
 fn session_id() -> String {
@@ -116,11 +152,17 @@ impl Core {
             cache: Mutex::new(SuggestionCache::new(CACHE_ENTRIES)),
             inflight: Mutex::new(HashMap::new()),
             snippets: Mutex::new(SnippetIndex::default()),
-            api: RwLock::new(api),
+            api: Arc::new(RwLock::new(api)),
             context_length: Mutex::new(None),
             root: RwLock::new(None),
             session: session_id(),
             counters: Counters::default(),
+            health: Mutex::new(Health::Ok),
+            notices: Mutex::new(None),
+            outcomes: Mutex::new(Outcomes::default()),
+            telemetry: Mutex::new(None),
+            client_reports_shown: std::sync::atomic::AtomicBool::new(false),
+            editor: RwLock::new(None),
         })
     }
 
@@ -144,8 +186,120 @@ impl Core {
             if let Ok(mut c) = self.context_length.lock() {
                 *c = None;
             }
+            self.set_health(Health::Ok, None);
         }
         warnings
+    }
+
+    /// Where notices about the server's state go (the LSP shows them).
+    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<Notice>) {
+        if let Ok(mut n) = self.notices.lock() {
+            *n = Some(tx);
+        }
+    }
+
+    fn notify(&self, n: Notice) {
+        if let Some(tx) = self.notices.lock().ok().and_then(|t| t.clone()) {
+            let _ = tx.send(n);
+        }
+    }
+
+    fn set_health(&self, h: Health, notice: Option<Notice>) {
+        if let Ok(mut cur) = self.health.lock() {
+            *cur = h;
+        }
+        if let Some(n) = notice {
+            self.notify(n);
+        }
+    }
+
+    /// Whether a request may go to the server now.
+    fn may_ask(&self) -> bool {
+        let Ok(h) = self.health.lock() else { return true };
+        match &*h {
+            Health::Ok => true,
+            Health::Down { until, .. } | Health::Limited { until } => Instant::now() >= *until,
+            Health::Unauthorized => false,
+        }
+    }
+
+    /// Updates the server's state after a request and tells the user about changes, once.
+    fn observe(&self, result: Result<(), &ApiError>) {
+        let Ok(mut h) = self.health.lock() else { return };
+        let url = self.api().base.clone();
+        let (next, notice) = match (result, &*h) {
+            (Ok(()), Health::Ok) => return,
+            (Ok(()), _) => (Health::Ok, Some(Notice { state: "ready", message: format!("ghostline: connected to {url}"), show: false })),
+            (Err(ApiError::Status { code: 401, message, .. }), _) => (
+                Health::Unauthorized,
+                Some(Notice {
+                    state: "unauthorized",
+                    message: format!("ghostline: {url} refused the API key ({message}). Set `apiKey` in the ghostline settings or GHOSTLINE_API_KEY; no more requests until then."),
+                    show: true,
+                }),
+            ),
+            (Err(ApiError::Status { code: 429, retry_after, .. }), prev) => {
+                let wait = Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 300));
+                let first = !matches!(prev, Health::Limited { .. });
+                (Health::Limited { until: Instant::now() + wait }, first.then(|| Notice { state: "limited", message: format!("ghostline: rate limited by {url}; waiting {} s", wait.as_secs()), show: false }))
+            }
+            (Err(e), prev) => {
+                let backoff = match prev {
+                    Health::Down { backoff, .. } => (*backoff * 2).min(Duration::from_secs(30)),
+                    _ => Duration::from_millis(1000),
+                };
+                let first = !matches!(prev, Health::Down { .. });
+                let notice = first.then(|| Notice { state: "error", message: format!("ghostline: {e}. Suggestions resume on their own when it is back."), show: true });
+                (Health::Down { until: Instant::now() + backoff, backoff }, notice)
+            }
+        };
+        *h = next;
+        drop(h);
+        if let Some(n) = notice {
+            self.notify(n);
+        }
+    }
+
+    /// Queues telemetry outcomes (nothing at all when telemetry is off).
+    pub fn record(&self, outcomes: &[Outcome]) {
+        if outcomes.is_empty() || !self.settings().telemetry {
+            return;
+        }
+        let t = {
+            let Ok(mut t) = self.telemetry.lock() else { return };
+            if t.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+                let spool = crate::telemetry::cache_dir().map(|d| Arc::new(Spool::new(&d, SPOOL_MAX_BYTES)));
+                let cell = self.api.clone();
+                *t = Some(Telemetry::start(&self.session, spool, move || cell.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone())));
+            }
+            t.clone()
+        };
+        if let Some(t) = t {
+            if let Ok(mut e) = t.editor.write() {
+                *e = self.editor.read().ok().and_then(|e| e.clone());
+            }
+            for o in outcomes {
+                t.record(o);
+            }
+        }
+    }
+
+    /// The command on an accepted item ran.
+    pub fn accepted(&self, id: &str, index: u32) {
+        let o = self.outcomes.lock().ok().and_then(|mut o| o.accepted(id, index));
+        self.record(&o.into_iter().collect::<Vec<_>>());
+    }
+
+    /// The editor reported a partial accept.
+    pub fn partially_accepted(&self, id: &str, chars: usize) {
+        let o = self.outcomes.lock().ok().and_then(|mut o| o.partially_accepted(id, chars));
+        self.record(&o.into_iter().collect::<Vec<_>>());
+    }
+
+    /// The editor reported a suggestion shown.
+    pub fn shown(&self, id: &str, index: u32, language: &str) {
+        self.client_reports_shown.store(true, Ordering::Relaxed);
+        self.record(&[Outcome { completion_id: id.into(), index, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: language.into() }]);
     }
 
     fn encoding(&self) -> PositionEncoding {
@@ -164,7 +318,8 @@ impl Core {
 
     pub fn open(&self, uri: &str, language: &str, version: i32, text: &str) {
         let doc = Document::new(text, version, language);
-        let mut syntax = Syntax::new(language);
+        // Very large files are completed as plain text: a tree would cost seconds and much memory.
+        let mut syntax = if text.len() <= MAX_PARSED_BYTES { Syntax::new(language) } else { None };
         if let Some(s) = syntax.as_mut() {
             s.parse_full(&doc);
         }
@@ -183,7 +338,9 @@ impl Core {
         let Ok(mut docs) = self.docs.lock() else { return false };
         let Some(st) = docs.get_mut(uri) else { return false };
         let mut last_end = None;
+        let mut inserted = 0;
         for (range, text) in changes {
+            inserted = text.chars().count();
             let edit = st.doc.apply(*range, text, enc);
             match st.syntax.as_mut() {
                 Some(s) if range.is_some() => s.edit(&st.doc, &edit),
@@ -194,6 +351,10 @@ impl Core {
         }
         st.doc.version = version;
         st.generation.send_modify(|g| *g += 1);
+        let decided = match (last_end, self.outcomes.lock()) {
+            (Some(end), Ok(mut o)) => o.edited(uri, st.doc.rope(), end, inserted),
+            _ => vec![],
+        };
         // A stream in flight stays only while the text typed since it still matches it.
         if let Ok(mut inflight) = self.inflight.lock() {
             if let Some(f) = inflight.get(uri) {
@@ -203,6 +364,8 @@ impl Core {
                 }
             }
         }
+        drop(docs);
+        self.record(&decided);
         true
     }
 
@@ -220,6 +383,8 @@ impl Core {
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(uri);
         }
+        let decided = self.outcomes.lock().map(|mut o| o.close_doc(uri)).unwrap_or_default();
+        self.record(&decided);
     }
 
     pub fn document_text(&self, uri: &str) -> Option<String> {
@@ -286,6 +451,7 @@ impl Core {
         let position = doc.position(cursor, enc);
         if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.lookup(uri, doc.rope(), cursor)) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.track_shown(uri, doc.rope(), cursor, &hit.id, &hit.items[0].1, &doc.language, false);
             return Ok(Some(Suggestion { id: hit.id, items: hit.items, position, source: Source::Cache, mode }));
         }
         if ask.debounce && settings.debounce_ms > 0 {
@@ -304,6 +470,9 @@ impl Core {
                 (f, typed, Source::Reused)
             }
             None => {
+                if !self.may_ask() {
+                    return Ok(None);
+                }
                 let body = self.request_body(&doc, cursor, syntax.as_ref(), &path, uri, mode, ask, &settings).await;
                 let f = Fetch::start(self.api(), body, Anchor::new(uri, doc.rope(), cursor), mode);
                 self.counters.fetches.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +489,9 @@ impl Core {
                 Err(_) => {
                     self.drop_fetch(uri, &fetch);
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(ApiError::Unreachable(format!("no answer within {} ms", settings.request_timeout_ms)));
+                    let e = ApiError::Unreachable(format!("no answer within {} ms", settings.request_timeout_ms));
+                    self.observe(Err(&e));
+                    return Err(e);
                 }
             },
             _ = generation.changed() => {
@@ -331,8 +502,10 @@ impl Core {
         self.drop_fetch(uri, &fetch);
         if let Some(e) = state.error {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            self.observe(Err(&e));
             return Err(e);
         }
+        self.observe(Ok(()));
         let mut items: Vec<String> = Vec::new();
         for raw in &state.texts {
             let Some(rest) = raw.strip_prefix(typed.as_str()) else { continue };
@@ -348,8 +521,20 @@ impl Core {
         if let Ok(mut c) = self.cache.lock() {
             c.insert(Entry { anchor: Anchor::new(uri, doc.rope(), cursor), id: state.id.clone(), items: items.clone() });
         }
-        let items = items.into_iter().enumerate().map(|(i, t)| (i as u32, t)).collect();
+        let items: Vec<(u32, String)> = items.into_iter().enumerate().map(|(i, t)| (i as u32, t)).collect();
+        self.track_shown(uri, doc.rope(), cursor, &state.id, &items[0].1, &doc.language, true);
         Ok(Some(Suggestion { id: state.id, items, position, source, mode: fetch.mode }))
+    }
+
+    /// A suggestion goes on screen: earlier ones of the document are decided, and (unless the
+    /// client reports it itself) a `shown` event is queued for a new completion.
+    #[allow(clippy::too_many_arguments)]
+    fn track_shown(&self, uri: &str, rope: &ropey::Rope, cursor: usize, id: &str, text: &str, language: &str, new: bool) {
+        let mut out = self.outcomes.lock().map(|mut o| o.shown(Anchor::new(uri, rope, cursor), id, 0, text, language)).unwrap_or_default();
+        if new && !self.client_reports_shown.load(Ordering::Relaxed) {
+            out.push(Outcome { completion_id: id.into(), index: 0, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: language.into() });
+        }
+        self.record(&out);
     }
 
     /// Forgets a finished or abandoned fetch (if it is still the document's current one).
@@ -418,10 +603,10 @@ impl Core {
         // Snapshot the other documents (cheap rope clones), then rank without the doc lock.
         let mut others: Vec<(String, String, i32, ropey::Rope)> = Vec::new();
         if let Ok(docs) = self.docs.lock() {
-            others.extend(docs.iter().filter(|(u, _)| u.as_str() != uri).map(|(u, s)| (u.clone(), s.path.clone(), s.doc.version, s.doc.rope().clone())));
+            others.extend(docs.iter().filter(|(u, s)| u.as_str() != uri && s.doc.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES).map(|(u, s)| (u.clone(), s.path.clone(), s.doc.version, s.doc.rope().clone())));
         }
         if let Ok(closed) = self.closed.lock() {
-            others.extend(closed.iter().map(|(u, (d, p))| (u.clone(), p.clone(), d.version, d.rope().clone())));
+            others.extend(closed.iter().filter(|(_, (d, _))| d.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES).map(|(u, (d, p))| (u.clone(), p.clone(), d.version, d.rope().clone())));
         }
         let Ok(mut index) = self.snippets.lock() else { return vec![] };
         index.retain(|u| others.iter().any(|o| o.0 == u));

@@ -52,6 +52,8 @@ fn opens_block(language: &str, before: &str) -> bool {
     }
 }
 
+const LINE_CAP: usize = 2000;
+
 /// The line of `char_idx` split at it: (text before on the line, text after up to the end of
 /// the line, without the terminator).
 pub fn line_around(doc: &Document, char_idx: usize) -> (String, String) {
@@ -59,8 +61,9 @@ pub fn line_around(doc: &Document, char_idx: usize) -> (String, String) {
     let line = rope.char_to_line(char_idx);
     let start = rope.line_to_char(line);
     let end = rope.line_to_char((line + 1).min(rope.len_lines()));
-    let before = rope.slice(start..char_idx).to_string();
-    let after: String = rope.slice(char_idx..end).chars().take_while(|c| *c != '\n' && *c != '\r').collect();
+    // At most LINE_CAP characters each side: a minified line must not be copied per keystroke.
+    let before = rope.slice(start.max(char_idx.saturating_sub(LINE_CAP))..char_idx).to_string();
+    let after: String = rope.slice(char_idx..end).chars().take(LINE_CAP).take_while(|c| *c != '\n' && *c != '\r').collect();
     (before, after)
 }
 

@@ -2,196 +2,15 @@
 //! on loopback: initialize, open Python and Rust files, edit, inline completions and menu
 //! completions, accept, type ahead without a new server request, cancel and supersede.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-struct Proc(Child);
+#[path = "support/lsp_client.rs"]
+mod lsp_client;
+use lsp_client::{inline_params, served, server_binary, start_server, Lsp};
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The server binary, built next to ours by `cargo build --workspace` (tests/run does it).
-fn server_binary() -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_ghostline"));
-    let p = ours.with_file_name(format!("ghostline-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(p.exists(), "{} is missing: build the workspace first (`cargo build --workspace`, as tests/run does)", p.display());
-    p
-}
-
-/// Starts ghostline-server on a free loopback port with the bundled model; returns its address.
-fn start_server() -> (Proc, String) {
-    let mut child = Command::new(server_binary())
-        .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ghostline-server");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if let Some(a) = line.strip_prefix("ghostline-server listening on http://") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-/// Completions the server has answered with status 200.
-fn served(addr: &str) -> u64 {
-    let metrics = http_get(addr, "/metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("ghostline_requests_total{") && l.contains("endpoint=\"/v1/completions\"") && l.contains("status=\"200\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-struct Lsp {
-    _proc: Proc,
-    stdin: ChildStdin,
-    rx: Receiver<Value>,
-    next_id: i64,
-    /// Notifications and server requests seen while waiting for responses.
-    seen: Vec<Value>,
-}
-
-impl Lsp {
-    fn start(server_url: &str) -> Lsp {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline"))
-            .env("GHOSTLINE_SERVER_URL", server_url)
-            .env("GHOSTLINE_LOG", "ghostline=debug")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ghostline");
-        let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = channel();
-        std::thread::spawn(move || loop {
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if out.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.parse().unwrap();
-                }
-            }
-            let mut buf = vec![0; len];
-            if out.read_exact(&mut buf).is_err() {
-                return;
-            }
-            if tx.send(serde_json::from_slice(&buf).unwrap()).is_err() {
-                return;
-            }
-        });
-        Lsp { _proc: Proc(child), stdin, rx, next_id: 0, seen: vec![] }
-    }
-
-    fn send(&mut self, msg: Value) {
-        let body = msg.to_string();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn notify(&mut self, method: &str, params: Value) {
-        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}));
-    }
-
-    fn send_request(&mut self, method: &str, params: Value) -> i64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        id
-    }
-
-    fn response(&mut self, id: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.rx.recv_timeout(left).unwrap_or_else(|_| panic!("no response to request {id}"));
-            if msg["id"] == json!(id) && msg.get("method").is_none() {
-                return msg;
-            }
-            self.seen.push(msg);
-        }
-    }
-
-    /// Waits for a notification or server request that satisfies `pred`.
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(m) = self.seen.iter().find(|m| pred(m)) {
-            return m.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.rx.recv_timeout(left).unwrap_or_else(|_| panic!("no {what}; saw {:?}", self.seen));
-            if pred(&msg) {
-                return msg;
-            }
-            self.seen.push(msg);
-        }
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.send_request(method, params);
-        let r = self.response(id);
-        assert!(r.get("error").is_none(), "{method}: {r}");
-        r["result"].clone()
-    }
-
-    fn initialize(&mut self, options: Value) -> Value {
-        let r = self.request(
-            "initialize",
-            json!({"processId": null, "rootUri": null, "capabilities": {"general": {"positionEncodings": ["utf-8", "utf-16"]}}, "initializationOptions": options, "clientInfo": {"name": "test"}}),
-        );
-        self.notify("initialized", json!({}));
-        r
-    }
-
-    fn open(&mut self, uri: &str, lang: &str, text: &str) {
-        self.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": text}}));
-    }
-
-    fn insert(&mut self, uri: &str, version: i32, line: u32, ch: u32, text: &str) {
-        let p = json!({"line": line, "character": ch});
-        self.notify("textDocument/didChange", json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"range": {"start": p, "end": p}, "text": text}]}));
-    }
-
-    fn inline(&mut self, uri: &str, line: u32, ch: u32, invoked: bool) -> Value {
-        self.request("textDocument/inlineCompletion", inline_params(uri, line, ch, invoked))
-    }
-}
-
-fn inline_params(uri: &str, line: u32, ch: u32, invoked: bool) -> Value {
-    json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": ch}, "context": {"triggerKind": if invoked { 1 } else { 2 }}})
-}
+const BIN: &str = env!("CARGO_BIN_EXE_ghostline");
 
 const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = \n        sizes.append(size)\n    return sum(sizes)\n";
 const PY_URI: &str = "file:///work/sizes.py";
@@ -200,9 +19,10 @@ const RS_URI: &str = "file:///work/words.rs";
 
 #[test]
 fn inline_completions_type_ahead_menu_completions_accept_and_cancel() {
-    let (_server, addr) = start_server();
-    let mut lsp = Lsp::start(&format!("http://{addr}"));
-    let init = lsp.initialize(json!({"debounceMs": 30, "multiline": "auto"}));
+    let (_server, addr) = start_server(server_binary(BIN), &["--threads", "2"]);
+    let mut lsp = Lsp::start(BIN, &format!("http://{addr}"));
+    // A generous deadline: CI machines are shared and the debug server is slow.
+    let init = lsp.initialize(json!({"debounceMs": 30, "multiline": "auto", "requestTimeoutMs": 30000}));
     let caps = &init["capabilities"];
     assert_eq!(caps["positionEncoding"], "utf-8");
     assert_eq!(caps["textDocumentSync"]["change"], 2, "incremental sync");
@@ -281,16 +101,161 @@ fn inline_completions_type_ahead_menu_completions_accept_and_cancel() {
 fn a_missing_server_gives_empty_answers_promptly() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut lsp = Lsp::start(&format!("http://127.0.0.1:{port}"));
+    let mut lsp = Lsp::start(BIN, &format!("http://127.0.0.1:{port}"));
     lsp.initialize(json!({"requestTimeoutMs": 1500}));
     lsp.open(PY_URI, "python", PY);
     let t = Instant::now();
     let r = lsp.inline(PY_URI, 6, 15, true);
     assert!(r.is_null(), "{r}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Told once, with a status for plugins; more keystrokes do not repeat it.
+    lsp.wait_for("a message that the server is unreachable", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach"));
+    lsp.wait_for("an error status", |m| m["method"] == "$/ghostline/status" && m["params"]["state"] == "error");
+    for _ in 0..3 {
+        assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
+    }
     // Bad settings are reported, not fatal.
     lsp.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"debounceMs": "soon"}}}));
+    let told = lsp.seen.iter().filter(|m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")).count();
+    assert_eq!(told, 1, "{:?}", lsp.seen);
     lsp.wait_for("a warning about debounceMs", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("debounceMs"));
     let r = lsp.inline(PY_URI, 6, 15, true);
+    assert!(r.is_null());
+}
+
+fn stats(addr: &str) -> serde_json::Value {
+    let raw = lsp_client::http_get(addr, "/v1/stats");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("/v1/stats: {e}: {raw}"))
+}
+
+fn wait_stat(addr: &str, field: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stats(addr)["overall"][field].as_u64().unwrap_or(0);
+        if got == want {
+            return;
+        }
+        assert!(got < want && Instant::now() < deadline, "{field}: {got}, want {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn telemetry_reaches_the_store_and_events_spooled_while_it_is_down_arrive_once() {
+    let data = lsp_client::temp_dir("data");
+    let cache = lsp_client::temp_dir("spool");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--threads", "2", "--data-dir", data.to_str().unwrap()];
+    let server = lsp_client::start_server_at(server_binary(BIN), &addr, &args);
+    let mut lsp = Lsp::start_with(BIN, &format!("http://{addr}"), &cache);
+    lsp.initialize(json!({"debounceMs": 0, "requestTimeoutMs": 30000}));
+    lsp.open(PY_URI, "python", PY);
+    lsp.open(RS_URI, "rust", RS);
+    // Served and accepted through the item's command: shown + accepted in the server's store.
+    lsp.insert(PY_URI, 2, 6, 8, "file_");
+    let r = lsp.inline(PY_URI, 6, 20, true);
+    let id = r["items"][0]["command"]["arguments"][0].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    lsp.request("workspace/executeCommand", json!({"command": "ghostline.accepted", "arguments": [id, 0]}));
+    wait_stat(&addr, "accepted", 1);
+    wait_stat(&addr, "shown", 1);
+
+    // A second suggestion, then the server goes away and the user types something else:
+    // the rejection is spooled, and sent once the server is back.
+    lsp.insert(RS_URI, 2, 5, 8, "*counts");
+    let r = lsp.inline(RS_URI, 5, 15, false);
+    assert!(r["items"][0]["insertText"].is_string(), "{r}");
+    wait_stat(&addr, "shown", 2);
+    drop(server);
+    lsp.insert(RS_URI, 3, 5, 15, "\u{1}");
+    let spool = cache.join("telemetry-spool.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spool.exists() {
+        assert!(Instant::now() < deadline, "nothing spooled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let spooled = std::fs::read_to_string(&spool).unwrap();
+    assert!(spooled.contains("\"rejected\""), "{spooled}");
+    let _server = lsp_client::start_server_at(server_binary(BIN), &addr, &args);
+    wait_stat(&addr, "rejected", 1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stats(&addr)["overall"]["rejected"].as_u64(), Some(1), "exactly once");
+    assert_eq!(stats(&addr)["overall"]["accepted"].as_u64(), Some(1));
+}
+
+/// A broken server: answers /v1/models properly, then each completion with the next canned
+/// response (raw HTTP), so the LSP meets malformed SSE, invalid UTF-8, a cut stream and a 401.
+fn broken_server(responses: Vec<Vec<u8>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut canned = responses.into_iter();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = vec![0u8; 65536];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let reply = if req.starts_with("GET /v1/models") {
+                let body = r#"{"object":"list","data":[{"id":"fake","object":"model","context_length":2048}]}"#;
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes()
+            } else {
+                match canned.next() {
+                    Some(r) => r,
+                    None => return,
+                }
+            };
+            let _ = conn.write_all(&reply);
+        }
+    });
+    addr
+}
+
+fn sse(body: &[u8]) -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n".to_vec();
+    r.extend_from_slice(body);
+    r
+}
+
+#[test]
+fn a_broken_server_never_breaks_the_session() {
+    let good = br#"data: {"id":"cmpl-ok","object":"text_completion","created":1,"model":"fake","choices":[{"index":0,"text":"compute(p)","finish_reason":"stop"}]}
+
+data: [DONE]
+
+"#;
+    let responses = vec![
+        sse(b"data: {not json\n\n"),
+        sse(b"data: {\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"fake\",\"choices\":[{\"index\":0,\"text\":\"ab\xff\xfe\",\"finish_reason\":null}]}\n\n"),
+        sse(b"data: {\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"fake\",\"choices\":[{\"index\":0,\"text\":\"half"),
+        sse(good),
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"error\":{\"type\":\"authentication_error\",\"message\":\"missing or wrong API key\",\"param\":null,\"code\":null}}".to_vec(),
+    ];
+    let addr = broken_server(responses);
+    let mut lsp = Lsp::start(BIN, &format!("http://{addr}"));
+    lsp.initialize(json!({"debounceMs": 0}));
+    lsp.open(PY_URI, "python", PY);
+    // Malformed JSON, invalid UTF-8, a stream cut mid-way: empty answers, no crash. Each
+    // failure backs requests off (1 s, doubling); wait it out between them.
+    for wait_ms in [1200, 2200, 4200] {
+        let r = lsp.inline(PY_URI, 6, 15, true);
+        assert!(r.is_null(), "{r}");
+        std::thread::sleep(Duration::from_millis(wait_ms));
+    }
+    // Then a good answer: completions resumed on their own.
+    let r = lsp.inline(PY_URI, 6, 15, true);
+    assert_eq!(r["items"][0]["insertText"], "compute(p)", "{r}");
+    lsp.wait_for("a ready status", |m| m["method"] == "$/ghostline/status" && m["params"]["state"] == "ready");
+    // 401: one clear message, and no more requests until the settings change.
+    lsp.insert(PY_URI, 2, 8, 15, " ");
+    assert!(lsp.inline(PY_URI, 6, 16, true).is_null());
+    lsp.wait_for("a message about the API key", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey"));
+    assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
+    assert!(lsp.inline(PY_URI, 8, 21, true).is_null());
+    let told = lsp.seen.iter().filter(|m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey")).count();
+    assert_eq!(told, 1);
+    assert!(!lsp.seen.iter().any(|m| m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")), "no request after the 401: {:?}", lsp.seen);
+    let r = lsp.request("shutdown", json!(null));
     assert!(r.is_null());
 }
