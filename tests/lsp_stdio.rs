@@ -259,3 +259,37 @@ data: [DONE]
     let r = lsp.request("shutdown", json!(null));
     assert!(r.is_null());
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) / 1024
+}
+
+#[test]
+fn huge_binary_and_much_edited_documents_answer_calmly_in_bounded_memory() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut lsp = Lsp::start(BIN, &format!("http://127.0.0.1:{port}"));
+    lsp.initialize(json!({"requestTimeoutMs": 1000}));
+    // A 20 MB minified one-line file: no tree, windows cut inside the line, no panic.
+    let big = "a=1;".repeat(5_000_000);
+    lsp.open("file:///work/big.py", "python", &big);
+    assert!(lsp.inline("file:///work/big.py", 0, 10_000_000, true).is_null());
+    // Binary-looking content and an unknown language.
+    lsp.open("file:///work/blob.bin", "binary", "\u{0}\u{1}\u{7f}\u{fffd}ELF\u{0}\u{0}\n\u{1b}[0m");
+    assert!(lsp.inline("file:///work/blob.bin", 0, 3, true).is_null());
+    // Thousands of edits on one document, requests in between and after, then closed mid-request.
+    lsp.open(PY_URI, "python", PY);
+    for i in 0..3000u32 {
+        lsp.insert(PY_URI, 2 + i as i32, 6, 15 + i, if i % 10 == 9 { " " } else { "x" });
+        if i % 500 == 0 {
+            lsp.send_request("textDocument/inlineCompletion", inline_params(PY_URI, 6, 16 + i, false));
+        }
+    }
+    let id = lsp.send_request("textDocument/inlineCompletion", inline_params(PY_URI, 6, 3015, true));
+    lsp.notify("textDocument/didClose", json!({"textDocument": {"uri": PY_URI}}));
+    assert!(lsp.response(id)["result"].is_null());
+    let rss = rss_mib(lsp.pid());
+    assert!(rss > 0 && rss < 400, "the LSP holds {rss} MiB");
+    let r = lsp.request("shutdown", json!(null));
+    assert!(r.is_null());
+}

@@ -142,6 +142,10 @@ impl Lsp {
         Lsp { _proc: Proc(child), stdin, rx, next_id: 0, seen: vec![] }
     }
 
+    pub fn pid(&self) -> u32 {
+        self._proc.0.id()
+    }
+
     pub fn send(&mut self, msg: Value) {
         let body = msg.to_string();
         write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body).unwrap();
