@@ -650,3 +650,19 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn telemetry_off_starts_nothing_and_on_starts_the_sender() {
+        let core = Core::new(Settings { telemetry: false, ..Settings::default() });
+        let o = Outcome { completion_id: "cmpl-1".into(), index: 0, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: "python".into() };
+        core.record(std::slice::from_ref(&o));
+        assert!(core.telemetry.lock().unwrap().is_none(), "telemetry: false must neither queue nor spool");
+        core.update_settings(&serde_json::json!({"telemetry": true}));
+        core.record(&[o]);
+        assert!(core.telemetry.lock().unwrap().is_some());
+    }
+}
