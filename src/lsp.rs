@@ -182,6 +182,7 @@ impl LanguageServer for Backend {
     }
 
     async fn shutdown(&self) -> Result<()> {
+        self.core.close_telemetry().await;
         Ok(())
     }
 
@@ -263,6 +264,7 @@ impl LanguageServer for Backend {
 /// Serves LSP on stdio until the client exits.
 pub async fn serve(settings: Settings) {
     let core = Core::new(settings);
+    let keep = core.clone();
     let (service, socket) = LspService::build(|client| {
         // Notices about the server reach the user once per change of state.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::suggest::Notice>();
@@ -286,4 +288,6 @@ pub async fn serve(settings: Settings) {
         .finish();
     // Requests wait on the network; a generous limit keeps them from holding up didChange.
     Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).concurrency_level(64).serve(service).await;
+    // The editor went away without a shutdown: still send or spool what is queued.
+    keep.close_telemetry().await;
 }

@@ -41,8 +41,9 @@ pub fn complete_at(mode: Mode, text: &str) -> Option<usize> {
 /// Turns a raw completion at char index `cursor` of `doc` into the text to show, or `None`.
 pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, mode: Mode, raw: &str) -> Option<String> {
     let raw = raw.replace("\r\n", "\n");
-    let mut text = match complete_at(mode, &raw) {
-        Some(end) if matches!(mode, Mode::SingleLine) => raw[..end].to_string(),
+    let mut text = match mode {
+        // One line means the rest of this line: nothing from a line break on.
+        Mode::SingleLine => raw.split(['\n', '\r']).next().unwrap_or("").to_string(),
         _ => raw,
     };
     let (before, after) = line_around(doc, cursor);
@@ -192,6 +193,7 @@ mod tests {
         assert_eq!(run("x = compute(|)\n", "python", s, "a, b)\n").as_deref(), Some("a, b"));
         assert_eq!(run("let v = vec![|];\n", "rust", s, "1, 2];").as_deref(), Some("1, 2"));
         assert_eq!(run("x = |\n", "python", s, "   \n\n"), None);
+        assert_eq!(run("x = |\n", "python", s, "\n    y = 2\n"), None, "nothing for this line");
         assert_eq!(complete_at(s, "  \n  foo"), None);
         assert_eq!(complete_at(s, "foo(1)\nbar"), Some(6));
     }

@@ -284,6 +284,14 @@ impl Core {
         }
     }
 
+    /// Sends or spools what telemetry is queued (at shutdown).
+    pub async fn close_telemetry(&self) {
+        let t = self.telemetry.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            t.close(Duration::from_secs(2)).await;
+        }
+    }
+
     /// The command on an accepted item ran.
     pub fn accepted(&self, id: &str, index: u32) {
         let o = self.outcomes.lock().ok().and_then(|mut o| o.accepted(id, index));

@@ -236,7 +236,8 @@ impl Spool {
 
 /// Where telemetry goes: a bounded queue in front of the sending task.
 pub struct Telemetry {
-    tx: mpsc::Sender<TelemetryEvent>,
+    tx: std::sync::Mutex<Option<mpsc::Sender<TelemetryEvent>>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub dropped: AtomicU64,
     next: AtomicU64,
     session: String,
@@ -273,7 +274,7 @@ impl Telemetry {
     /// Starts the sending task. `api` gives the current client (settings may change it).
     pub fn start(session: &str, spool: Option<Arc<Spool>>, api: impl Fn() -> Arc<Api> + Send + 'static) -> Arc<Telemetry> {
         let (tx, mut rx) = mpsc::channel::<TelemetryEvent>(QUEUE_EVENTS);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
             let mut spool_retry = Instant::now();
             loop {
@@ -284,8 +285,11 @@ impl Telemetry {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(e)) => batch.push(e),
                         Ok(None) => {
-                            if let (Some(s), false) = (&spool, batch.is_empty()) {
-                                let _ = s.append(&batch);
+                            // Closing (shutdown): one try, then the spool.
+                            if !batch.is_empty() {
+                                if let (Sent::Later(_), Some(s)) = (post(&api(), &batch).await, &spool) {
+                                    let _ = s.append(&batch);
+                                }
                             }
                             return;
                         }
@@ -343,7 +347,7 @@ impl Telemetry {
                 }
             }
         });
-        Arc::new(Telemetry { tx, dropped: AtomicU64::new(0), next: AtomicU64::new(0), session: session.to_string(), editor: std::sync::RwLock::new(None) })
+        Arc::new(Telemetry { tx: std::sync::Mutex::new(Some(tx)), task: std::sync::Mutex::new(Some(task)), dropped: AtomicU64::new(0), next: AtomicU64::new(0), session: session.to_string(), editor: std::sync::RwLock::new(None) })
     }
 
     /// Queues an outcome (never waits; a full queue drops and counts).
@@ -360,8 +364,20 @@ impl Telemetry {
             editor: self.editor.read().ok().and_then(|e| e.clone()),
             language: Some(o.language.clone()),
         };
-        if self.tx.try_send(e).is_err() {
+        let sent = self.tx.lock().ok().and_then(|t| t.as_ref().map(|tx| tx.try_send(e).is_ok()));
+        if sent != Some(true) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops taking events and waits (up to `wait`) for the queued ones to be sent or spooled.
+    pub async fn close(&self, wait: Duration) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(wait, task).await;
         }
     }
 }

@@ -229,6 +229,7 @@ data: [DONE]
         sse(b"data: {not json\n\n"),
         sse(b"data: {\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"fake\",\"choices\":[{\"index\":0,\"text\":\"ab\xff\xfe\",\"finish_reason\":null}]}\n\n"),
         sse(b"data: {\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"fake\",\"choices\":[{\"index\":0,\"text\":\"half"),
+        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\",\"param\":null,\"code\":null}}".to_vec(),
         sse(good),
         b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"error\":{\"type\":\"authentication_error\",\"message\":\"missing or wrong API key\",\"param\":null,\"code\":null}}".to_vec(),
     ];
@@ -243,7 +244,11 @@ data: [DONE]
         assert!(r.is_null(), "{r}");
         std::thread::sleep(Duration::from_millis(wait_ms));
     }
-    // Then a good answer: completions resumed on their own.
+    // 429 with Retry-After: 1: nothing is asked for a second (the next canned answer stays
+    // unused), then completions resume on their own with a good answer.
+    assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
+    assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
+    std::thread::sleep(Duration::from_millis(1300));
     let r = lsp.inline(PY_URI, 6, 15, true);
     assert_eq!(r["items"][0]["insertText"], "compute(p)", "{r}");
     lsp.wait_for("a ready status", |m| m["method"] == "$/ghostline/status" && m["params"]["state"] == "ready");
