@@ -201,10 +201,12 @@ fn replicas_share_cache_and_limits_through_redis_and_survive_its_outage() {
     let one = |s: &Server, i: u32| status_of(s, &json!({"prompt": format!("w{i}"), "max_tokens": 1})).0;
     assert_eq!([one(&a, 0), one(&b, 1), one(&a, 2)], [200, 200, 200]);
     assert_eq!(one(&b, 3), 429, "the limit is shared, not per replica");
-    (a.key, b.key) = (Some(key.clone()), Some(key.clone()));
 
-    // Redis goes away: requests still succeed, from the local cache and limits.
+    // Redis goes away: requests still succeed, from the local cache and limits, and the
+    // limits still hold (each replica's own bucket: three requests).
     redis.stop();
+    assert_eq!([one(&a, 4), one(&a, 5), one(&a, 6), one(&a, 7)], [200, 200, 200, 429]);
+    (a.key, b.key) = (Some(key.clone()), Some(key.clone()));
     let body = json!({"prompt": "for i in range(3):\n", "max_tokens": 4, "temperature": 0.0});
     assert_eq!(a.complete(body.clone())["cache"], "miss");
     assert_eq!(a.complete(body)["cache"], "hit");
