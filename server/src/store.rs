@@ -277,7 +277,13 @@ impl Store {
 
     /// Runs `f` in one transaction: committed when it returns Ok, rolled back otherwise.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&mut Store) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        self.batch("BEGIN")?;
+        // SQLite: take the write lock up front, so a read-then-write transaction waits for
+        // another writer (busy timeout) instead of failing when it upgrades.
+        let begin = match self {
+            Store::Sqlite(_) => "BEGIN IMMEDIATE",
+            Store::Postgres(_) => "BEGIN",
+        };
+        self.batch(begin)?;
         match f(self) {
             Ok(v) => {
                 self.batch("COMMIT")?;
