@@ -62,6 +62,7 @@ impl Backend {
     pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
         let tdp = params.text_document_position;
         let invoked = params.context.trigger_kind == InlineCompletionTriggerKind::INVOKED;
+        tracing::debug!("inlineCompletion {} {}:{} invoked={invoked}", tdp.text_document.uri.as_str(), tdp.position.line, tdp.position.character);
         let ask = Ask { invoked, n: if invoked { 3 } else { 1 }, debounce: !invoked };
         let Some(s) = self.suggestion(&tdp.text_document.uri, tdp.position, ask).await else { return Ok(None) };
         let at = to_lsp(s.position);
@@ -188,10 +189,12 @@ impl LanguageServer for Backend {
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
         let d = params.text_document;
+        tracing::debug!("open {} ({})", d.uri.as_str(), d.language_id);
         self.core.open(d.uri.as_str(), &d.language_id, d.version, &d.text);
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
+        tracing::trace!("change {} v{}", params.text_document.uri.as_str(), params.text_document.version);
         let changes: Vec<_> = params.content_changes.into_iter().map(|c| (c.range.map(|r| (to_doc(r.start), to_doc(r.end))), c.text)).collect();
         let uri = params.text_document.uri;
         if !self.core.change(uri.as_str(), params.text_document.version, &changes) {

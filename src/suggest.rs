@@ -452,6 +452,7 @@ impl Core {
             rx.borrow_and_update();
             (st.doc.clone(), st.syntax.as_ref().and_then(|s| s.fork()), st.path.clone(), rx, mode, cursor)
         };
+        tracing::debug!("suggest {uri} {}:{} {mode:?} invoked={}", pos.line, pos.character, ask.invoked);
         if let Mode::Skip(_) = mode {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -523,6 +524,7 @@ impl Core {
                 }
             }
         }
+        tracing::debug!("{} raw, {} shown for {uri}: {:?}", state.texts.len(), items.len(), state.texts);
         if items.is_empty() {
             return Ok(None);
         }

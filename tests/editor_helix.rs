@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[path = "support/lsp_client.rs"]
 mod lsp_client;
@@ -17,9 +17,7 @@ const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for
 const URI: &str = "file:///work/sizes.py";
 
 fn accepted(addr: &str) -> u64 {
-    let raw = lsp_client::http_get(addr, "/v1/stats");
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str::<Value>(body).map(|v| v["overall"]["accepted"].as_u64().unwrap_or(0)).unwrap_or(0)
+    lsp_client::server_stat(addr, "accepted")
 }
 
 #[test]

@@ -43,9 +43,7 @@ fn nvim(addr: &str, mode: &str) -> Value {
 }
 
 fn stat(addr: &str, field: &str) -> u64 {
-    let raw = lsp_client::http_get(addr, "/v1/stats");
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str::<Value>(body).map(|v| v["overall"][field].as_u64().unwrap_or(0)).unwrap_or(0)
+    lsp_client::server_stat(addr, field)
 }
 
 fn wait_stat(addr: &str, field: &str, want: u64) {

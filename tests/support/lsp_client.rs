@@ -76,6 +76,13 @@ pub fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
+/// One figure of the server's `GET /v1/stats` (`overall.FIELD`), 0 when unreadable.
+pub fn server_stat(addr: &str, field: &str) -> u64 {
+    let raw = http_get(addr, "/v1/stats");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str::<Value>(body).map(|v| v["overall"][field].as_u64().unwrap_or(0)).unwrap_or(0)
+}
+
 /// Completions the server has answered with status 200.
 pub fn served(addr: &str) -> u64 {
     let metrics = http_get(addr, "/metrics");
