@@ -596,6 +596,10 @@ impl Core {
         if let Some(m) = &s.model {
             body["model"] = json!(m);
         }
+        // The server records the editor with the completion, for /v1/stats by editor.
+        if let Some(e) = self.editor.read().ok().and_then(|e| e.clone()) {
+            body["editor"] = json!(e);
+        }
         body
     }
 
