@@ -14,7 +14,7 @@ use lsp_client::{server_binary, start_server, temp_dir, Lsp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ghostline");
 const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = \n        sizes.append(size)\n    return sum(sizes)\n";
-const URI: &str = "file:///work/sizes.py";
+const URI: &str = "file:///project/sizes.py";
 
 fn accepted(addr: &str) -> u64 {
     lsp_client::server_stat(addr, "accepted")

@@ -13,9 +13,9 @@ use lsp_client::{inline_params, served, server_binary, start_server, Lsp};
 const BIN: &str = env!("CARGO_BIN_EXE_ghostline");
 
 const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = \n        sizes.append(size)\n    return sum(sizes)\n";
-const PY_URI: &str = "file:///work/sizes.py";
+const PY_URI: &str = "file:///project/sizes.py";
 const RS: &str = "use std::collections::HashMap;\n\nfn count_words(text: &str) -> HashMap<String, usize> {\n    let mut counts = HashMap::new();\n    for word in text.split_whitespace() {\n        \n    }\n    counts\n}\n";
-const RS_URI: &str = "file:///work/words.rs";
+const RS_URI: &str = "file:///project/words.rs";
 
 #[test]
 fn inline_completions_type_ahead_menu_completions_accept_and_cancel() {
@@ -277,11 +277,11 @@ fn huge_binary_and_much_edited_documents_answer_calmly_in_bounded_memory() {
     lsp.initialize(json!({"requestTimeoutMs": 1000}));
     // A 20 MB minified one-line file: no tree, windows cut inside the line, no panic.
     let big = "a=1;".repeat(5_000_000);
-    lsp.open("file:///work/big.py", "python", &big);
-    assert!(lsp.inline("file:///work/big.py", 0, 10_000_000, true).is_null());
+    lsp.open("file:///project/big.py", "python", &big);
+    assert!(lsp.inline("file:///project/big.py", 0, 10_000_000, true).is_null());
     // Binary-looking content and an unknown language.
-    lsp.open("file:///work/blob.bin", "binary", "\u{0}\u{1}\u{7f}\u{fffd}ELF\u{0}\u{0}\n\u{1b}[0m");
-    assert!(lsp.inline("file:///work/blob.bin", 0, 3, true).is_null());
+    lsp.open("file:///project/blob.bin", "binary", "\u{0}\u{1}\u{7f}\u{fffd}ELF\u{0}\u{0}\n\u{1b}[0m");
+    assert!(lsp.inline("file:///project/blob.bin", 0, 3, true).is_null());
     // Thousands of edits on one document, requests in between and after, then closed mid-request.
     lsp.open(PY_URI, "python", PY);
     for i in 0..3000u32 {
