@@ -21,6 +21,18 @@ pub struct ContextConfig {
     pub chars_per_token: f32,
 }
 
+impl ContextConfig {
+    /// `tokens` in estimated characters.
+    pub fn chars(&self, tokens: usize) -> usize {
+        (tokens as f32 * self.chars_per_token) as usize
+    }
+
+    /// The prompt budget in estimated characters.
+    pub fn budget_chars(&self) -> usize {
+        self.chars(self.budget_tokens)
+    }
+}
+
 impl Default for ContextConfig {
     fn default() -> Self {
         ContextConfig { budget_tokens: 1500, prefix_share: 0.75, chars_per_token: 3.7 }
@@ -38,7 +50,7 @@ pub struct Window {
 pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, cfg: &ContextConfig) -> Window {
     let rope = doc.rope();
     let cursor = cursor.min(rope.len_chars());
-    let budget_chars = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+    let budget_chars = cfg.budget_chars();
     let prefix_chars = (budget_chars as f32 * cfg.prefix_share) as usize;
     let cur_line = rope.char_to_line(cursor);
 
@@ -171,7 +183,7 @@ mod tests {
         let cursor = text.find("return value_0").unwrap() + "return ".len();
         let cfg = ContextConfig::default();
         let w = build(&doc, cursor, syn.parts(), &cfg);
-        let budget = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+        let budget = cfg.budget_chars();
         assert!(w.prefix.len() + w.suffix.len() <= budget, "{}", w.prefix.len() + w.suffix.len());
         assert!(w.prefix.starts_with("import os\nfrom sys import argv\nclass Big:\n    def method(self, items):\n        value_"), "{}", &w.prefix[..200]);
         assert!(w.prefix.ends_with("        return "));
@@ -185,7 +197,7 @@ mod tests {
         let (doc, syn) = parsed(&format!("{line}\n"), "rust");
         let cfg = ContextConfig::default();
         let w = build(&doc, 500_000, syn.parts(), &cfg);
-        let budget = (cfg.budget_tokens as f32 * cfg.chars_per_token) as usize;
+        let budget = cfg.budget_chars();
         assert!(w.prefix.len() + w.suffix.len() <= budget && w.prefix.len() > budget / 2, "{} {}", w.prefix.len(), w.suffix.len());
     }
 

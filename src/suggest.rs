@@ -171,7 +171,7 @@ impl Core {
     }
 
     pub fn api(&self) -> Arc<Api> {
-        self.api.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        current_api(&self.api)
     }
 
     /// Applies a settings object; returns warnings for fields it could not use.
@@ -270,16 +270,14 @@ impl Core {
             if t.is_none() && tokio::runtime::Handle::try_current().is_ok() {
                 let spool = crate::telemetry::cache_dir().map(|d| Arc::new(Spool::new(&d, SPOOL_MAX_BYTES)));
                 let cell = self.api.clone();
-                *t = Some(Telemetry::start(&self.session, spool, move || cell.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone())));
+                *t = Some(Telemetry::start(&self.session, spool, move || current_api(&cell)));
             }
             t.clone()
         };
         if let Some(t) = t {
-            if let Ok(mut e) = t.editor.write() {
-                *e = self.editor.read().ok().and_then(|e| e.clone());
-            }
+            let editor = self.editor.read().ok().and_then(|e| e.clone());
             for o in outcomes {
-                t.record(o);
+                t.record(o, editor.as_deref());
             }
         }
     }
@@ -315,7 +313,7 @@ impl Core {
     }
 
     fn path_for(&self, uri: &str) -> String {
-        let path = uri.strip_prefix("file://").map(|p| percent_decode(p)).unwrap_or_else(|| uri.to_string());
+        let path = uri.strip_prefix("file://").map(percent_decode).unwrap_or_else(|| uri.to_string());
         if let Ok(Some(root)) = self.root.read().map(|r| r.clone()) {
             if let Ok(rel) = std::path::Path::new(&path).strip_prefix(&root) {
                 return rel.to_string_lossy().into_owned();
@@ -570,7 +568,7 @@ impl Core {
         let snippet_tokens = s.snippet_tokens.min(total / 5);
         let cfg = ContextConfig { budget_tokens: total - snippet_tokens, ..ContextConfig::default() };
         let window = context::build(doc, cursor, syntax.and_then(|s| s.parts()), &cfg);
-        let snippets = self.snippets_for(uri, doc, cursor, (snippet_tokens as f32 * cfg.chars_per_token) as usize);
+        let snippets = self.snippets_for(uri, doc, cursor, cfg.chars(snippet_tokens));
         let n = ask.n.clamp(1, 8);
         let mut body = json!({
             "prompt": window.prefix,
@@ -630,6 +628,11 @@ impl Core {
             .map(|s| ContextSnippet { path: s.path, text: s.text })
             .collect()
     }
+}
+
+/// The client for the current settings (a poisoned lock still holds a usable client).
+fn current_api(cell: &RwLock<Arc<Api>>) -> Arc<Api> {
+    cell.read().map(|a| a.clone()).unwrap_or_else(|e| e.into_inner().clone())
 }
 
 /// The text typed since `f`'s anchor when the stream can still answer at `cursor`: the text

@@ -241,7 +241,6 @@ pub struct Telemetry {
     pub dropped: AtomicU64,
     next: AtomicU64,
     session: String,
-    pub editor: std::sync::RwLock<Option<String>>,
 }
 
 /// How a batch post ended.
@@ -347,11 +346,11 @@ impl Telemetry {
                 }
             }
         });
-        Arc::new(Telemetry { tx: std::sync::Mutex::new(Some(tx)), task: std::sync::Mutex::new(Some(task)), dropped: AtomicU64::new(0), next: AtomicU64::new(0), session: session.to_string(), editor: std::sync::RwLock::new(None) })
+        Arc::new(Telemetry { tx: std::sync::Mutex::new(Some(tx)), task: std::sync::Mutex::new(Some(task)), dropped: AtomicU64::new(0), next: AtomicU64::new(0), session: session.to_string() })
     }
 
-    /// Queues an outcome (never waits; a full queue drops and counts).
-    pub fn record(&self, o: &Outcome) {
+    /// Queues an outcome seen in `editor` (never waits; a full queue drops and counts).
+    pub fn record(&self, o: &Outcome, editor: Option<&str>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let e = TelemetryEvent {
             event_id: Some(format!("{}-{n}", self.session)),
@@ -361,7 +360,7 @@ impl Telemetry {
             accepted_chars: o.accepted_chars,
             shown_ms: Some(o.shown_ms),
             client_ts: Some(unix_ms()),
-            editor: self.editor.read().ok().and_then(|e| e.clone()),
+            editor: editor.map(str::to_string),
             language: Some(o.language.clone()),
         };
         let sent = self.tx.lock().ok().and_then(|t| t.as_ref().map(|tx| tx.try_send(e).is_ok()));
