@@ -1,18 +1,26 @@
 //! Prefill and decode throughput of the engine on a checkpoint.
 //!
-//! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompt 512] [--decode 64]
-//!     [--batches 1,8] [--reps 3]
+//! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompts 128,512,1500]
+//!     [--decode 32] [--batches 1,8,32] [--reps 5] [--weights f32|bf16|q8] [--latency]
 //!
-//! Prints one JSON object per measurement (tokens/s) and the process's peak RSS. Token ids are
-//! drawn deterministically from the vocabulary, so no tokenizer work is timed.
+//! Prints one JSON object per measurement: tokens/s as min / median / max over `--reps`
+//! repeats, and at the end the process's peak RSS. `--latency` adds the suggestion-latency
+//! figures: time to the first token of a cold 1500-token prompt, of a warm one (8 new tokens
+//! after a cached 1500-token prefix, as the prefix cache serves a keystroke), and 32 decode
+//! steps. Token ids are drawn deterministically from the vocabulary, so no tokenizer work is
+//! timed.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ghostline_engine::{argmax, BatchItem, Checkpoint, Logits, SeqKv};
+use ghostline_engine::{argmax, BatchItem, Checkpoint, KvPool, Logits, Model, SeqKv, WeightFormat};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn list(args: &[String], name: &str, default: &str) -> Vec<usize> {
+    arg(args, name).unwrap_or_else(|| default.into()).split(',').filter_map(|s| s.parse().ok()).collect()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -27,78 +35,128 @@ fn tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + seed * 104729 + 13) % (vocab - 1)) as u32 + 1).collect()
 }
 
+/// min / median / max of per-repeat rates.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn prefill(m: &Model, pool: &mut KvPool, s: &mut SeqKv, p: &[u32]) {
+    m.forward(pool, &mut [BatchItem { kv: s, tokens: p, logits: Logits::Last }]).unwrap();
+}
+
+/// Greedy decode of `steps` tokens for every sequence of `seqs`, one batched forward a step.
+fn decode(m: &Model, pool: &mut KvPool, seqs: &mut [SeqKv], first: Vec<u32>, steps: usize) {
+    let mut next: Vec<[u32; 1]> = first.into_iter().map(|t| [t]).collect();
+    for _ in 0..steps {
+        let mut items: Vec<BatchItem> =
+            seqs.iter_mut().zip(&next).map(|(s, n)| BatchItem { kv: s, tokens: n, logits: Logits::Last }).collect();
+        let logits = m.forward(pool, &mut items).unwrap();
+        next = logits.iter().map(|l| [argmax(l)]).collect();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(model) = arg(&args, "--model") else {
-        eprintln!("usage: throughput --model DIR [--prompt N] [--decode N] [--batches 1,8] [--reps N]");
+        eprintln!(
+            "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--reps 5] \
+             [--weights f32|bf16|q8] [--latency]"
+        );
         return;
     };
-    let prompt: usize = arg(&args, "--prompt").and_then(|s| s.parse().ok()).unwrap_or(512);
-    let decode: usize = arg(&args, "--decode").and_then(|s| s.parse().ok()).unwrap_or(64);
-    let reps: usize = arg(&args, "--reps").and_then(|s| s.parse().ok()).unwrap_or(3);
-    let batches: Vec<usize> = arg(&args, "--batches")
-        .unwrap_or_else(|| "1,8".into())
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let ckpt = Checkpoint::load(&PathBuf::from(&model)).unwrap_or_else(|e| panic!("{e}"));
+    let prompts = list(&args, "--prompts", "512");
+    let steps: usize = arg(&args, "--decode").and_then(|s| s.parse().ok()).unwrap_or(32);
+    let reps: usize = arg(&args, "--reps").and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
+    let batches = list(&args, "--batches", "1,8");
+    let format: Option<WeightFormat> =
+        arg(&args, "--weights").map(|s| s.parse().unwrap_or_else(|e: String| panic!("{e}")));
+    let ckpt = Checkpoint::load_as(&PathBuf::from(&model), format).unwrap_or_else(|e| panic!("{e}"));
     let m = &ckpt.model;
+    let fmt = m.format;
     let vocab = m.config.vocab_size;
     let mut pool = ckpt.kv_pool(1 << 30);
     eprintln!(
-        "model {model}: {:.2}M params, threads {}",
+        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), threads {}",
         m.num_params() as f64 / 1e6,
+        m.weight_bytes() as f64 / 1e6,
         rayon::current_num_threads()
     );
-
-    // Prefill: one prompt of `prompt` tokens, best of `reps`.
-    let p = tokens(prompt, vocab, 0);
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let mut s = SeqKv::default();
-        let t = Instant::now();
-        m.forward(&mut pool, &mut [BatchItem { kv: &mut s, tokens: &p, logits: Logits::Last }]).unwrap();
-        best = best.min(t.elapsed().as_secs_f64());
-        pool.release(&mut s);
-    }
-    println!(
-        "{{\"engine\":\"ghostline\",\"phase\":\"prefill\",\"batch\":1,\"tokens\":{prompt},\"seconds\":{best:.4},\"tok_per_s\":{:.1}}}",
-        prompt as f64 / best
-    );
-
-    // Decode: `b` sequences with 128-token prompts, then `decode` batched greedy steps.
-    for &b in &batches {
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let prompts: Vec<Vec<u32>> = (0..b).map(|i| tokens(128, vocab, i + 1)).collect();
-            let mut seqs: Vec<SeqKv> = (0..b).map(|_| SeqKv::default()).collect();
-            let mut items: Vec<BatchItem> = seqs
-                .iter_mut()
-                .zip(&prompts)
-                .map(|(s, p)| BatchItem { kv: s, tokens: p, logits: Logits::Last })
-                .collect();
-            let logits = m.forward(&mut pool, &mut items).unwrap();
-            let mut next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
-            let t = Instant::now();
-            for _ in 0..decode {
-                let mut items: Vec<BatchItem> = seqs
-                    .iter_mut()
-                    .zip(&next)
-                    .map(|(s, n)| BatchItem { kv: s, tokens: n, logits: Logits::Last })
-                    .collect();
-                let logits = m.forward(&mut pool, &mut items).unwrap();
-                next = logits.iter().map(|l| [argmax(l)]).collect();
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-            for s in seqs.iter_mut() {
-                pool.release(s);
-            }
-        }
+    let report = |phase: &str, batch: usize, tokens: usize, rates: Vec<f64>| {
+        let (lo, med, hi) = stats(rates);
         println!(
-            "{{\"engine\":\"ghostline\",\"phase\":\"decode\",\"batch\":{b},\"tokens\":{},\"seconds\":{best:.4},\"tok_per_s\":{:.1}}}",
-            b * decode,
-            (b * decode) as f64 / best
+            "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"phase\":\"{phase}\",\"batch\":{batch},\"tokens\":{tokens},\
+             \"tok_per_s_min\":{lo:.1},\"tok_per_s\":{med:.1},\"tok_per_s_max\":{hi:.1}}}"
         );
+    };
+
+    // Warm-up: page the weights in and let the thread pool start.
+    let mut s = SeqKv::default();
+    prefill(m, &mut pool, &mut s, &tokens(64, vocab, 99));
+    pool.release(&mut s);
+
+    // Prefill: one prompt of each length (time to the last position's logits).
+    for &n in &prompts {
+        let p = tokens(n, vocab, 0);
+        let rates = (0..reps)
+            .map(|_| {
+                let mut s = SeqKv::default();
+                let t = Instant::now();
+                prefill(m, &mut pool, &mut s, &p);
+                let dt = t.elapsed().as_secs_f64();
+                pool.release(&mut s);
+                n as f64 / dt
+            })
+            .collect();
+        report("prefill", 1, n, rates);
     }
-    println!("{{\"engine\":\"ghostline\",\"peak_rss_mib\":{:.1}}}", peak_rss_mib());
+
+    // Decode: `b` sequences with 128-token prompts, then `steps` batched greedy steps.
+    for &b in &batches {
+        let rates = (0..reps)
+            .map(|_| {
+                let mut seqs: Vec<SeqKv> = (0..b).map(|_| SeqKv::default()).collect();
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    prefill(m, &mut pool, s, &tokens(128, vocab, i + 1));
+                }
+                let t = Instant::now();
+                decode(m, &mut pool, &mut seqs, (0..b).map(|i| (i as u32 * 31 + 7) % vocab as u32).collect(), steps);
+                let dt = t.elapsed().as_secs_f64();
+                seqs.iter_mut().for_each(|s| pool.release(s));
+                (b * steps) as f64 / dt
+            })
+            .collect();
+        report("decode", b, b * steps, rates);
+    }
+
+    if args.iter().any(|a| a == "--latency") {
+        // What one suggestion costs: cold 1500-token prompt, warm prompt (8 new tokens after a
+        // cached 1500-token prefix), and 32 decode steps. Milliseconds, min / median / max.
+        let p = tokens(1508, vocab, 5);
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        let mut dec = Vec::new();
+        for _ in 0..reps {
+            let mut base = SeqKv::default();
+            let t = Instant::now();
+            prefill(m, &mut pool, &mut base, &p[..1500]);
+            cold.push(t.elapsed().as_secs_f64() * 1e3);
+            let mut s = pool.fork(&base, 1500);
+            let t = Instant::now();
+            prefill(m, &mut pool, &mut s, &p[1500..]);
+            warm.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            decode(m, &mut pool, std::slice::from_mut(&mut s), vec![1], 32);
+            dec.push(t.elapsed().as_secs_f64() * 1e3);
+            pool.release(&mut s);
+            pool.release(&mut base);
+        }
+        for (what, v) in [("ttft_cold_1500", cold), ("ttft_warm_1500_plus_8", warm), ("decode_32", dec)] {
+            let (lo, med, hi) = stats(v);
+            println!(
+                "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"phase\":\"{what}\",\"ms_min\":{lo:.2},\"ms\":{med:.2},\"ms_max\":{hi:.2}}}"
+            );
+        }
+    }
+    println!("{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"peak_rss_mib\":{:.1}}}", peak_rss_mib());
 }

@@ -17,8 +17,10 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod kv;
+pub mod matrix;
 pub mod model;
 pub mod ops;
+pub mod pool;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
@@ -29,7 +31,8 @@ pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{EngineError, Result};
 pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
 pub use kv::{BlockId, KvPool, KvShape, SeqKv};
-pub use model::{BatchItem, Logits, Model};
+pub use matrix::{Matrix, WeightFormat};
+pub use model::{default_format, BatchItem, Logits, Model};
 pub use sampling::{argmax, Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
@@ -46,13 +49,18 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Loads everything from a checkpoint directory in the Hugging Face layout.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, None)
+    }
+
+    /// Loads a checkpoint with its weight matrices in `format` (`None`: the lossless default).
+    pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
             });
         }
-        let model = Model::load(dir)?;
+        let model = Model::load_as(dir, format)?;
         let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
         Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer })
     }

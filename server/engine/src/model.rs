@@ -9,25 +9,26 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvPool, KvShape, SeqKv};
-use crate::ops::{self, matmul_t};
+use crate::matrix::{Matrix, WeightFormat};
+use crate::ops;
+use crate::pool::pool as threads;
 use crate::weights::{DType, WeightFiles};
 
-/// A linear layer, weights in the PyTorch `[out, in]` layout.
+/// A linear layer, weights in the PyTorch `[out, in]` layout, stored in the model's format.
 pub struct Linear {
-    pub w: Vec<f32>,
+    pub w: Matrix,
     pub b: Option<Vec<f32>>,
-    pub out_dim: usize,
-    pub in_dim: usize,
 }
 
 impl Linear {
+    fn new(w: Vec<f32>, b: Option<Vec<f32>>, out_dim: usize, in_dim: usize, format: WeightFormat) -> Linear {
+        Linear { w: Matrix::new(w, out_dim, in_dim, format), b }
+    }
     fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        matmul_t(x, &self.w, self.b.as_deref(), y, m, self.in_dim, self.out_dim);
+        self.w.matmul_t(x, self.b.as_deref(), y, m);
     }
 }
 
@@ -44,14 +45,16 @@ pub struct Layer {
 /// A loaded checkpoint, ready to run.
 pub struct Model {
     pub config: ModelConfig,
-    pub embed_tokens: Vec<f32>,
+    pub embed_tokens: Matrix,
     pub layers: Vec<Layer>,
     pub norm: Vec<f32>,
     /// `None` when tied to `embed_tokens`.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<Matrix>,
     inv_freq: Vec<f32>,
     /// The dtype the checkpoint stores its weights in.
     pub stored_dtype: Option<DType>,
+    /// The format the weight matrices are held in.
+    pub format: WeightFormat,
 }
 
 /// Which logits a batch item wants back.
@@ -73,20 +76,31 @@ pub struct BatchItem<'a> {
 }
 
 impl Model {
-    /// Loads `config.json` and the safetensors weights of a checkpoint directory.
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory, in the
+    /// format that loses nothing (see [`default_format`]).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, None)
+    }
+
+    /// Loads a checkpoint with its weight matrices in `format` (`None`: [`default_format`]).
+    pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFiles::open_dir(dir)?;
-        Self::from_weights(config, &weights)
+        let format = format.unwrap_or_else(|| default_format(weights.main_dtype()));
+        Self::from_weights(config, &weights, format)
     }
 
     /// Builds the model from an already parsed config and opened weight files.
-    pub fn from_weights(config: ModelConfig, w: &WeightFiles) -> Result<Self> {
+    pub fn from_weights(config: ModelConfig, w: &WeightFiles, format: WeightFormat) -> Result<Self> {
         let c = &config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
         let bias = |name: &str, n: usize, on: bool| -> Result<Option<Vec<f32>>> {
-            if on { w.f32(name, &[n]).map(Some) } else { Ok(None) }
+            if on {
+                w.f32(name, &[n]).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -114,28 +128,31 @@ impl Model {
             };
             layers.push(Layer {
                 input_layernorm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv_proj: Linear { w: qkv, b: qkv_b, out_dim: q_dim + 2 * kv_dim, in_dim: h },
-                o_proj: Linear {
-                    w: w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim])?,
-                    b: bias(&format!("{p}.self_attn.o_proj.bias"), h, c.o_bias)?,
-                    out_dim: h,
-                    in_dim: q_dim,
-                },
+                qkv_proj: Linear::new(qkv, qkv_b, q_dim + 2 * kv_dim, h, format),
+                o_proj: Linear::new(
+                    w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim])?,
+                    bias(&format!("{p}.self_attn.o_proj.bias"), h, c.o_bias)?,
+                    h,
+                    q_dim,
+                    format,
+                ),
                 post_attention_layernorm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up_proj: Linear { w: gate_up, b: gate_up_b, out_dim: 2 * inter, in_dim: h },
-                down_proj: Linear {
-                    w: w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
-                    b: bias(&format!("{p}.mlp.down_proj.bias"), h, c.mlp_bias)?,
-                    out_dim: h,
-                    in_dim: inter,
-                },
+                gate_up_proj: Linear::new(gate_up, gate_up_b, 2 * inter, h, format),
+                down_proj: Linear::new(
+                    w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
+                    bias(&format!("{p}.mlp.down_proj.bias"), h, c.mlp_bias)?,
+                    h,
+                    inter,
+                    format,
+                ),
             });
         }
-        let embed_tokens = w.f32("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_tokens =
+            Matrix::new(w.f32("model.embed_tokens.weight", &[c.vocab_size, h])?, c.vocab_size, h, format);
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(w.f32("lm_head.weight", &[c.vocab_size, h])?)
+            Some(Matrix::new(w.f32("lm_head.weight", &[c.vocab_size, h])?, c.vocab_size, h, format))
         };
         Ok(Model {
             inv_freq: config.rope_inv_freq(),
@@ -144,6 +161,7 @@ impl Model {
             lm_head,
             layers,
             stored_dtype: w.main_dtype(),
+            format,
             config,
         })
     }
@@ -160,11 +178,20 @@ impl Model {
 
     /// Number of parameters (tied embeddings counted once).
     pub fn num_params(&self) -> usize {
-        let mut n = self.embed_tokens.len() + self.norm.len() + self.lm_head.as_ref().map_or(0, Vec::len);
+        self.count(|m| m.rows * m.cols, 1)
+    }
+
+    /// Bytes the weights take in memory (vectors in f32, matrices in their format).
+    pub fn weight_bytes(&self) -> usize {
+        self.count(Matrix::bytes, 4)
+    }
+
+    fn count(&self, matrix: impl Fn(&Matrix) -> usize, per_float: usize) -> usize {
+        let mut n = matrix(&self.embed_tokens) + self.lm_head.as_ref().map_or(0, &matrix) + self.norm.len() * per_float;
         for l in &self.layers {
-            n += l.input_layernorm.len() + l.post_attention_layernorm.len();
+            n += (l.input_layernorm.len() + l.post_attention_layernorm.len()) * per_float;
             for lin in [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj] {
-                n += lin.w.len() + lin.b.as_ref().map_or(0, Vec::len);
+                n += matrix(&lin.w) + lin.b.as_ref().map_or(0, Vec::len) * per_float;
             }
         }
         n
@@ -189,7 +216,10 @@ impl Model {
         let mut needed = 0;
         for it in items.iter() {
             if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+                return Err(EngineError::Invalid(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
             }
             let len = it.kv.len + it.tokens.len();
             if len > c.max_position_embeddings {
@@ -233,7 +263,7 @@ impl Model {
         let mut x = vec![0f32; t * h];
         for (r, tok) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
             let tok = *tok as usize;
-            x[r * h..(r + 1) * h].copy_from_slice(&self.embed_tokens[tok * h..(tok + 1) * h]);
+            self.embed_tokens.rows_into(tok, &mut x[r * h..(r + 1) * h]);
         }
         let mut xn = vec![0f32; t * h];
         let mut qkv = vec![0f32; t * qkv_dim];
@@ -282,20 +312,18 @@ impl Model {
                 .flat_map(|i| (0..nh).map(move |hh| (i, hh)))
                 .collect();
             let items_ref: &[BatchItem<'_>] = items;
-            let outs: Vec<Vec<f32>> = tasks
-                .par_iter()
-                .map(|&(i, hh)| {
-                    let it = &items_ref[i];
-                    let n = it.tokens.len();
-                    let p0 = it.kv.len;
-                    let g = hh / (nh / nkv);
-                    if n >= PREFILL_GEMM_MIN {
-                        attend_prefill(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
-                    } else {
-                        attend_decode(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
-                    }
-                })
-                .collect();
+            let outs: Vec<Vec<f32>> = threads().map(tasks.len(), |ti| {
+                let (i, hh) = tasks[ti];
+                let it = &items_ref[i];
+                let n = it.tokens.len();
+                let p0 = it.kv.len;
+                let g = hh / (nh / nkv);
+                if n >= PREFILL_GEMM_MIN {
+                    attend_prefill(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
+                } else {
+                    attend_decode(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
+                }
+            });
             for (&(i, hh), out) in tasks.iter().zip(&outs) {
                 for j in 0..items[i].tokens.len() {
                     let r = starts[i] + j;
@@ -334,10 +362,10 @@ impl Model {
         }
         let mut seln = vec![0f32; rows.len() * h];
         ops::rms_norm(&sel, &self.norm, c.rms_norm_eps, &mut seln, h);
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let v = c.vocab_size;
         let mut logits = vec![0f32; rows.len() * v];
-        matmul_t(&seln, head, None, &mut logits, rows.len(), h, v);
+        head.matmul_t(&seln, None, &mut logits, rows.len());
 
         let mut out = Vec::with_capacity(items.len());
         let mut k = 0;
@@ -355,13 +383,27 @@ impl Model {
     }
 }
 
+/// The format that holds a checkpoint's weights without loss: bf16 for bf16 checkpoints, f32
+/// otherwise (f16 does not fit in bf16).
+pub fn default_format(stored: Option<DType>) -> WeightFormat {
+    match stored {
+        Some(DType::BF16) => WeightFormat::Bf16,
+        _ => WeightFormat::F32,
+    }
+}
+
 /// New tokens of one sequence at or above which attention uses matrix products.
 const PREFILL_GEMM_MIN: usize = 8;
 
 /// One KV head's first `total` positions in a sequence's blocks: per block, the position of its
 /// first slot and its `[count][head_dim]` floats (`kv` 0 for keys, 1 for values).
 fn kv_slabs<'a>(
-    pool: &'a KvPool, blocks: &'a [u32], li: usize, kv: usize, g: usize, total: usize,
+    pool: &'a KvPool,
+    blocks: &'a [u32],
+    li: usize,
+    kv: usize,
+    g: usize,
+    total: usize,
 ) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
     let shape = pool.shape();
     let (bs, hd, off) = (shape.block_size, shape.head_dim, shape.slab(li, kv, g));

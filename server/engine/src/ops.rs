@@ -1,16 +1,11 @@
-//! CPU kernels: matrix products, dot products, RMSNorm, rotary embedding, softmax, SwiGLU.
-//!
-//! Everything is f32. Matrix products with many rows go to the `gemm` crate; the few-row case
-//! of decoding (one row per running sequence) uses a weight-streaming kernel that reads each
-//! weight row once for all rows of the batch. SIMD variants are picked at run time, so one
-//! binary runs on any x86-64 (and elsewhere through the portable fallback).
+//! CPU kernels on f32 activations: the blocked GEMM entry points, dot products, RMSNorm,
+//! rotary embedding, softmax, SwiGLU. (Products with stored weights in their storage formats
+//! are in [`crate::matrix`].) SIMD variants are picked at run time, so one binary runs on any
+//! x86-64 (and elsewhere through the portable fallback).
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
-/// Rows at or above which a product goes to the blocked GEMM instead of the streaming kernel.
-const GEMM_MIN_ROWS: usize = 16;
+use crate::pool::pool;
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
 
@@ -105,108 +100,82 @@ mod x86 {
         }
         if i < n {
             let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-            acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, pa.add(i)), _mm512_maskz_loadu_ps(mask, pb.add(i)), acc[1]);
+            acc[1] =
+                _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, pa.add(i)), _mm512_maskz_loadu_ps(mask, pb.add(i)), acc[1]);
         }
         let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(v)
     }
 }
 
-/// `y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: a linear layer with weights in the
-/// PyTorch `[out_features, in_features]` layout.
-pub fn matmul_t(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "matmul_t: buffer too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if m >= GEMM_MIN_ROWS {
-        // Split rows across threads, one single-threaded GEMM each: for the modest matrices
-        // of small models this beats the GEMM's own threading (measured in BENCHMARKS.md).
-        let threads = rayon::current_num_threads().max(1);
-        let rows = m.div_ceil(threads).max(GEMM_MIN_ROWS / 2);
-        y[..m * n].par_chunks_mut(rows * n).zip(x[..m * k].par_chunks(rows * k)).for_each(|(yc, xc)| {
-            matmul_single(xc, w, yc, xc.len() / k, k, n, true);
-        });
-    } else {
-        matmul_t_few_rows(x, w, y, m, k, n);
-    }
-    if let Some(b) = bias {
-        for row in y[..m * n].chunks_exact_mut(n) {
-            for (v, b) in row.iter_mut().zip(b) {
-                *v += b;
-            }
-        }
-    }
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` for many rows with f32 weights in the PyTorch
+/// `[out_features, in_features]` layout: rows split across threads, one single-threaded GEMM
+/// each. For the modest matrices of small models this beats the GEMM's own threading
+/// (measured in BENCHMARKS.md).
+pub(crate) fn matmul_t_gemm(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    let rows = m.div_ceil(pool().threads()).max(8);
+    pool().for_chunks(&mut y[..m * n], rows * n, |c, yc| {
+        let xc = &x[c * rows * k..(c * rows + yc.len() / n) * k];
+        matmul_single(xc, w, yc, yc.len() / n, k, n, true);
+    });
+}
+
+/// Single-threaded `dst[m, nc] = x[m, k] · panel[nc, k]ᵀ` where `dst` rows are `ldc` apart.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * ldc + j` for every `i < m`, `j < nc`, and no other
+/// thread may touch those elements meanwhile.
+pub(crate) unsafe fn gemm_into(x: &[f32], panel: &[f32], dst: *mut f32, m: usize, k: usize, nc: usize, ldc: usize) {
+    assert!(x.len() >= m * k && panel.len() >= nc * k, "gemm_into: buffer too small");
+    gemm_raw(dst, ldc, x, panel, (m, k, nc), (k, 1));
 }
 
 /// Single-threaded `c[m, n] = a[m, k] · b[k, n]` (both row-major), or `a · bᵀ` when
 /// `b_transposed` (then `b` is `[n, k]`). For work that is already split across threads.
 pub fn matmul_single(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, b_transposed: bool) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul_single: buffer too small");
+    let strides = if b_transposed { (k, 1) } else { (1, n) };
+    // SAFETY: the assert above bounds every index the strides can reach.
+    unsafe { gemm_raw(c.as_mut_ptr(), n, a, b, (m, k, n), strides) };
+}
+
+/// `dst[m, n] = a[m, k] · b` with `b`'s element (t, j) at `t * rs + j * cs` (`b_strides` = (cs, rs)).
+///
+/// # Safety
+/// `a`, `b` and `dst` (rows `ldc` apart) must hold every element the shape and strides reach.
+unsafe fn gemm_raw(dst: *mut f32, ldc: usize, a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), (cs, rs): (usize, usize)) {
     if m == 0 || n == 0 {
         return;
     }
-    let (rhs_cs, rhs_rs) = if b_transposed { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the assert above bounds every index the strides can reach.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
-            false,
-            a.as_ptr(), 1, k as isize,
-            b.as_ptr(), rhs_cs, rhs_rs,
-            0.0, 1.0,
-            false, false, false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// The decode-shaped product: each weight row is read once and dotted with every input row.
-fn matmul_t_few_rows(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    const COLS: usize = 32;
-    let dot = dot_impl();
-    if m == 1 {
-        y[..n].par_chunks_mut(COLS).enumerate().for_each(|(c, out)| {
-            for (j, o) in out.iter_mut().enumerate() {
-                let row = c * COLS + j;
-                *o = dot(&x[..k], &w[row * k..(row + 1) * k]);
-            }
-        });
-        return;
-    }
-    // Compute transposed ([n, m]) so that tasks own contiguous output, then transpose back.
-    let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(COLS * m).enumerate().for_each(|(c, out)| {
-        for (j, o) in out.chunks_exact_mut(m).enumerate() {
-            let row = c * COLS + j;
-            let wr = &w[row * k..(row + 1) * k];
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = dot(&x[i * k..(i + 1) * k], wr);
-            }
-        }
-    });
-    for j in 0..n {
-        for i in 0..m {
-            y[i * n + j] = yt[j * m + i];
-        }
-    }
+    gemm::gemm(
+        m, n, k,
+        dst, 1, ldc as isize,
+        false,
+        a.as_ptr(), 1, k as isize,
+        b.as_ptr(), cs as isize, rs as isize,
+        0.0, 1.0,
+        false, false, false,
+        gemm::Parallelism::None,
+    );
 }
 
 /// RMSNorm of each `dim`-long row of `x` into `out`, as transformers computes it:
 /// `w * (x / sqrt(mean(x²) + eps))`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], dim: usize) {
-    let row = |(xr, or): (&[f32], &mut [f32])| {
-        let ss = dot(xr, xr);
-        let inv = 1.0 / (ss / dim as f32 + eps).sqrt();
-        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
-            *o = g * (v * inv);
+    let rows = |r0: usize, out: &mut [f32]| {
+        for (xr, or) in x[r0 * dim..].chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let ss = dot(xr, xr);
+            let inv = 1.0 / (ss / dim as f32 + eps).sqrt();
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = g * (v * inv);
+            }
         }
     };
-    if x.len() >= 64 * dim {
-        x.par_chunks_exact(dim).zip(out.par_chunks_exact_mut(dim)).for_each(row);
+    let n = x.len() / dim;
+    if n >= 64 {
+        pool().for_chunks(&mut out[..n * dim], 32 * dim, |c, o| rows(c * 32, o));
     } else {
-        x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)).for_each(row);
+        rows(0, &mut out[..n * dim]);
     }
 }
 
@@ -235,16 +204,19 @@ pub fn softmax(v: &mut [f32]) {
 
 /// `out = silu(gate) * up` for SwiGLU; `gu` holds each row as `[gate | up]`.
 pub fn swiglu(gu: &[f32], out: &mut [f32], inter: usize) {
-    let row = |(row, o): (&[f32], &mut [f32])| {
-        let (g, u) = row.split_at(inter);
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+    let rows = |r0: usize, out: &mut [f32]| {
+        for (row, o) in gu[r0 * 2 * inter..].chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+            let (g, u) = row.split_at(inter);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
         }
     };
-    if out.len() >= 16 * inter {
-        gu.par_chunks_exact(2 * inter).zip(out.par_chunks_exact_mut(inter)).for_each(row);
+    let n = out.len() / inter;
+    if n >= 16 {
+        pool().for_chunks(&mut out[..n * inter], 8 * inter, |c, o| rows(c * 8, o));
     } else {
-        gu.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)).for_each(row);
+        rows(0, &mut out[..n * inter]);
     }
 }
 
@@ -256,51 +228,39 @@ pub fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Deterministic pseudo-random values in [-1, 1] for tests.
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// `x · wᵀ` in f64, the reference for product tests.
+#[cfg(test)]
+pub(crate) fn test_naive_matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
+        }
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn naive(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-        let mut y = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                y[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
-            }
-        }
-        y
-    }
+    use super::test_naive_matmul_t as naive;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    #[test]
-    fn matmul_matches_naive_for_all_row_counts() {
-        for &(m, k, n) in &[(1, 37, 70), (3, 64, 33), (8, 130, 64), (16, 64, 48), (40, 77, 129)] {
-            let x = data(m * k, 1);
-            let w = data(n * k, 2);
-            let b = data(n, 3);
-            let mut y = vec![0f32; m * n];
-            matmul_t(&x, &w, Some(&b), &mut y, m, k, n);
-            let mut r = naive(&x, &w, m, k, n);
-            for i in 0..m {
-                for j in 0..n {
-                    r[i * n + j] += b[j];
-                }
-            }
-            for (a, b) in y.iter().zip(&r) {
-                assert!((a - b).abs() < 1e-4, "m={m} k={k} n={n}: {a} vs {b}");
-            }
-        }
-    }
+    use super::test_data as data;
 
     #[test]
     fn single_threaded_products_match_naive() {

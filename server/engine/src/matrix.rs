@@ -1,0 +1,601 @@
+//! Weight matrices in the storage format the engine computes on directly: f32 (the
+//! reference), bf16, or int8 with one f16 scale per group of 32 (`q8`, the layout of
+//! llama.cpp's q8_0).
+//!
+//! A [`Matrix`] is a linear layer's weight in the PyTorch `[out, in]` layout. Products come in
+//! two shapes:
+//! - few rows (decode: one row per running sequence): each weight row is streamed once from
+//!   memory and dotted with every input row while it is in registers. bf16 rows are widened to
+//!   f32 in registers; for q8 the input rows are quantized to int8 groups first and the dot
+//!   products run on integers (`maddubs` on AVX2), as llama.cpp does.
+//! - many rows (prefill): the weight is widened panel by panel (64 output columns at a time,
+//!   per thread) into an f32 scratch and multiplied with the blocked GEMM, so the cost of the
+//!   widening is shared by every input row and no full f32 copy is ever held.
+//!
+//! SIMD variants are chosen at run time (AVX2 + FMA + F16C on x86-64), with a portable
+//! fallback that computes the same sums, so one binary runs on any x86-64 and on ARM.
+
+use std::cell::RefCell;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use crate::ops;
+use crate::pool::pool;
+use half::{bf16, f16};
+
+/// Elements per quantization group of the q8 format.
+pub const Q8_GROUP: usize = 32;
+
+/// Rows at or above which a product goes to the blocked GEMM instead of the streaming kernels.
+const GEMM_MIN_ROWS: usize = 16;
+
+/// Output columns per task in the streaming kernels and per widened panel in prefill.
+const COLS: usize = 32;
+const PANEL: usize = 64;
+
+/// How weights are stored in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    Bf16,
+    Q8,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q8 => "q8",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(WeightFormat::F32),
+            "bf16" | "bfloat16" => Ok(WeightFormat::Bf16),
+            "q8" | "q8_0" | "int8" => Ok(WeightFormat::Q8),
+            other => Err(format!("unknown weight format {other:?}; use f32, bf16 or q8")),
+        }
+    }
+}
+
+/// One group of 32 weights: an f16 scale and 32 signed bytes (34 bytes, as q8_0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct BlockQ8 {
+    pub d: u16,
+    pub q: [i8; Q8_GROUP],
+}
+
+/// One group of 32 activations, quantized for the integer dot products (f32 scale).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8A {
+    d: f32,
+    q: [i8; Q8_GROUP],
+}
+
+const BLOCK_A_ZERO: BlockQ8A = BlockQ8A { d: 0.0, q: [0; Q8_GROUP] };
+
+#[derive(PartialEq)]
+enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    Q8(Vec<BlockQ8>),
+}
+
+/// A `[rows, cols]` weight matrix (rows = output features).
+#[derive(PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    data: Data,
+}
+
+impl Matrix {
+    /// Stores `w` (`rows * cols` floats) in `format`. q8 needs `cols` to be a multiple of 32;
+    /// other shapes fall back to bf16 (see [`Matrix::format`]).
+    pub fn new(w: Vec<f32>, rows: usize, cols: usize, format: WeightFormat) -> Matrix {
+        assert_eq!(w.len(), rows * cols, "Matrix::new: {} floats for [{rows}, {cols}]", w.len());
+        let format = if format == WeightFormat::Q8 && cols % Q8_GROUP != 0 { WeightFormat::Bf16 } else { format };
+        let data = match format {
+            WeightFormat::F32 => Data::F32(w),
+            WeightFormat::Bf16 => Data::Bf16(w.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()),
+            WeightFormat::Q8 => Data::Q8(w.chunks_exact(Q8_GROUP).map(quantize_group).collect()),
+        };
+        Matrix { rows, cols, data }
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            Data::F32(_) => WeightFormat::F32,
+            Data::Bf16(_) => WeightFormat::Bf16,
+            Data::Q8(_) => WeightFormat::Q8,
+        }
+    }
+
+    /// Bytes the weights take in memory.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len() * 4,
+            Data::Bf16(v) => v.len() * 2,
+            Data::Q8(v) => v.len() * std::mem::size_of::<BlockQ8>(),
+        }
+    }
+
+    /// Writes rows `r0..r0 + out.len() / cols` as f32 into `out`.
+    pub fn rows_into(&self, r0: usize, out: &mut [f32]) {
+        let k = self.cols;
+        let n = out.len() / k;
+        assert!(r0 + n <= self.rows, "rows_into: rows {r0}..{} of {}", r0 + n, self.rows);
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[r0 * k..(r0 + n) * k]),
+            Data::Bf16(v) => widen_bf16(&v[r0 * k..(r0 + n) * k], out),
+            Data::Q8(v) => {
+                let g = k / Q8_GROUP;
+                for (b, o) in v[r0 * g..(r0 + n) * g].iter().zip(out.chunks_exact_mut(Q8_GROUP)) {
+                    let d = f16::from_bits(b.d).to_f32();
+                    for (o, &q) in o.iter_mut().zip(&b.q) {
+                        *o = d * q as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[m, rows] = x[m, cols] · selfᵀ (+ bias)`.
+    pub fn matmul_t(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize) {
+        let (k, n) = (self.cols, self.rows);
+        assert!(x.len() >= m * k && y.len() >= m * n, "matmul_t: buffer too small");
+        if m == 0 || n == 0 {
+            return;
+        }
+        match (&self.data, m >= GEMM_MIN_ROWS) {
+            (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
+            (_, true) => self.matmul_panels(x, y, m),
+            (_, false) => self.matmul_few_rows(x, y, m),
+        }
+        if let Some(b) = bias {
+            for row in y[..m * n].chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+    }
+
+    /// Prefill-shaped product: per task, widen a panel of weight rows to f32 and run the
+    /// blocked GEMM on it for every input row.
+    fn matmul_panels(&self, x: &[f32], y: &mut [f32], m: usize) {
+        thread_local! {
+            static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        let (k, n) = (self.cols, self.rows);
+        let out = SyncPtr(y.as_mut_ptr());
+        pool().run(n.div_ceil(PANEL), &|p| {
+            let (j0, j1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(PANEL * k, 0.0);
+                let panel = &mut s[..(j1 - j0) * k];
+                self.rows_into(j0, panel);
+                // SAFETY: tasks write disjoint column ranges j0..j1 of the m x n output, and
+                // `matmul_t` checked that y holds m * n floats.
+                unsafe { ops::gemm_into(x, panel, out.at(j0), m, k, j1 - j0, n) };
+            });
+        });
+    }
+
+    /// Decode-shaped product: each weight row is read once and dotted with every input row.
+    fn matmul_few_rows(&self, x: &[f32], y: &mut [f32], m: usize) {
+        let (k, n) = (self.cols, self.rows);
+        let kern = kernels();
+        // Computed transposed ([n, m]) so that tasks own contiguous output.
+        let mut yt = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
+        let out: &mut [f32] = if m == 1 { &mut y[..n] } else { &mut yt };
+        match &self.data {
+            Data::F32(w) => pool().for_chunks(out, COLS * m, |c, o| {
+                for (j, o) in o.chunks_exact_mut(m).enumerate() {
+                    let row = c * COLS + j;
+                    (kern.dots_f32)(x, m, &w[row * k..(row + 1) * k], o);
+                }
+            }),
+            Data::Bf16(w) => pool().for_chunks(out, COLS * m, |c, o| {
+                for (j, o) in o.chunks_exact_mut(m).enumerate() {
+                    let row = c * COLS + j;
+                    (kern.dots_bf16)(x, m, &w[row * k..(row + 1) * k], o);
+                }
+            }),
+            Data::Q8(w) => {
+                let g = k / Q8_GROUP;
+                let xq = quantize_rows(&x[..m * k]);
+                pool().for_chunks(out, COLS * m, |c, o| {
+                    for (j, o) in o.chunks_exact_mut(m).enumerate() {
+                        let row = c * COLS + j;
+                        (kern.dots_q8)(&xq, m, &w[row * g..(row + 1) * g], o);
+                    }
+                })
+            }
+        }
+        if m > 1 {
+            for j in 0..n {
+                for i in 0..m {
+                    y[i * n + j] = yt[j * m + i];
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Matrix[{}, {}] {}", self.rows, self.cols, self.format())
+    }
+}
+
+struct SyncPtr(*mut f32);
+impl SyncPtr {
+    /// # Safety: as `pointer::add`.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+// SAFETY: used only to hand disjoint parts of one output buffer to parallel tasks.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+fn quantize_group(g: &[f32]) -> BlockQ8 {
+    let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = f16::from_f32(amax / 127.0);
+    let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+    let mut q = [0i8; Q8_GROUP];
+    for (q, &x) in q.iter_mut().zip(g) {
+        *q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    BlockQ8 { d: d.to_bits(), q }
+}
+
+/// Quantizes input rows (a multiple of 32 floats) into groups with f32 scales.
+fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
+    let mut out = vec![BLOCK_A_ZERO; x.len() / Q8_GROUP];
+    for (b, g) in out.iter_mut().zip(x.chunks_exact(Q8_GROUP)) {
+        let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+        b.d = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &v) in b.q.iter_mut().zip(g) {
+            *q = (v * inv).round() as i8;
+        }
+    }
+    out
+}
+
+fn widen_bf16(src: &[u16], out: &mut [f32]) {
+    for (o, &b) in out.iter_mut().zip(src) {
+        *o = f32::from_bits((b as u32) << 16);
+    }
+}
+
+/// `out[i] = x_i · w` for the `m` rows `x_i` of `x` (each `w.len()` long).
+type DotsF32 = fn(&[f32], usize, &[f32], &mut [f32]);
+type DotsBf16 = fn(&[f32], usize, &[u16], &mut [f32]);
+/// `out[i] = xq_i · w` for `m` quantized rows of `w.len()` groups each.
+type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], &mut [f32]);
+
+struct Kernels {
+    dots_f32: DotsF32,
+    dots_bf16: DotsBf16,
+    dots_q8: DotsQ8,
+}
+
+fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return Kernels {
+                dots_f32: |x, m, w, o| unsafe { x86::dots_f32(x, m, w, o) },
+                dots_bf16: |x, m, w, o| unsafe { x86::dots_bf16(x, m, w, o) },
+                dots_q8: |x, m, w, o| unsafe { x86::dots_q8(x, m, w, o) },
+            };
+        }
+        Kernels { dots_f32: portable::dots_f32, dots_bf16: portable::dots_bf16, dots_q8: portable::dots_q8 }
+    })
+}
+
+mod portable {
+    use super::*;
+
+    pub fn dots_f32(x: &[f32], m: usize, w: &[f32], out: &mut [f32]) {
+        let k = w.len();
+        for (i, o) in out[..m].iter_mut().enumerate() {
+            *o = ops::dot(&x[i * k..(i + 1) * k], w);
+        }
+    }
+
+    pub fn dots_bf16(x: &[f32], m: usize, w: &[u16], out: &mut [f32]) {
+        let k = w.len();
+        for (i, o) in out[..m].iter_mut().enumerate() {
+            let xr = &x[i * k..(i + 1) * k];
+            let mut acc = [0f32; 8];
+            let mut t = 0;
+            while t + 8 <= k {
+                for l in 0..8 {
+                    acc[l] += xr[t + l] * f32::from_bits((w[t + l] as u32) << 16);
+                }
+                t += 8;
+            }
+            let mut s: f32 = acc.iter().sum();
+            for t in t..k {
+                s += xr[t] * f32::from_bits((w[t] as u32) << 16);
+            }
+            *o = s;
+        }
+    }
+
+    pub fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], out: &mut [f32]) {
+        let g = w.len();
+        for (i, o) in out[..m].iter_mut().enumerate() {
+            let mut s = 0f32;
+            for (xb, wb) in x[i * g..(i + 1) * g].iter().zip(w) {
+                let dot: i32 = xb.q.iter().zip(&wb.q).map(|(&a, &b)| a as i32 * b as i32).sum();
+                s += dot as f32 * (xb.d * f16::from_bits(wb.d).to_f32());
+            }
+            *o = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BlockQ8, BlockQ8A};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
+    /// Calls `f::<R>(i)` for consecutive groups of at most four input rows, so that the
+    /// kernels below are compiled for each group size and never compute a row twice.
+    macro_rules! by_fours {
+        ($m:expr, $f:ident $(<$t:ty>)?, $($arg:expr),*) => {{
+            let mut i = 0;
+            while i < $m {
+                match $m - i {
+                    1 => $f::<1 $(, $t)?>(i, $($arg),*),
+                    2 => $f::<2 $(, $t)?>(i, $($arg),*),
+                    3 => $f::<3 $(, $t)?>(i, $($arg),*),
+                    _ => $f::<4 $(, $t)?>(i, $($arg),*),
+                }
+                i += 4;
+            }
+        }};
+    }
+
+    /// A weight element type the kernels widen to f32 lanes.
+    trait Lanes: Copy {
+        /// Eight weights from `p` as f32 lanes.
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn to_f32(self) -> f32;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+
+    impl Lanes for u16 {
+        /// bf16: the 16 bits are the high half of an f32.
+        #[inline(always)]
+        unsafe fn load8(p: *const u16) -> __m256 {
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
+        }
+        fn to_f32(self) -> f32 {
+            f32::from_bits((self as u32) << 16)
+        }
+    }
+
+    /// Input rows against one f32 weight row; the weight is loaded once per 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_f32(x: &[f32], m: usize, w: &[f32], out: &mut [f32]) {
+        assert!(x.len() >= m * w.len() && out.len() >= m);
+        by_fours!(m, dots_r<f32>, x, w, out);
+    }
+
+    /// Input rows against one bf16 weight row, widened in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_bf16(x: &[f32], m: usize, w: &[u16], out: &mut [f32]) {
+        assert!(x.len() >= m * w.len() && out.len() >= m);
+        by_fours!(m, dots_r<u16>, x, w, out);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_r<const R: usize, W: Lanes>(i: usize, x: &[f32], w: &[W], out: &mut [f32]) {
+        let k = w.len();
+        let pw = w.as_ptr();
+        let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc2 = [_mm256_setzero_ps(); R];
+        let mut t = 0;
+        while t + 16 <= k {
+            let w0 = W::load8(pw.add(t));
+            let w1 = W::load8(pw.add(t + 8));
+            for l in 0..R {
+                acc[l] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px[l].add(t)), acc[l]);
+                acc2[l] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(px[l].add(t + 8)), acc2[l]);
+            }
+            t += 16;
+        }
+        while t + 8 <= k {
+            let w0 = W::load8(pw.add(t));
+            for l in 0..R {
+                acc[l] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px[l].add(t)), acc[l]);
+            }
+            t += 8;
+        }
+        for l in 0..R {
+            let mut s = hsum(_mm256_add_ps(acc[l], acc2[l]));
+            for t in t..k {
+                s += *px[l].add(t) * (*pw.add(t)).to_f32();
+            }
+            out[i + l] = s;
+        }
+    }
+
+    /// Quantized input rows against one q8 weight row: per group of 32, |w| · (x · sign w)
+    /// with `maddubs` (u8 x i8 pairs to i16), then to i32 and f32, scaled by both groups'
+    /// scales.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], out: &mut [f32]) {
+        assert!(x.len() >= m * w.len() && out.len() >= m);
+        by_fours!(m, dots_q8_r, x, w, out);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_q8_r<const R: usize>(i: usize, x: &[BlockQ8A], w: &[BlockQ8], out: &mut [f32]) {
+        let g = w.len();
+        let ones = _mm256_set1_epi16(1);
+        let px: [*const BlockQ8A; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * g));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, wb) in w.iter().enumerate() {
+            let wq = _mm256_loadu_si256(wb.q.as_ptr() as *const __m256i);
+            let aw = _mm256_sign_epi8(wq, wq);
+            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(wb.d as i32)));
+            for l in 0..R {
+                let xb = &*px[l].add(b);
+                let xq = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
+                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq, wq));
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[l] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), p, acc[l]);
+            }
+        }
+        for l in 0..R {
+            out[i + l] = hsum(acc[l]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::ops::{test_data as data, test_naive_matmul_t as naive};
+
+
+    fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+        let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt() as f32
+    }
+
+    /// The weights each format actually holds, as f32.
+    fn stored(m: &Matrix) -> Vec<f32> {
+        let mut w = vec![0f32; m.rows * m.cols];
+        m.rows_into(0, &mut w);
+        w
+    }
+
+    #[test]
+    fn every_format_and_row_count_matches_the_product_of_its_stored_weights() {
+        for fmt in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
+            for &(m, k, n) in &[(1, 64, 70), (3, 96, 33), (5, 128, 64), (8, 256, 65), (16, 64, 130), (40, 160, 129)] {
+                let x = data(m * k, 1);
+                let w = data(n * k, 2);
+                let b = data(n, 3);
+                let mat = Matrix::new(w.clone(), n, k, fmt);
+                assert_eq!(mat.format(), fmt);
+                let mut y = vec![f32::NAN; m * n];
+                mat.matmul_t(&x, Some(&b), &mut y, m);
+                // Against the stored weights: exact up to summation order for f32 and bf16;
+                // q8 also quantizes the inputs (per group of 32) on the decode path.
+                let mut r = naive(&x, &stored(&mat), m, k, n);
+                for i in 0..m {
+                    for j in 0..n {
+                        r[i * n + j] += b[j];
+                    }
+                }
+                let tol = if fmt == WeightFormat::Q8 && m < GEMM_MIN_ROWS { 1e-2 } else { 1e-5 };
+                let e = rel_err(&y, &r);
+                assert!(e < tol, "{fmt} m={m} k={k} n={n}: relative error {e}");
+                // And the storage error itself is that of the format.
+                let e = rel_err(&stored(&mat), &w);
+                let tol = match fmt {
+                    WeightFormat::F32 => 0.0,
+                    WeightFormat::Bf16 => 4e-3,
+                    WeightFormat::Q8 => 1e-2,
+                };
+                assert!(e <= tol, "{fmt}: storage error {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_kernels_agree() {
+        let k = 160;
+        for m in 1..=9 {
+            let x = data(m * k, 4);
+            let w = data(k, 5);
+            let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let wq: Vec<BlockQ8> = w.chunks_exact(Q8_GROUP).map(quantize_group).collect();
+            let xq = quantize_rows(&x);
+            let kern = kernels();
+            let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
+            (kern.dots_f32)(&x, m, &w, &mut a);
+            portable::dots_f32(&x, m, &w, &mut b);
+            assert!(rel_err(&a, &b) < 1e-6, "f32 m={m}");
+            (kern.dots_bf16)(&x, m, &wb, &mut a);
+            portable::dots_bf16(&x, m, &wb, &mut b);
+            assert!(rel_err(&a, &b) < 1e-6, "bf16 m={m}");
+            (kern.dots_q8)(&xq, m, &wq, &mut a);
+            portable::dots_q8(&xq, m, &wq, &mut b);
+            assert!(rel_err(&a, &b) < 1e-6, "q8 m={m}");
+        }
+    }
+
+    #[test]
+    fn q8_falls_back_to_bf16_for_widths_not_divisible_by_32() {
+        let m = Matrix::new(data(48 * 3, 7), 3, 48, WeightFormat::Q8);
+        assert_eq!(m.format(), WeightFormat::Bf16);
+        assert_eq!(m.bytes(), 48 * 3 * 2);
+    }
+
+    #[test]
+    fn q8_of_zeros_and_extremes() {
+        let mut w = vec![0f32; 64];
+        w[33] = -5.0;
+        w[40] = 5.0;
+        let mat = Matrix::new(w.clone(), 1, 64, WeightFormat::Q8);
+        let s = stored(&mat);
+        assert!(s[..32].iter().all(|&v| v == 0.0), "an all-zero group stays zero");
+        assert!((s[33] + 5.0).abs() < 5e-3 && (s[40] - 5.0).abs() < 5e-3, "{} {}", s[33], s[40]);
+        assert_eq!(mat.bytes(), 2 * 34);
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("BF16".parse::<WeightFormat>(), Ok(WeightFormat::Bf16));
+        assert_eq!("q8_0".parse::<WeightFormat>(), Ok(WeightFormat::Q8));
+        assert!("q4".parse::<WeightFormat>().unwrap_err().contains("q4"));
+    }
+}

@@ -1,0 +1,295 @@
+//! The engine's thread pool: fork-join over task indices with a hand-off of microseconds.
+//!
+//! A decode step of a small model is a few dozen parallel regions of 10-50 µs each, so the
+//! cost of starting and joining a region matters as much as the kernels. Workers spin on an
+//! epoch counter for a short while after each region (so the next region of the same forward
+//! reaches them in well under a microsecond), then sleep on a condition variable (so an idle
+//! server costs no CPU). The calling thread takes tasks too. Tasks are handed out one index at a
+//! time from an atomic counter, so a worker that the OS descheduled delays only its own task.
+//!
+//! One region runs at a time; a call made while another is running (from another thread, or
+//! from inside a task) runs its tasks inline on the calling thread.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+type Task<'a> = dyn Fn(usize) + Sync + 'a;
+
+struct Job {
+    f: Option<*const Task<'static>>,
+    tasks: usize,
+}
+
+struct Shared {
+    epoch: AtomicU64,
+    job: UnsafeCell<Job>,
+    next: AtomicUsize,
+    /// Workers that have not yet finished the current region.
+    pending: AtomicUsize,
+    panicked: AtomicBool,
+    sleepers: Mutex<usize>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+// SAFETY: `job` is written only by the thread holding `ThreadPool::caller` while no worker reads
+// it (between regions, after `pending` reached zero); workers read it only after observing the
+// epoch bump that published it (acquire/release on `epoch`).
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+/// A fixed set of worker threads plus the calling thread.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    caller: Mutex<()>,
+    workers: usize,
+}
+
+impl ThreadPool {
+    /// A pool that runs regions on `threads` threads (the caller and `threads - 1` workers).
+    pub fn new(threads: usize) -> ThreadPool {
+        let workers = threads.max(1) - 1;
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: UnsafeCell::new(Job { f: None, tasks: 0 }),
+            next: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            sleepers: Mutex::new(0),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        for i in 0..workers {
+            let s = shared.clone();
+            thread::Builder::new()
+                .name(format!("ghostline-engine-{i}"))
+                .spawn(move || worker(&s))
+                .expect("spawning an engine thread");
+        }
+        ThreadPool { shared, caller: Mutex::new(()), workers }
+    }
+
+    /// Threads a region runs on.
+    pub fn threads(&self) -> usize {
+        self.workers + 1
+    }
+
+    /// Runs `f(i)` for every `i < tasks`, spread over the pool; returns when all are done.
+    /// A panic in a task is re-raised here after every thread has left the region.
+    pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if tasks == 0 {
+            return;
+        }
+        let guard = if self.workers == 0 || tasks == 1 { None } else { self.caller.try_lock().ok() };
+        let Some(_guard) = guard else {
+            (0..tasks).for_each(f);
+            return;
+        };
+        let s = &*self.shared;
+        // SAFETY: no worker is inside a region (the last `run` waited for `pending == 0`), and
+        // the lifetime is erased only for the duration of this call, which waits for every
+        // worker to stop using `f` before returning or unwinding.
+        unsafe {
+            let f: *const Task<'_> = f;
+            *s.job.get() = Job { f: Some(std::mem::transmute::<*const Task<'_>, *const Task<'static>>(f)), tasks };
+        }
+        s.next.store(0, Ordering::Relaxed);
+        s.pending.store(self.workers, Ordering::Relaxed);
+        s.epoch.fetch_add(1, Ordering::Release);
+        if *s.sleepers.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
+            s.wake.notify_all();
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, tasks)));
+        let mut spins = 0u32;
+        while s.pending.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("an engine task panicked on a worker thread");
+        }
+    }
+
+    /// Splits `out` into chunks of `chunk` elements (the last may be shorter) and runs
+    /// `f(chunk_index, chunk)` for each, in parallel.
+    pub fn for_chunks<T: Send>(&self, out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+        let chunk = chunk.max(1);
+        let len = out.len();
+        let base = SendPtr(out.as_mut_ptr());
+        self.run(len.div_ceil(chunk), &|c| {
+            let lo = c * chunk;
+            let hi = (lo + chunk).min(len);
+            // SAFETY: chunk c covers lo..hi of `out`, disjoint from every other chunk, and `out`
+            // stays mutably borrowed for the whole region.
+            let part = unsafe { std::slice::from_raw_parts_mut(base.at(lo), hi - lo) };
+            f(c, part);
+        });
+    }
+
+    /// `(0..tasks).map(f)` in parallel, results in order.
+    pub fn map<R: Send>(&self, tasks: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+        let mut out: Vec<Option<R>> = (0..tasks).map(|_| None).collect();
+        self.for_chunks(&mut out, 1, |i, slot| slot[0] = Some(f(i)));
+        out.into_iter().map(|r| r.expect("every task ran")).collect()
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.epoch.fetch_add(1, Ordering::Release);
+        let _g = self.shared.sleepers.lock();
+        self.shared.wake.notify_all();
+    }
+}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint parts of one buffer to the tasks of a region.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// # Safety: as `pointer::add`.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+fn take_tasks(s: &Shared, f: &Task<'_>, tasks: usize) {
+    loop {
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            return;
+        }
+        f(i);
+    }
+}
+
+fn worker(s: &Shared) {
+    // The epoch the pool was made with: a region published before this thread started still
+    // counts on it.
+    let mut seen = 0;
+    loop {
+        // Wait for the next region: spin a little, then sleep.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let e = s.epoch.load(Ordering::Acquire);
+            if e != seen {
+                seen = e;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 && start.elapsed() > SPIN {
+                let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+                *sleepers += 1;
+                while s.epoch.load(Ordering::Acquire) == seen {
+                    sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+                }
+                *sleepers -= 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: published before the epoch bump we just observed; stays valid until we
+        // decrement `pending`.
+        let (f, tasks) = unsafe {
+            let job = &*s.job.get();
+            (job.f.map(|f| &*f), job.tasks)
+        };
+        if let Some(f) = f {
+            if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, tasks))).is_err() {
+                s.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        s.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The engine's pool, sized by the first of `GHOSTLINE_THREADS` and rayon's global thread
+/// count (which the server's `--threads` sets) when first used.
+pub fn pool() -> &'static ThreadPool {
+    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::env::var("GHOSTLINE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(rayon::current_num_threads);
+        ThreadPool::new(n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn every_task_runs_exactly_once() {
+        let p = ThreadPool::new(3);
+        for tasks in [0, 1, 2, 3, 7, 100] {
+            let hits: Vec<AtomicU32> = (0..tasks).map(|_| AtomicU32::new(0)).collect();
+            p.run(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "tasks {tasks}");
+        }
+    }
+
+    #[test]
+    fn chunks_and_map_cover_their_inputs() {
+        let p = ThreadPool::new(2);
+        let mut v = vec![0usize; 103];
+        p.for_chunks(&mut v, 10, |c, part| part.iter_mut().enumerate().for_each(|(j, x)| *x = c * 10 + j));
+        assert!(v.iter().enumerate().all(|(i, &x)| i == x));
+        assert_eq!(p.map(5, |i| i * i), vec![0, 1, 4, 9, 16]);
+    }
+
+    #[test]
+    fn regions_after_sleeping_and_nested_regions_still_run() {
+        let p = ThreadPool::new(2);
+        thread::sleep(SPIN * 5);
+        let n = AtomicU32::new(0);
+        p.run(8, &|_| {
+            // A region inside a task runs inline.
+            p.run(3, &|_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 24);
+    }
+
+    #[test]
+    fn a_panicking_task_is_reraised_and_the_pool_stays_usable() {
+        let p = ThreadPool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            p.run(16, &|i| {
+                if i == 9 {
+                    panic!("task 9");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let n = AtomicU32::new(0);
+        p.run(16, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 16);
+    }
+}

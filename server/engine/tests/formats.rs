@@ -1,0 +1,73 @@
+//! What each weight storage format costs in accuracy, on the transformers fixtures: the
+//! last-position logits against transformers' (computed from the checkpoint's own weights), and
+//! how many greedy tokens agree with transformers' greedy continuation.
+//!
+//! `cargo test -p ghostline-engine --test formats -- --nocapture` prints the table.
+
+use std::path::{Path, PathBuf};
+
+use ghostline_engine::{generate, BatchItem, Checkpoint, GenerateParams, Logits, SamplingParams, SeqKv, WeightFormat};
+use serde_json::Value;
+
+const FIXTURES: &[&str] = &["llama-gqa-f32", "llama-bias-f16", "qwen2-tied-bf16", "qwen2-mha-f32"];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Largest absolute difference relative to the largest reference magnitude.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn every_format_stays_close_to_transformers() {
+    println!("| fixture | format | max logit error (relative) | greedy tokens agreeing with transformers (up to the first difference) |");
+    println!("| --- | --- | ---: | ---: |");
+    let mut failures = Vec::new();
+    for name in FIXTURES {
+        let dir = fixture_dir(name);
+        let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
+            let ckpt = Checkpoint::load_as(&dir, Some(format)).unwrap();
+            let mut pool = ckpt.kv_pool(64 << 20);
+            let (mut worst, mut same, mut total) = (0f32, 0usize, 0usize);
+            for c in expected["cases"].as_array().unwrap() {
+                let input = ids(&c["input_ids"]);
+                let want: Vec<f32> = c["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let mut s = SeqKv::default();
+                let got = ckpt
+                    .model
+                    .forward(&mut pool, &mut [BatchItem { kv: &mut s, tokens: &input, logits: Logits::Last }])
+                    .unwrap();
+                pool.release(&mut s);
+                worst = worst.max(rel_err(&got[0], &want));
+                let greedy = ids(&c["greedy"]);
+                let params =
+                    GenerateParams { max_tokens: greedy.len(), sampling: SamplingParams::default(), stop: vec![], stop_ids: vec![] };
+                let g = generate(&ckpt.model, &ckpt.tokenizer, &mut pool, &input, &params, |_| true).unwrap();
+                same += g.tokens.iter().zip(&greedy).take_while(|(a, b)| a == b).count();
+                total += greedy.len();
+            }
+            println!("| {name} | {} | {worst:.2e} | {same} / {total} |", ckpt.model.format);
+            // f32 is the reference path; bf16 and q8 round the weights (and q8 the decode
+            // inputs) to 8 significant bits or fewer.
+            // (These fixtures are tiny random models, hidden size 32-64, where rounding errors
+            // average out least; the house model's FIM benchmark measures the real cost.)
+            let bound = match ckpt.model.format {
+                WeightFormat::F32 => 1e-4,
+                WeightFormat::Bf16 => 3e-2,
+                WeightFormat::Q8 => 1.5e-1,
+            };
+            if worst >= bound {
+                failures.push(format!("{name} {format}: logits off by {worst} (relative)"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
