@@ -388,13 +388,15 @@ mod x86 {
 
     /// A weight element type the kernels widen to f32 lanes.
     trait Lanes: Copy {
-        /// Eight weights from `p` as f32 lanes.
+        /// Eight weights from `p` as f32 lanes (implementations enable the kernels' target
+        /// features, or the intrinsics would not inline).
         unsafe fn load8(p: *const Self) -> __m256;
         fn to_f32(self) -> f32;
     }
 
     impl Lanes for f32 {
-        #[inline(always)]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn load8(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
         }
@@ -405,7 +407,8 @@ mod x86 {
 
     impl Lanes for u16 {
         /// bf16: the 16 bits are the high half of an f32.
-        #[inline(always)]
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn load8(p: *const u16) -> __m256 {
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
         }

@@ -5,7 +5,9 @@
 //! epoch counter for a short while after each region (so the next region of the same forward
 //! reaches them in well under a microsecond), then sleep on a condition variable (so an idle
 //! server costs no CPU). The calling thread takes tasks too. Tasks are handed out one index at a
-//! time from an atomic counter, so a worker that the OS descheduled delays only its own task.
+//! time from an atomic counter, and a region waits only for the workers that actually joined
+//! it: when the caller has taken the last task it closes the region, and a worker that wakes up
+//! after that (descheduled on a busy machine, say) skips it instead of holding it up.
 //!
 //! One region runs at a time; a call made while another is running (from another thread, or
 //! from inside a task) runs its tasks inline on the calling thread.
@@ -28,20 +30,22 @@ struct Job {
 }
 
 struct Shared {
-    epoch: AtomicU64,
+    /// `epoch << 1 | open`: which region was published last, and whether it still takes workers.
+    state: AtomicU64,
     job: UnsafeCell<Job>,
     next: AtomicUsize,
-    /// Workers that have not yet finished the current region.
-    pending: AtomicUsize,
+    /// Workers inside a region (between joining it and leaving it).
+    active: AtomicUsize,
     panicked: AtomicBool,
     sleepers: Mutex<usize>,
     wake: Condvar,
     shutdown: AtomicBool,
 }
 
-// SAFETY: `job` is written only by the thread holding `ThreadPool::caller` while no worker reads
-// it (between regions, after `pending` reached zero); workers read it only after observing the
-// epoch bump that published it (acquire/release on `epoch`).
+// SAFETY: `job` is written only by the thread holding `ThreadPool::caller`, between regions:
+// after it closed the last region and saw `active == 0`. A worker reads it only after joining
+// (`active` incremented) and then seeing the region open, so never while it is written (the
+// close / join handshake is sequentially consistent: see `run` and `worker`).
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
@@ -57,10 +61,10 @@ impl ThreadPool {
     pub fn new(threads: usize) -> ThreadPool {
         let workers = threads.max(1) - 1;
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             job: UnsafeCell::new(Job { f: None, tasks: 0 }),
             next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
@@ -93,22 +97,25 @@ impl ThreadPool {
             return;
         };
         let s = &*self.shared;
-        // SAFETY: no worker is inside a region (the last `run` waited for `pending == 0`), and
-        // the lifetime is erased only for the duration of this call, which waits for every
-        // worker to stop using `f` before returning or unwinding.
+        // SAFETY: no worker is inside a region (the last `run` closed its region and waited
+        // for `active == 0`), and the lifetime is erased only for the duration of this call,
+        // which closes the region and waits for every worker that joined it before returning
+        // or unwinding.
         unsafe {
             let f: *const Task<'_> = f;
             *s.job.get() = Job { f: Some(std::mem::transmute::<*const Task<'_>, *const Task<'static>>(f)), tasks };
         }
         s.next.store(0, Ordering::Relaxed);
-        s.pending.store(self.workers, Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::Release);
+        let epoch = (s.state.load(Ordering::Relaxed) >> 1) + 1;
+        s.state.store(epoch << 1 | 1, Ordering::SeqCst);
         if *s.sleepers.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, tasks)));
+        // Every task is taken: close the region, then wait for the workers inside it.
+        s.state.store(epoch << 1, Ordering::SeqCst);
         let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
+        while s.active.load(Ordering::SeqCst) != 0 {
             spins += 1;
             if spins < 1 << 14 {
                 std::hint::spin_loop();
@@ -151,7 +158,8 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.epoch.fetch_add(1, Ordering::Release);
+        let epoch = (self.shared.state.load(Ordering::Relaxed) >> 1) + 1;
+        self.shared.state.store(epoch << 1, Ordering::SeqCst);
         let _g = self.shared.sleepers.lock();
         self.shared.wake.notify_all();
     }
@@ -179,46 +187,50 @@ fn take_tasks(s: &Shared, f: &Task<'_>, tasks: usize) {
 }
 
 fn worker(s: &Shared) {
-    // The epoch the pool was made with: a region published before this thread started still
-    // counts on it.
+    // The last region this worker saw (0: none yet; the first region is epoch 1).
     let mut seen = 0;
     loop {
-        // Wait for the next region: spin a little, then sleep.
+        // Wait for a region newer than `seen`: spin a little, then sleep.
         let start = Instant::now();
         let mut spins = 0u32;
-        loop {
-            let e = s.epoch.load(Ordering::Acquire);
-            if e != seen {
-                seen = e;
-                break;
+        let epoch = loop {
+            let st = s.state.load(Ordering::Acquire);
+            if st >> 1 != seen {
+                break st >> 1;
             }
             spins = spins.wrapping_add(1);
             if spins % 64 == 0 && start.elapsed() > SPIN {
                 let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
                 *sleepers += 1;
-                while s.epoch.load(Ordering::Acquire) == seen {
+                while s.state.load(Ordering::Acquire) >> 1 == seen {
                     sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
                 }
                 *sleepers -= 1;
             } else {
                 std::hint::spin_loop();
             }
-        }
+        };
+        seen = epoch;
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
-        // SAFETY: published before the epoch bump we just observed; stays valid until we
-        // decrement `pending`.
-        let (f, tasks) = unsafe {
-            let job = &*s.job.get();
-            (job.f.map(|f| &*f), job.tasks)
-        };
-        if let Some(f) = f {
-            if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, tasks))).is_err() {
-                s.panicked.store(true, Ordering::Relaxed);
+        // Join, then check that the region is still open: if the caller closed it meanwhile,
+        // it may already be gone (and its `f` with it), so leave without touching the job.
+        s.active.fetch_add(1, Ordering::SeqCst);
+        if s.state.load(Ordering::SeqCst) == epoch << 1 | 1 {
+            // SAFETY: the region is open and we are counted in `active`, so the caller keeps
+            // `job` and `f` alive and unchanged until we leave.
+            let (f, tasks) = unsafe {
+                let job = &*s.job.get();
+                (job.f.map(|f| &*f), job.tasks)
+            };
+            if let Some(f) = f {
+                if catch_unwind(AssertUnwindSafe(|| take_tasks(s, f, tasks))).is_err() {
+                    s.panicked.store(true, Ordering::Relaxed);
+                }
             }
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        s.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -250,6 +262,22 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "tasks {tasks}");
         }
+    }
+
+    #[test]
+    fn many_short_regions_on_more_threads_than_cores() {
+        // Workers often arrive after the caller has taken every task and closed the region;
+        // they must skip it without touching its (by then dropped) closure.
+        let p = ThreadPool::new(6);
+        let total = AtomicU32::new(0);
+        for r in 0..5000u32 {
+            let local = vec![1u32; 1 + (r % 5) as usize];
+            p.run(local.len(), &|i| {
+                total.fetch_add(local[i], Ordering::Relaxed);
+            });
+        }
+        let want: u32 = (0..5000u32).map(|r| 1 + r % 5).sum();
+        assert_eq!(total.load(Ordering::Relaxed), want);
     }
 
     #[test]
