@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use ghostline_engine::{Checkpoint, SamplingParams};
+use ghostline_engine::{Backend, Checkpoint, Device, SamplingParams, Tokenizer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
 
@@ -144,7 +144,7 @@ struct ServeArgs {
     /// Name the model is served under (default: the checkpoint directory's name).
     #[arg(long, env = "GHOSTLINE_MODEL_NAME")]
     model_name: Option<String>,
-    /// KV cache memory budget in MiB.
+    /// KV cache memory budget in MiB (default: 512 on the CPU; on a GPU, half its free memory, at most 16 GiB).
     #[arg(long, env = "GHOSTLINE_KV_MEMORY_MB")]
     kv_memory_mb: Option<usize>,
     /// Tokens computed per engine step at most (decode tokens plus prefill chunks).
@@ -400,13 +400,7 @@ impl ServeArgs {
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
     let addr = a.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8484)));
-    match a.device.as_deref().unwrap_or("cpu") {
-        "cpu" => {}
-        d if d == "cuda" || d.starts_with("cuda:") => bail!(
-            "--device {d}: this build has no CUDA backend; rebuild with `--features cuda` or use --device cpu"
-        ),
-        d => bail!("--device {d} is not known; use cpu or cuda[:N]"),
-    }
+    let device = Device::parse(a.device.as_deref().unwrap_or("cpu")).map_err(anyhow::Error::msg)?;
     let database = store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir.clone()))?;
     let require_key = !addr.ip().is_loopback() && !a.insecure_no_auth;
     let auth = Arc::new(keys::Auth::new(database.clone(), store::Store::open(&database)?, require_key));
@@ -424,37 +418,39 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
-    let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let backend = Backend::load(&dir, device).with_context(|| format!("loading model {} on {device}", dir.display()))?;
+    let tokenizer = Tokenizer::load(&dir, &backend.config().eos_token_ids)
+        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into())
     });
-    let template = fim::detect(&ckpt.tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut fim_stop_ids = ckpt.tokenizer.eos_ids.clone();
+    let template = fim::detect(&tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut fim_stop_ids = tokenizer.eos_ids.clone();
     if let Some(t) = &template {
-        fim_stop_ids.extend(t.stop_ids(&ckpt.tokenizer));
+        fim_stop_ids.extend(t.stop_ids(&tokenizer));
     }
     fim_stop_ids.sort_unstable();
     fim_stop_ids.dedup();
-    let kv_bytes = a.kv_memory_mb.unwrap_or(512) << 20;
-    let pool = ckpt.kv_pool(kv_bytes);
+    let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
+    let pool = backend.kv_pool(kv_bytes).context("allocating the KV cache")?;
     tracing::info!(
         model = %dir.display(),
         name = %model_name,
-        params_m = ckpt.model.num_params() as f64 / 1e6,
+        device = %backend.describe(),
+        params_m = backend.num_params() as f64 / 1e6,
         fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
         kv_blocks = pool.max_blocks(),
         load_s = t0.elapsed().as_secs_f64(),
         "model loaded"
     );
-    let context_length = ckpt.model.config.max_position_embeddings;
-    let eos_ids = ckpt.tokenizer.eos_ids.clone();
-    let Checkpoint { model, tokenizer, .. } = ckpt;
+    let context_length = backend.config().max_position_embeddings;
+    let eos_ids = tokenizer.eos_ids.clone();
     let tokenizer = Arc::new(tokenizer);
     let sched = scheduler::Scheduler::start(
-        Arc::new(model),
+        Arc::new(backend),
         tokenizer.clone(),
         pool,
         scheduler::SchedulerConfig {

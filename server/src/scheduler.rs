@@ -8,7 +8,7 @@
 //! event receiver is gone (client disconnected) is freed at the next step; a newer request with
 //! the same (user, path) cancels the older one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ghostline_api::FinishReason;
 use ghostline_engine::{
-    BatchItem, KvPool, Logits, Model, Sampler, SamplingParams, SeqKv, StopMatcher, StreamDecoder, Tokenizer,
+    Backend, BatchItem, KvPool, Logits, Pick, Picker, SamplingParams, SeqKv, StopMatcher, StreamDecoder, Tokenizer,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -95,8 +95,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the engine thread.
-    pub fn start(model: Arc<Model>, tok: Arc<Tokenizer>, pool: KvPool, config: SchedulerConfig) -> Scheduler {
+    /// Starts the engine thread, which runs `backend` (CPU or CUDA: the loop is the same).
+    pub fn start(backend: Arc<Backend>, tok: Arc<Tokenizer>, pool: KvPool, config: SchedulerConfig) -> Scheduler {
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let max_queue = config.max_queue;
@@ -106,7 +106,7 @@ impl Scheduler {
             .spawn(move || {
                 let block_size = pool.shape().block_size;
                 let mut lp = Loop {
-                    model,
+                    backend,
                     tok,
                     pool,
                     cache: PrefixCache::new(block_size),
@@ -137,7 +137,7 @@ impl Scheduler {
 
 struct Cand {
     kv: SeqKv,
-    sampler: Sampler,
+    picker: Picker,
     decoder: StreamDecoder,
     stops: StopMatcher,
     generated: usize,
@@ -166,7 +166,7 @@ impl Group {
 }
 
 struct Loop {
-    model: Arc<Model>,
+    backend: Arc<Backend>,
     tok: Arc<Tokenizer>,
     pool: KvPool,
     cache: PrefixCache,
@@ -371,6 +371,25 @@ impl Loop {
                 }
             }
         }
+        // One token per decode slot; a finished prefill picks one per candidate, whose
+        // choosers are made here (candidate i's seed is the request's plus i).
+        let mut fresh: Vec<(usize, Vec<Picker>)> = Vec::new();
+        for (k, s) in plan.iter().enumerate() {
+            if let Slot::Prefill(gi, _, _) = *s {
+                if modes[k] == Logits::Last {
+                    let g = &self.running[gi];
+                    let pickers = (0..g.req.n)
+                        .map(|i| {
+                            let mut sp = g.req.sampling.clone();
+                            sp.seed = sp.seed.map(|s| s.wrapping_add(i as u64));
+                            Picker::new(sp)
+                        })
+                        .collect();
+                    fresh.push((k, pickers));
+                }
+            }
+        }
+        let mut first_pick = Vec::with_capacity(plan.len() + 1);
         let result = {
             let mut items: Vec<BatchItem> = seqs
                 .iter_mut()
@@ -378,11 +397,36 @@ impl Loop {
                 .zip(&modes)
                 .map(|((kv, t), &m)| BatchItem { kv, tokens: t, logits: m })
                 .collect();
-            self.model.forward(&mut self.pool, &mut items)
+            let mut cand_pickers: HashMap<(usize, usize), &mut Picker> = self
+                .running
+                .iter_mut()
+                .enumerate()
+                .flat_map(|(gi, g)| g.cands.iter_mut().enumerate().map(move |(ci, c)| ((gi, ci), &mut c.picker)))
+                .collect();
+            let mut picks: Vec<Pick> = Vec::with_capacity(plan.len());
+            let mut fresh_iter = fresh.iter_mut().peekable();
+            for (k, s) in plan.iter().enumerate() {
+                first_pick.push(picks.len());
+                match *s {
+                    Slot::Decode(gi, ci) => {
+                        if let Some(p) = cand_pickers.remove(&(gi, ci)) {
+                            picks.push(Pick { item: k, picker: p });
+                        }
+                    }
+                    Slot::Prefill(..) => {
+                        if fresh_iter.peek().is_some_and(|(fk, _)| *fk == k) {
+                            let (_, pickers) = fresh_iter.next().expect("peeked");
+                            picks.extend(pickers.iter_mut().map(|p| Pick { item: k, picker: p }));
+                        }
+                    }
+                }
+            }
+            first_pick.push(picks.len());
+            self.backend.step(&mut self.pool, &mut items, &mut picks)
         };
         let now = Instant::now();
-        let logits = match result {
-            Ok(l) => l,
+        let tokens = match result {
+            Ok(t) => t,
             Err(e) => {
                 // Should not happen (room was made above); fail the requests involved, not the server.
                 tracing::error!("forward failed: {e}");
@@ -400,11 +444,16 @@ impl Loop {
                 return;
             }
         };
-        for ((s, kv), lg) in plan.iter().zip(seqs).zip(logits) {
+        let mut fresh = fresh.into_iter();
+        for (k, (s, kv)) in plan.iter().zip(seqs).enumerate() {
+            // The tokens picked for this slot, one per candidate.
+            let picked = &tokens[first_pick[k]..first_pick[k + 1]];
             match *s {
                 Slot::Decode(gi, ci) => {
                     self.running[gi].cands[ci].kv = kv;
-                    self.sample(gi, ci, &lg, now);
+                    if let Some(&tok) = picked.first() {
+                        self.take(gi, ci, tok, now);
+                    }
                 }
                 Slot::Prefill(gi, from, len) => {
                     let g = &mut self.running[gi];
@@ -419,13 +468,12 @@ impl Loop {
                     }
                     let base = std::mem::take(&mut g.base);
                     let n = g.req.n;
-                    for i in 0..n {
+                    let pickers = fresh.next().map(|(_, p)| p).unwrap_or_default();
+                    for (i, picker) in pickers.into_iter().enumerate() {
                         let kv = if i + 1 == n { base.clone() } else { self.pool.fork(&base, base.len) };
-                        let mut sp = g.req.sampling.clone();
-                        sp.seed = sp.seed.map(|s| s.wrapping_add(i as u64));
                         g.cands.push(Cand {
                             kv,
-                            sampler: Sampler::new(sp),
+                            picker,
                             decoder: StreamDecoder::new(&g.req.prompt),
                             stops: StopMatcher::new(&g.req.stop),
                             generated: 0,
@@ -433,21 +481,20 @@ impl Loop {
                             done: false,
                         });
                     }
-                    for ci in 0..n {
-                        self.sample(gi, ci, &lg, now);
+                    for (ci, &tok) in picked.iter().enumerate() {
+                        self.take(gi, ci, tok, now);
                     }
                 }
             }
         }
     }
 
-    /// Picks a candidate's next token from its logits and streams the text it completes.
-    fn sample(&mut self, gi: usize, ci: usize, logits: &[f32], now: Instant) {
+    /// Takes a candidate's next token and streams the text it completes.
+    fn take(&mut self, gi: usize, ci: usize, tok: u32, now: Instant) {
         let g = &mut self.running[gi];
         if g.finished || g.cands[ci].done {
             return;
         }
-        let tok = g.cands[ci].sampler.sample(logits);
         if g.req.stop_ids.contains(&tok) {
             let c = &mut g.cands[ci];
             let (tail, _) = c.stops.finish_with(&c.decoder.flush(&self.tok).unwrap_or_default());

@@ -21,6 +21,10 @@ pub enum EngineError {
     KvFull { needed: usize, free: usize },
     #[error("sequence of {len} tokens exceeds the model's context of {max} tokens")]
     ContextOverflow { len: usize, max: usize },
+    /// The GPU backend failed: no driver or CUDA library, a kernel that does not compile, out
+    /// of device memory, a device that stopped.
+    #[error("GPU: {0}")]
+    Device(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

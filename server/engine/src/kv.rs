@@ -5,6 +5,10 @@
 //! sequences can share a common prefix (a fork, or a prefix cache above the engine); a shared
 //! block that must be written is copied first. One pool serves every sequence of a model, up
 //! to a fixed number of blocks (the memory budget).
+//!
+//! The bookkeeping (block tables, reference counts, copy-on-write) is the same whichever
+//! backend runs the model; only where the blocks live differs: host memory (f32, allocated
+//! lazily) for the CPU backend, one device allocation (bf16 / f16) for the CUDA backend.
 
 use crate::error::{EngineError, Result};
 
@@ -21,6 +25,7 @@ pub struct KvShape {
 }
 
 impl KvShape {
+    /// Elements (keys and values, every layer) of one block.
     pub fn block_floats(&self) -> usize {
         self.layers * 2 * self.kv_heads * self.block_size * self.head_dim
     }
@@ -41,19 +46,55 @@ pub struct SeqKv {
     pub len: usize,
 }
 
+/// Where the blocks' keys and values are stored.
+enum Storage {
+    /// f32 blocks in host memory, allocated as they are first handed out.
+    Host(Vec<Box<[f32]>>),
+    /// All `max_blocks` blocks in one device allocation.
+    #[cfg(feature = "cuda")]
+    Device(crate::cuda::DeviceKv),
+}
+
 /// All KV blocks of a model, allocated lazily up to `max_blocks`.
 pub struct KvPool {
     shape: KvShape,
-    blocks: Vec<Box<[f32]>>,
+    storage: Storage,
+    /// Blocks handed out at least once (ids `0..allocated`).
+    allocated: usize,
     refs: Vec<u32>,
     free: Vec<BlockId>,
     max_blocks: usize,
 }
 
 impl KvPool {
-    /// A pool of at most `max_blocks` blocks of the given shape.
+    /// A pool of at most `max_blocks` blocks of the given shape, in host memory.
     pub fn new(shape: KvShape, max_blocks: usize) -> Self {
-        KvPool { shape, blocks: Vec::new(), refs: Vec::new(), free: Vec::new(), max_blocks }
+        KvPool::with_storage(shape, max_blocks, Storage::Host(Vec::new()))
+    }
+
+    fn with_storage(shape: KvShape, max_blocks: usize, storage: Storage) -> Self {
+        KvPool { shape, storage, allocated: 0, refs: Vec::new(), free: Vec::new(), max_blocks }
+    }
+
+    /// A pool whose blocks live on a CUDA device (made by the CUDA backend).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn on_device(shape: KvShape, storage: crate::cuda::DeviceKv) -> Self {
+        let max_blocks = storage.max_blocks();
+        KvPool::with_storage(shape, max_blocks, Storage::Device(storage))
+    }
+
+    /// The device storage, when the blocks live on a CUDA device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device(&self) -> Option<&crate::cuda::DeviceKv> {
+        match &self.storage {
+            Storage::Device(d) => Some(d),
+            Storage::Host(_) => None,
+        }
+    }
+
+    /// Whether the blocks live in host memory (the CPU backend's pools).
+    pub fn is_host(&self) -> bool {
+        matches!(self.storage, Storage::Host(_))
     }
 
     /// A pool sized by a memory budget in bytes (at least one block).
@@ -69,7 +110,7 @@ impl KvPool {
     }
     /// Blocks referenced by at least one sequence.
     pub fn used_blocks(&self) -> usize {
-        self.blocks.len() - self.free.len()
+        self.allocated - self.free.len()
     }
     /// Blocks that can still be handed out.
     pub fn free_blocks(&self) -> usize {
@@ -81,12 +122,30 @@ impl KvPool {
             self.refs[id as usize] = 1;
             return Some(id);
         }
-        if self.blocks.len() < self.max_blocks {
-            self.blocks.push(vec![0f32; self.shape.block_floats()].into_boxed_slice());
+        if self.allocated < self.max_blocks {
+            match &mut self.storage {
+                Storage::Host(blocks) => blocks.push(vec![0f32; self.shape.block_floats()].into_boxed_slice()),
+                #[cfg(feature = "cuda")]
+                Storage::Device(_) => {} // allocated up front
+            }
             self.refs.push(1);
-            return Some((self.blocks.len() - 1) as BlockId);
+            self.allocated += 1;
+            return Some((self.allocated - 1) as BlockId);
         }
         None
+    }
+
+    /// Copies block `src`'s keys and values into block `dst`.
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<()> {
+        match &mut self.storage {
+            Storage::Host(blocks) => {
+                let data = blocks[src as usize].clone();
+                blocks[dst as usize].copy_from_slice(&data);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Device(d) => d.copy_block(src, dst),
+        }
     }
 
     /// How many new blocks `seq` needs to grow to `new_len` tokens (including a copy of a
@@ -119,8 +178,10 @@ impl KvPool {
             if let Some(&last) = seq.blocks.get(idx) {
                 if self.refs[last as usize] > 1 {
                     let copy = self.alloc().expect("counted above");
-                    let src = self.blocks[last as usize].clone();
-                    self.blocks[copy as usize].copy_from_slice(&src);
+                    if let Err(e) = self.copy_block(last, copy) {
+                        self.release_block(copy);
+                        return Err(e);
+                    }
                     self.refs[last as usize] -= 1;
                     seq.blocks[idx] = copy;
                 }
@@ -182,11 +243,21 @@ impl KvPool {
         seq.len = len;
     }
 
+    /// A host block's floats. A device pool has none (the backends never hand a device pool to
+    /// the CPU model): it answers an empty slice.
     pub(crate) fn block(&self, id: BlockId) -> &[f32] {
-        &self.blocks[id as usize]
+        match &self.storage {
+            Storage::Host(blocks) => &blocks[id as usize],
+            #[cfg(feature = "cuda")]
+            Storage::Device(_) => &[],
+        }
     }
     pub(crate) fn block_mut(&mut self, id: BlockId) -> &mut [f32] {
-        &mut self.blocks[id as usize]
+        match &mut self.storage {
+            Storage::Host(blocks) => &mut blocks[id as usize],
+            #[cfg(feature = "cuda")]
+            Storage::Device(_) => &mut [],
+        }
     }
 }
 

@@ -9,11 +9,15 @@
 //! - [`model`]: the forward pass, batched over sequences of different lengths.
 //! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
 //! - [`sampling`], [`generate`]: token choice, stop strings, one-sequence generation.
+//! - [`backend`]: the one interface over the CPU model and (feature `cuda`) the CUDA model.
 //!
 //! Invariant: the engine knows nothing about HTTP, requests or users; it turns token ids into
 //! logits and logits into token ids, and reports every bad input as an [`EngineError`].
 
+pub mod backend;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod kv;
@@ -27,6 +31,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use backend::{Backend, Device, Pick, Picker};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{EngineError, Result};
 pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
