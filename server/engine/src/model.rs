@@ -466,15 +466,25 @@ fn attend_prefill(
         let r = (row0 + j) * qkv_dim + hh * hd;
         q[j * hd..(j + 1) * hd].copy_from_slice(&qkv[r..r + hd]);
     }
-    let mut scores = vec![0f32; n * total];
-    ops::matmul_single(&q, &k, &mut scores, n, hd, total, true);
-    for (j, row) in scores.chunks_exact_mut(total).enumerate() {
-        let visible = p0 + j + 1;
-        row[..visible].iter_mut().for_each(|x| *x *= scale);
-        ops::softmax(&mut row[..visible]);
-        row[visible..].iter_mut().for_each(|x| *x = 0.0);
-    }
+    // Tiles of query rows: a tile sees keys up to its last row only (the causal mask skips the
+    // rest), and its scores stay small enough for the cache however long the prompt is.
     let mut out = vec![0f32; n * hd];
-    ops::matmul_single(&scores, &v, &mut out, n, total, hd, false);
+    let mut scores = vec![0f32; PREFILL_TILE.min(n) * total];
+    for j0 in (0..n).step_by(PREFILL_TILE) {
+        let j1 = (j0 + PREFILL_TILE).min(n);
+        let (rows, vis) = (j1 - j0, p0 + j1);
+        let sc = &mut scores[..rows * vis];
+        ops::matmul_single(&q[j0 * hd..j1 * hd], &k[..vis * hd], sc, rows, hd, vis, true);
+        for (j, row) in sc.chunks_exact_mut(vis).enumerate() {
+            let visible = p0 + j0 + j + 1;
+            row[..visible].iter_mut().for_each(|x| *x *= scale);
+            ops::softmax(&mut row[..visible]);
+            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+        }
+        ops::matmul_single(sc, &v[..vis * hd], &mut out[j0 * hd..j1 * hd], rows, vis, hd, false);
+    }
     out
 }
+
+/// Query rows per tile of prefill attention.
+const PREFILL_TILE: usize = 64;

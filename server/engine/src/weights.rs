@@ -133,12 +133,22 @@ impl WeightFiles {
                 message: format!("tensor {name} has shape {:?}, expected {:?}", info.shape, shape),
             });
         }
-        let bytes = &self.maps[info.file][info.start..info.end];
-        Ok(match info.dtype {
+        let map = &self.maps[info.file];
+        let bytes = &map[info.start..info.end];
+        let out = match info.dtype {
             DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        })
+        };
+        // The tensor is copied out: let its file pages go, so that loading holds one copy of
+        // the weights (in the format they are computed in) rather than two.
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed, so dropped pages are read again from
+        // the file if anything touches them later; nothing is lost.
+        unsafe {
+            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.start, info.end - info.start);
+        }
+        Ok(out)
     }
 }
 

@@ -71,3 +71,24 @@ fn every_format_stays_close_to_transformers() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Prefill attention runs in tiles of query rows; a prompt spanning several tiles must give
+/// what feeding it one token at a time gives.
+#[test]
+fn long_prefill_in_tiles_equals_token_by_token() {
+    let dir = fixture_dir("llama-gqa-f32");
+    let ckpt = Checkpoint::load(&dir).unwrap();
+    let m = &ckpt.model;
+    let mut pool = ckpt.kv_pool(64 << 20);
+    let n = 150.min(m.config.max_position_embeddings);
+    let prompt: Vec<u32> = (0..n).map(|i| ((i * 7919 + 13) % (m.config.vocab_size - 1)) as u32 + 1).collect();
+    let mut whole = SeqKv::default();
+    let all = m.forward(&mut pool, &mut [BatchItem { kv: &mut whole, tokens: &prompt, logits: Logits::All }]).unwrap();
+    let v = m.config.vocab_size;
+    let mut one = SeqKv::default();
+    for (i, t) in prompt.iter().enumerate() {
+        let got = m.forward(&mut pool, &mut [BatchItem { kv: &mut one, tokens: &[*t], logits: Logits::Last }]).unwrap();
+        let want = &all[0][i * v..(i + 1) * v];
+        assert!(rel_err(&got[0], want) < 1e-4, "position {i}: {}", rel_err(&got[0], want));
+    }
+}
