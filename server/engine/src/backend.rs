@@ -13,6 +13,7 @@ use std::path::Path;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvPool, KvShape};
+use crate::matrix::WeightFormat;
 use crate::model::{BatchItem, Logits, Model};
 use crate::sampling::{Rng, Sampler, SamplingParams};
 
@@ -94,7 +95,7 @@ pub struct Pick<'a> {
 }
 
 enum Inner {
-    Cpu(Model),
+    Cpu(Box<Model>),
     #[cfg(feature = "cuda")]
     Cuda(Box<crate::cuda::CudaModel>),
 }
@@ -108,6 +109,12 @@ pub struct Backend {
 impl Backend {
     /// Loads the checkpoint in `dir` (Hugging Face layout) onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Backend> {
+        Self::load_as(dir, device, None)
+    }
+
+    /// As [`Backend::load`], with the CPU backend's weights stored in `format` (`None`: the
+    /// checkpoint's own precision, see [`crate::default_format`]). The GPU keeps bf16 / f16.
+    pub fn load_as(dir: &Path, device: Device, format: Option<WeightFormat>) -> Result<Backend> {
         if !dir.is_dir() {
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),
@@ -115,7 +122,7 @@ impl Backend {
             });
         }
         match device {
-            Device::Cpu => Ok(Backend::cpu(Model::load(dir)?)),
+            Device::Cpu => Ok(Backend::cpu(Model::load_as(dir, format)?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => {
                 let gpu = std::sync::Arc::new(crate::cuda::Gpu::open(n)?);
@@ -130,7 +137,7 @@ impl Backend {
 
     /// The CPU backend around an already loaded model.
     pub fn cpu(model: Model) -> Backend {
-        Backend { inner: Inner::Cpu(model), device: Device::Cpu }
+        Backend { inner: Inner::Cpu(Box::new(model)), device: Device::Cpu }
     }
 
     /// The CUDA model, when this backend runs on a GPU (for its checks and benchmarks).
@@ -149,7 +156,7 @@ impl Backend {
     /// The device in words (the GPU's name on CUDA).
     pub fn describe(&self) -> String {
         match &self.inner {
-            Inner::Cpu(_) => "cpu".into(),
+            Inner::Cpu(m) => format!("cpu ({} weights)", m.format),
             #[cfg(feature = "cuda")]
             Inner::Cuda(m) => format!("{} ({})", self.device, m.gpu().name),
         }

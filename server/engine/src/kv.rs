@@ -155,7 +155,7 @@ impl KvPool {
         let have = seq.blocks.len();
         let want = new_len.div_ceil(bs);
         let mut n = want.saturating_sub(have);
-        if new_len > seq.len && seq.len % bs != 0 {
+        if new_len > seq.len && !seq.len.is_multiple_of(bs) {
             if let Some(&last) = seq.blocks.get(seq.len / bs) {
                 if self.refs[last as usize] > 1 {
                     n += 1;
@@ -173,7 +173,7 @@ impl KvPool {
             return Err(EngineError::KvFull { needed, free: self.free_blocks() });
         }
         let bs = self.shape.block_size;
-        if new_len > seq.len && seq.len % bs != 0 {
+        if new_len > seq.len && !seq.len.is_multiple_of(bs) {
             let idx = seq.len / bs;
             if let Some(&last) = seq.blocks.get(idx) {
                 if self.refs[last as usize] > 1 {
