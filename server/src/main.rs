@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use ghostline_engine::{Backend, Checkpoint, Device, SamplingParams, Tokenizer};
+use ghostline_engine::{Backend, Checkpoint, Device, SamplingParams, Tokenizer, WeightFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
 
@@ -174,6 +174,10 @@ struct ServeArgs {
     /// Engine threads (default: all cores).
     #[arg(long, env = "GHOSTLINE_THREADS")]
     threads: Option<usize>,
+    /// How the CPU backend stores weights: f32, bf16 or q8 (int8 in groups of 32; fastest,
+    /// slightly less exact). Default: the checkpoint's own precision (bf16 or f32).
+    #[arg(long, env = "GHOSTLINE_WEIGHTS")]
+    weights: Option<String>,
     /// Seconds running streams get to finish after SIGTERM.
     #[arg(long, env = "GHOSTLINE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
@@ -243,6 +247,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_tokens_limit: Option<u32>,
     threads: Option<usize>,
+    weights: Option<String>,
     shutdown_grace_secs: Option<u64>,
     redis: Option<String>,
     database: Option<String>,
@@ -270,7 +275,7 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     }
     fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
         prefix_cache, typeahead_entries, fim_template, max_body_bytes, max_tokens_limit, threads,
-        shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
+        weights, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
         rate_limit_burst_secs, redact_secrets, telemetry_backlog);
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
     a.open_metrics |= f.open_metrics.unwrap_or(false);
@@ -418,7 +423,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
-    let backend = Backend::load(&dir, device).with_context(|| format!("loading model {} on {device}", dir.display()))?;
+    let weights = a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
+    let backend = Backend::load_as(&dir, device, weights)
+        .with_context(|| format!("loading model {} on {device}", dir.display()))?;
+    let backend_desc = backend.describe();
     let tokenizer = Tokenizer::load(&dir, &backend.config().eos_token_ids)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
@@ -474,7 +482,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = a.max_tokens_limit {
         limits.max_tokens = m.max(1);
     }
-    let model_identity = format!("{model_name}@{}", cache::model_digest(&dir).context("hashing the model files")?);
+    // Outputs depend on the weights' format and the device too, so cached answers do.
+    let model_identity =
+        format!("{model_name}@{}/{}", cache::model_digest(&dir).context("hashing the model files")?, backend_desc);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
