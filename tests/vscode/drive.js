@@ -24,6 +24,13 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE);
     await page.waitForSelector('.monaco-editor .view-lines', { timeout: 30000 });
     await page.locator('.monaco-editor .view-lines').first().click();
     out.steps.push('opened');
+    // The extension activates on startup-finished, which can come after the editor is usable:
+    // typed text must reach a running language client, so wait for its status bar item to
+    // say ready (the check icon) before typing.
+    const item = page.locator('.statusbar-item', { hasText: 'ghostline' });
+    await item.first().waitFor({ timeout: 90000 });
+    await page.locator('.statusbar-item:has-text("ghostline") .codicon-check').first().waitFor({ timeout: 90000 });
+    out.steps.push('extension ready');
     // Line 7, end of line: Ctrl+G 7, End.
     await page.waitForTimeout(1500);
     await page.keyboard.press('Control+G');
@@ -37,6 +44,9 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE);
     await page.waitForSelector('.ghost-text-decoration, .ghost-text', { timeout: 90000 });
     out.ghost = await page.$$eval('.ghost-text-decoration, .ghost-text', (els) => els.map((e) => e.textContent).join(''));
     out.steps.push('ghost text');
+    if (process.env.GHOSTLINE_SCREENSHOT) {
+      await page.screenshot({ path: process.env.GHOSTLINE_SCREENSHOT });
+    }
     await page.keyboard.press('Tab');
     await page.waitForTimeout(500);
     await page.keyboard.press('Control+S');
