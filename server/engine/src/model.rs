@@ -212,28 +212,7 @@ impl Model {
             return Err(EngineError::Invalid("KV pool was made for another model shape".into()));
         }
 
-        // Validate and reserve everything first.
-        let mut needed = 0;
-        for it in items.iter() {
-            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(EngineError::Invalid(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
-            let len = it.kv.len + it.tokens.len();
-            if len > c.max_position_embeddings {
-                return Err(EngineError::ContextOverflow { len, max: c.max_position_embeddings });
-            }
-            needed += pool.blocks_needed(it.kv, len);
-        }
-        if needed > pool.free_blocks() {
-            return Err(EngineError::KvFull { needed, free: pool.free_blocks() });
-        }
-        for it in items.iter_mut() {
-            let len = it.kv.len + it.tokens.len();
-            pool.reserve(it.kv, len)?;
-        }
+        reserve_batch(c, pool, items)?;
 
         // Row layout: item i's new tokens occupy rows starts[i]..starts[i] + n_i.
         let mut starts = Vec::with_capacity(items.len());
@@ -381,6 +360,31 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// Checks every item of a batch (token ids inside the vocabulary, lengths inside the context)
+/// and reserves the KV blocks all of them need, before anything is computed: on error no
+/// sequence has changed. Every backend's forward starts here.
+pub(crate) fn reserve_batch(c: &ModelConfig, pool: &mut KvPool, items: &mut [BatchItem<'_>]) -> Result<()> {
+    let mut needed = 0;
+    for it in items.iter() {
+        if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        let len = it.kv.len + it.tokens.len();
+        if len > c.max_position_embeddings {
+            return Err(EngineError::ContextOverflow { len, max: c.max_position_embeddings });
+        }
+        needed += pool.blocks_needed(it.kv, len);
+    }
+    if needed > pool.free_blocks() {
+        return Err(EngineError::KvFull { needed, free: pool.free_blocks() });
+    }
+    for it in items.iter_mut() {
+        let len = it.kv.len + it.tokens.len();
+        pool.reserve(it.kv, len)?;
+    }
+    Ok(())
 }
 
 /// The format that holds a checkpoint's weights without loss: bf16 for bf16 checkpoints, f32

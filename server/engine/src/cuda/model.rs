@@ -348,25 +348,7 @@ impl CudaModel {
             }
         }
 
-        // Validate and reserve everything first (as the CPU model).
-        let mut needed = 0;
-        for it in items.iter() {
-            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= v) {
-                return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary of {v}")));
-            }
-            let len = it.kv.len + it.tokens.len();
-            if len > c.max_position_embeddings {
-                return Err(EngineError::ContextOverflow { len, max: c.max_position_embeddings });
-            }
-            needed += pool.blocks_needed(it.kv, len);
-        }
-        if needed > pool.free_blocks() {
-            return Err(EngineError::KvFull { needed, free: pool.free_blocks() });
-        }
-        for it in items.iter_mut() {
-            let len = it.kv.len + it.tokens.len();
-            pool.reserve(it.kv, len)?;
-        }
+        crate::model::reserve_batch(c, pool, items)?;
         let t: usize = items.iter().map(|it| it.tokens.len()).sum();
         if t == 0 {
             return Ok(match picks {
