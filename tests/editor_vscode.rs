@@ -1,15 +1,14 @@
 //! VS Code (code-server 4.100.3, i.e. VS Code 1.100.3, in headless Chromium through
 //! playwright-core) with the packaged ghostline extension, the real LSP and a real server: type
 //! in a Python file, see ghost text, accept it with Tab, and find the acceptance in the server's
-//! store. It needs code-server, playwright-core, Chromium and the .vsix, so it is ignored in a
-//! plain `cargo test`; run it with GHOSTLINE_EDITOR_TOOLS (a folder where `npm install
-//! code-server@4.100.3 playwright-core` was run, with the adjustments in issue notes) and
-//! GHOSTLINE_VSIX (from `npm run package` in editors/vscode) and `-- --ignored`.
+//! store. It needs code-server, playwright-core, Chromium and the .vsix, which `tests/editor-tools`
+//! installs and packages, so it is ignored in a plain `cargo test`; tests/run runs it with
+//! GHOSTLINE_EDITOR_TOOLS (the folder code-server and playwright-core are installed in) and
+//! GHOSTLINE_VSIX (the packaged extension) set, and `-- --ignored`. By hand:
+//! `eval "$(tests/editor-tools)"; export GHOSTLINE_EDITOR_TOOLS GHOSTLINE_VSIX;
+//! cargo test -p ghostline --test editor_vscode -- --ignored`.
 //!
-//! The run leaves a screenshot of the ghost text in `target/tmp/vscode-ghost-text.png`. It is not
-//! in tests/run's default set because installing code-server, playwright-core and Chromium
-//! costs more of CI's time budget than the rest of the suite allows; tests/run runs it when
-//! GHOSTLINE_EDITOR_TOOLS and GHOSTLINE_VSIX are set.
+//! The run leaves a screenshot of the ghost text in `target/tmp/vscode-ghost-text.png`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
