@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvPool, KvShape, SeqKv};
-use crate::matrix::{Matrix, WeightFormat};
+use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
 use crate::ops;
 use crate::pool::pool as threads;
 use crate::weights::{DType, WeightFiles};
@@ -24,9 +24,6 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn new(w: Vec<f32>, b: Option<Vec<f32>>, out_dim: usize, in_dim: usize, format: WeightFormat) -> Linear {
-        Linear { w: Matrix::new(w, out_dim, in_dim, format), b }
-    }
     fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
         self.w.matmul_t(x, self.b.as_deref(), y, m);
     }
@@ -102,12 +99,27 @@ impl Model {
                 Ok(None)
             }
         };
+        // Weight matrices go straight from the file into their storage format, a batch of rows
+        // at a time; q/k/v and gate/up are stacked into one matrix each.
+        let matrix = |parts: &[(String, usize)], in_dim: usize| -> Result<Matrix> {
+            let mut b = MatrixBuilder::new(parts.iter().map(|(_, r)| r).sum(), in_dim, format);
+            for (name, rows) in parts {
+                w.rows_f32(name, &[*rows, in_dim], |chunk| b.push(chunk))?;
+            }
+            Ok(b.finish())
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let mut qkv = w.f32(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h])?;
-            qkv.extend(w.f32(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h])?);
-            qkv.extend(w.f32(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h])?);
+            let inter = c.intermediate_size;
+            let qkv = matrix(
+                &[
+                    (format!("{p}.self_attn.q_proj.weight"), q_dim),
+                    (format!("{p}.self_attn.k_proj.weight"), kv_dim),
+                    (format!("{p}.self_attn.v_proj.weight"), kv_dim),
+                ],
+                h,
+            )?;
             let qkv_b = if c.qkv_bias {
                 let mut b = w.f32(&format!("{p}.self_attn.q_proj.bias"), &[q_dim])?;
                 b.extend(w.f32(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim])?);
@@ -116,9 +128,8 @@ impl Model {
             } else {
                 None
             };
-            let inter = c.intermediate_size;
-            let mut gate_up = w.f32(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?;
-            gate_up.extend(w.f32(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?);
+            let gate_up =
+                matrix(&[(format!("{p}.mlp.gate_proj.weight"), inter), (format!("{p}.mlp.up_proj.weight"), inter)], h)?;
             let gate_up_b = if c.mlp_bias {
                 let mut b = w.f32(&format!("{p}.mlp.gate_proj.bias"), &[inter])?;
                 b.extend(w.f32(&format!("{p}.mlp.up_proj.bias"), &[inter])?);
@@ -128,31 +139,24 @@ impl Model {
             };
             layers.push(Layer {
                 input_layernorm: w.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv_proj: Linear::new(qkv, qkv_b, q_dim + 2 * kv_dim, h, format),
-                o_proj: Linear::new(
-                    w.f32(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim])?,
-                    bias(&format!("{p}.self_attn.o_proj.bias"), h, c.o_bias)?,
-                    h,
-                    q_dim,
-                    format,
-                ),
+                qkv_proj: Linear { w: qkv, b: qkv_b },
+                o_proj: Linear {
+                    w: matrix(&[(format!("{p}.self_attn.o_proj.weight"), h)], q_dim)?,
+                    b: bias(&format!("{p}.self_attn.o_proj.bias"), h, c.o_bias)?,
+                },
                 post_attention_layernorm: w.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up_proj: Linear::new(gate_up, gate_up_b, 2 * inter, h, format),
-                down_proj: Linear::new(
-                    w.f32(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?,
-                    bias(&format!("{p}.mlp.down_proj.bias"), h, c.mlp_bias)?,
-                    h,
-                    inter,
-                    format,
-                ),
+                gate_up_proj: Linear { w: gate_up, b: gate_up_b },
+                down_proj: Linear {
+                    w: matrix(&[(format!("{p}.mlp.down_proj.weight"), h)], inter)?,
+                    b: bias(&format!("{p}.mlp.down_proj.bias"), h, c.mlp_bias)?,
+                },
             });
         }
-        let embed_tokens =
-            Matrix::new(w.f32("model.embed_tokens.weight", &[c.vocab_size, h])?, c.vocab_size, h, format);
+        let embed_tokens = matrix(&[("model.embed_tokens.weight".to_string(), c.vocab_size)], h)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(Matrix::new(w.f32("lm_head.weight", &[c.vocab_size, h])?, c.vocab_size, h, format))
+            Some(matrix(&[("lm_head.weight".to_string(), c.vocab_size)], h)?)
         };
         Ok(Model {
             inv_freq: config.rope_inv_freq(),
@@ -204,15 +208,59 @@ impl Model {
     /// sequence has changed.
     pub fn forward(&self, pool: &mut KvPool, items: &mut [BatchItem<'_>]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
-        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
-        let qkv_dim = c.qkv_dim();
-        let inter = c.intermediate_size;
         if pool.shape() != self.kv_shape(pool.shape().block_size) {
             return Err(EngineError::Invalid("KV pool was made for another model shape".into()));
         }
 
         reserve_batch(c, pool, items)?;
+
+        let total: usize = items.iter().map(|it| it.tokens.len()).sum();
+        if total <= MICRO_BATCH {
+            return self.forward_reserved(pool, items);
+        }
+        // A long batch (a cold prompt of thousands of tokens) goes through the layers in
+        // micro-batches of at most MICRO_BATCH tokens, in order, so that activation memory stays
+        // bounded; a later piece of a prompt attends to the KV the earlier pieces wrote.
+        let mut out: Vec<Vec<f32>> = items.iter().map(|_| Vec::new()).collect();
+        let mut done = vec![0usize; items.len()];
+        loop {
+            let mut budget = MICRO_BATCH;
+            let mut which = Vec::new();
+            let mut sub = Vec::new();
+            for (i, it) in items.iter_mut().enumerate() {
+                let left = it.tokens.len() - done[i];
+                if left == 0 || budget == 0 {
+                    continue;
+                }
+                let take = left.min(budget);
+                let tokens: &[u32] = it.tokens;
+                let last_piece = done[i] + take == tokens.len();
+                let logits = match it.logits {
+                    Logits::All => Logits::All,
+                    Logits::Last if last_piece => Logits::Last,
+                    _ => Logits::None,
+                };
+                sub.push(BatchItem { kv: &mut *it.kv, tokens: &tokens[done[i]..done[i] + take], logits });
+                which.push(i);
+                done[i] += take;
+                budget -= take;
+            }
+            if sub.is_empty() {
+                return Ok(out);
+            }
+            for (i, o) in which.into_iter().zip(self.forward_reserved(pool, &mut sub)?) {
+                out[i].extend(o);
+            }
+        }
+    }
+
+    /// The forward of a batch whose KV blocks `reserve_batch` has reserved, in one pass.
+    fn forward_reserved(&self, pool: &mut KvPool, items: &mut [BatchItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = c.qkv_dim();
+        let inter = c.intermediate_size;
 
         // Row layout: item i's new tokens occupy rows starts[i]..starts[i] + n_i.
         let mut starts = Vec::with_capacity(items.len());
@@ -395,6 +443,9 @@ pub fn default_format(stored: Option<DType>) -> WeightFormat {
         _ => WeightFormat::F32,
     }
 }
+
+/// Most new tokens one pass through the layers takes (see `Model::forward`).
+const MICRO_BATCH: usize = 512;
 
 /// New tokens of one sequence at or above which attention uses matrix products.
 const PREFILL_GEMM_MIN: usize = 8;

@@ -122,6 +122,16 @@ impl WeightFiles {
 
     /// Reads tensor `name`, checks that its shape is `shape`, and converts it to f32.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(shape.iter().product());
+        self.rows_f32(name, shape, |rows| out.extend_from_slice(rows))?;
+        Ok(out)
+    }
+
+    /// Reads tensor `name` (shape checked against `shape`) in batches of whole rows (about
+    /// 1 MiB of the file each) converted to f32, and lets each batch's file pages go once it is
+    /// converted: loading holds one copy of the weights, in the format they are computed in,
+    /// plus one batch.
+    pub fn rows_f32(&self, name: &str, shape: &[usize], mut f: impl FnMut(&[f32])) -> Result<()> {
         let info = self.tensors.get(name).ok_or_else(|| EngineError::Weights {
             path: self.paths.first().cloned().unwrap_or_default(),
             message: format!("missing tensor {name}"),
@@ -134,21 +144,29 @@ impl WeightFiles {
             });
         }
         let map = &self.maps[info.file];
-        let bytes = &map[info.start..info.end];
-        let out = match info.dtype {
-            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        };
-        // The tensor is copied out: let its file pages go, so that loading holds one copy of
-        // the weights (in the format they are computed in) rather than two.
-        #[cfg(unix)]
-        // SAFETY: the map is read-only and file-backed, so dropped pages are read again from
-        // the file if anything touches them later; nothing is lost.
-        unsafe {
-            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.start, info.end - info.start);
+        let row_bytes = shape.iter().skip(1).product::<usize>().max(1) * info.dtype.size();
+        let batch = ((1 << 20) / row_bytes).max(1) * row_bytes;
+        let mut buf = Vec::with_capacity(batch / info.dtype.size());
+        let mut start = info.start;
+        while start < info.end {
+            let end = (start + batch).min(info.end);
+            let bytes = &map[start..end];
+            buf.clear();
+            match info.dtype {
+                DType::F32 => buf.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                DType::F16 => buf.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
+                DType::BF16 => buf.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            }
+            f(&buf);
+            #[cfg(unix)]
+            // SAFETY: the map is read-only and file-backed, so dropped pages are read again from
+            // the file if anything touches them later; nothing is lost.
+            unsafe {
+                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+            }
+            start = end;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -276,6 +294,34 @@ mod tests {
             assert!(e.contains("truncated"), "cut {cut}: {e}");
         }
         std::fs::remove_dir_all(d).ok();
+    }
+
+    /// A tensor larger than one read batch arrives as whole rows, in order, in every dtype.
+    #[test]
+    fn large_tensors_are_read_in_batches_of_whole_rows() {
+        let d = tmpdir("batches");
+        let (rows, cols) = (1100, 520);
+        // Exactly representable in bf16 too.
+        let vals: Vec<f32> = (0..rows * cols).map(|i| ((i % 255) as f32 - 127.0) / 64.0).collect();
+        let f32b: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bf16b: Vec<u8> = vals.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect();
+        write_st(&d, &[("a", "F32", vec![rows, cols], f32b), ("b", "BF16", vec![rows, cols], bf16b)]);
+        let w = WeightFiles::open_dir(&d).unwrap();
+        for name in ["a", "b"] {
+            let mut batches = 0;
+            let mut got = Vec::new();
+            w.rows_f32(name, &[rows, cols], |chunk| {
+                assert_eq!(chunk.len() % cols, 0, "{name}: a batch of whole rows");
+                batches += 1;
+                got.extend_from_slice(chunk);
+            })
+            .unwrap();
+            assert!(batches > 1, "{name}: {batches} batch");
+            assert_eq!(got, vals, "{name}");
+            // And read again after its pages were let go.
+            assert_eq!(w.f32(name, &[rows, cols]).unwrap(), vals, "{name} again");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -92,3 +92,39 @@ fn long_prefill_in_tiles_equals_token_by_token() {
         assert!(rel_err(&got[0], want) < 1e-4, "position {i}: {}", rel_err(&got[0], want));
     }
 }
+
+/// A batch of more new tokens than one pass takes goes through in micro-batches, one prompt
+/// split across two of them: every sequence must get what it gets alone, logits and KV alike.
+#[test]
+fn a_batch_larger_than_a_micro_batch_equals_its_sequences_alone() {
+    let ckpt = Checkpoint::load(&fixture_dir("llama-gqa-f32")).unwrap();
+    let m = &ckpt.model;
+    let v = m.config.vocab_size;
+    let mut pool = ckpt.kv_pool(256 << 20);
+    let prompt = |n: usize, seed: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7919 + seed * 104729 + 13) % (v - 1)) as u32 + 1).collect() };
+    let prompts = [prompt(300, 1), prompt(350, 2), prompt(200, 3)];
+    let kinds = [Logits::All, Logits::Last, Logits::None];
+
+    let mut together: Vec<SeqKv> = (0..3).map(|_| SeqKv::default()).collect();
+    let mut items: Vec<BatchItem> =
+        together.iter_mut().zip(&prompts).zip(kinds).map(|((kv, p), logits)| BatchItem { kv, tokens: p, logits }).collect();
+    let got = m.forward(&mut pool, &mut items).unwrap();
+
+    let mut alone: Vec<SeqKv> = (0..3).map(|_| SeqKv::default()).collect();
+    for i in 0..3 {
+        let want = m.forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &prompts[i], logits: kinds[i] }]).unwrap();
+        assert_eq!(got[i].len(), want[0].len(), "sequence {i}: logits returned");
+        assert!(rel_err(&got[i], &want[0]) < 1e-4, "sequence {i}: {}", rel_err(&got[i], &want[0]));
+        assert_eq!(together[i].len, prompts[i].len());
+    }
+    assert_eq!(got[0].len(), 300 * v);
+    assert_eq!(got[1].len(), v);
+    assert!(got[2].is_empty());
+
+    // The KV each wrote is the same: one more token gives the same logits.
+    for i in 0..3 {
+        let a = m.forward(&mut pool, &mut [BatchItem { kv: &mut together[i], tokens: &[7], logits: Logits::Last }]).unwrap();
+        let b = m.forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &[7], logits: Logits::Last }]).unwrap();
+        assert!(rel_err(&a[0], &b[0]) < 1e-4, "sequence {i} after one more token: {}", rel_err(&a[0], &b[0]));
+    }
+}
