@@ -425,15 +425,8 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BlockQ8, BlockQ8A};
+    use crate::ops::x86::hsum;
     use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
-    }
 
     /// Calls `f::<R>(i)` for consecutive groups of at most four input rows, so that the
     /// kernels below are compiled for each group size and never compute a row twice.

@@ -485,16 +485,12 @@ fn attend_decode(
         let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
         let total = p0 + j + 1;
         for (lo, keys) in kv_slabs(pool, blocks, li, 0, g, total) {
-            for (s, key) in keys.chunks_exact(hd).enumerate() {
-                scores[lo + s] = ops::dot(q, key) * scale;
-            }
+            ops::attn_scores(q, keys, scale, &mut scores[lo..lo + keys.len() / hd]);
         }
         ops::softmax(&mut scores[..total]);
         let o = &mut out[j * hd..(j + 1) * hd];
         for (lo, values) in kv_slabs(pool, blocks, li, 1, g, total) {
-            for (s, value) in values.chunks_exact(hd).enumerate() {
-                ops::axpy(scores[lo + s], value, o);
-            }
+            ops::attn_weighted_sum(&scores[lo..lo + values.len() / hd], values, o);
         }
     }
     out

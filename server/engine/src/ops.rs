@@ -49,7 +49,7 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -68,18 +68,177 @@ mod x86 {
             acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
             i += 8;
         }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s4 = _mm_add_ps(lo, hi);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        let mut s = _mm_cvtss_f32(s1);
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
         while i < n {
             s += *pa.add(i) * *pb.add(i);
             i += 1;
         }
         s
+    }
+
+    /// e^x for eight lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' degree-6
+    /// polynomial (about 1 ulp), 2^n built in the exponent bits. Below -87 the result is 0 (so
+    /// e^-inf = 0, as a masked score needs); above 88 it saturates at e^88.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-87.0);
+        let under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        _mm256_andnot_ps(under, _mm256_mul_ps(p, two_n))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shift_sum(v: &mut [f32], shift: f32) -> f32 {
+        let n = v.len();
+        let p = v.as_mut_ptr();
+        let s = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), s));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut sum: f32 = lanes.iter().sum();
+        if i < n {
+            // The tail through the same vector code, so every element gets the same e^x.
+            let mut t = [f32::NEG_INFINITY; 8];
+            t[..n - i].copy_from_slice(&v[i..]);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), s));
+            _mm256_storeu_ps(t.as_mut_ptr(), e);
+            v[i..].copy_from_slice(&t[..n - i]);
+            sum += t[..n - i].iter().sum::<f32>();
+        }
+        sum
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn silu8(g: __m256, u: __m256) -> __m256 {
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_div_ps(_mm256_mul_ps(g, u), _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(g: &[f32], u: &[f32], o: &mut [f32]) {
+        let n = o.len().min(g.len()).min(u.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = silu8(_mm256_loadu_ps(g.as_ptr().add(i)), _mm256_loadu_ps(u.as_ptr().add(i)));
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), r);
+            i += 8;
+        }
+        if i < n {
+            let (mut tg, mut tu) = ([0f32; 8], [0f32; 8]);
+            tg[..n - i].copy_from_slice(&g[i..n]);
+            tu[..n - i].copy_from_slice(&u[i..n]);
+            let mut t = [0f32; 8];
+            _mm256_storeu_ps(t.as_mut_ptr(), silu8(_mm256_loadu_ps(tg.as_ptr()), _mm256_loadu_ps(tu.as_ptr())));
+            o[i..n].copy_from_slice(&t[..n - i]);
+        }
+    }
+
+    /// The sum of the eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
+    /// `out[s] = scale * q · keys[s]` for each key row: four keys per pass (four independent
+    /// FMA chains, one shared load of q), reduced together with two rounds of `hadd`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let cnt = out.len().min(keys.len() / hd);
+        let (qp, kp, op) = (q.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
+        let sc = _mm_set1_ps(scale);
+        let mut s = 0;
+        while s + 4 <= cnt {
+            let k0 = kp.add(s * hd);
+            let (k1, k2, k3) = (k0.add(hd), k0.add(2 * hd), k0.add(3 * hd));
+            let mut a = [_mm256_setzero_ps(); 4];
+            let mut c = 0;
+            while c < hd {
+                let qv = _mm256_loadu_ps(qp.add(c));
+                a[0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0.add(c)), a[0]);
+                a[1] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1.add(c)), a[1]);
+                a[2] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2.add(c)), a[2]);
+                a[3] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3.add(c)), a[3]);
+                c += 8;
+            }
+            // [a0 a1 a2 a3] summed over lanes: hadd pairs twice, then the two 128-bit halves.
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(op.add(s), _mm_mul_ps(r, sc));
+            s += 4;
+        }
+        while s < cnt {
+            let k0 = kp.add(s * hd);
+            let mut a = _mm256_setzero_ps();
+            let mut c = 0;
+            while c < hd {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k0.add(c)), a);
+                c += 8;
+            }
+            *op.add(s) = hsum(a) * scale;
+            s += 1;
+        }
+    }
+
+    /// `out += Σ p[s] · values[s]`, 64 output columns at a time held in registers across all
+    /// the value rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attn_weighted_sum(p: &[f32], values: &[f32], out: &mut [f32]) {
+        let hd = out.len();
+        let cnt = p.len().min(values.len() / hd);
+        let mut c0 = 0;
+        while c0 + 64 <= hd {
+            weighted_block::<8>(p, values, hd, cnt, c0, out);
+            c0 += 64;
+        }
+        while c0 < hd {
+            weighted_block::<1>(p, values, hd, cnt, c0, out);
+            c0 += 8;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_block<const K: usize>(
+        p: &[f32], values: &[f32], hd: usize, cnt: usize, c0: usize, out: &mut [f32],
+    ) {
+        let op = out.as_mut_ptr().add(c0);
+        let mut acc = [_mm256_setzero_ps(); K];
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(op.add(8 * k));
+        }
+        let vp = values.as_ptr().add(c0);
+        for (s, &w) in p[..cnt].iter().enumerate() {
+            let w = _mm256_set1_ps(w);
+            let v = vp.add(s * hd);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * k)), *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(op.add(8 * k), *a);
+        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -193,13 +352,91 @@ pub fn rope(v: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// In-place softmax.
 pub fn softmax(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in v.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let sum = (vector().exp_shift_sum)(v, max);
     let inv = 1.0 / sum;
     v.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// Element-wise kernels built on `exp`, vectorised where the CPU allows (libm's scalar `expf`
+/// is most of the cost of attention's softmax and of SwiGLU otherwise).
+struct Vector {
+    /// `v[i] = exp(v[i] - shift)`; returns the sum.
+    exp_shift_sum: fn(&mut [f32], f32) -> f32,
+    /// `o[i] = silu(g[i]) * u[i]`.
+    silu_mul: fn(&[f32], &[f32], &mut [f32]),
+    /// See [`attn_scores`]; this one needs `q.len()` divisible by 8 (else the portable one runs).
+    attn_scores: fn(&[f32], &[f32], f32, &mut [f32]),
+    /// See [`attn_weighted_sum`]; `out.len()` divisible by 8 likewise.
+    attn_weighted_sum: fn(&[f32], &[f32], &mut [f32]),
+}
+
+fn vector() -> &'static Vector {
+    static V: OnceLock<Vector> = OnceLock::new();
+    V.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Vector {
+                exp_shift_sum: |v, s| unsafe { x86::exp_shift_sum(v, s) },
+                silu_mul: |g, u, o| unsafe { x86::silu_mul(g, u, o) },
+                attn_scores: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
+                attn_weighted_sum: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
+            };
+        }
+        Vector {
+            exp_shift_sum: exp_shift_sum_portable,
+            silu_mul: silu_mul_portable,
+            attn_scores: attn_scores_portable,
+            attn_weighted_sum: attn_weighted_sum_portable,
+        }
+    })
+}
+
+/// Attention scores of one query against consecutive key rows of the same width:
+/// `out[s] = scale * q · keys[s]` for `s < out.len()`.
+pub fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(keys.len() >= out.len() * q.len(), "attn_scores: {} keys of {} wanted", out.len(), q.len());
+    if q.len() % 8 == 0 {
+        (vector().attn_scores)(q, keys, scale, out)
+    } else {
+        attn_scores_portable(q, keys, scale, out)
+    }
+}
+
+/// The attention-weighted sum of value rows: `out += Σ p[s] · values[s]` for `s < p.len()`.
+pub fn attn_weighted_sum(p: &[f32], values: &[f32], out: &mut [f32]) {
+    assert!(values.len() >= p.len() * out.len(), "attn_weighted_sum: {} values of {} wanted", p.len(), out.len());
+    if out.len() % 8 == 0 {
+        (vector().attn_weighted_sum)(p, values, out)
+    } else {
+        attn_weighted_sum_portable(p, values, out)
+    }
+}
+
+fn attn_scores_portable(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *o = dot(q, key) * scale;
+    }
+}
+
+fn attn_weighted_sum_portable(p: &[f32], values: &[f32], out: &mut [f32]) {
+    for (&w, value) in p.iter().zip(values.chunks_exact(out.len())) {
+        axpy(w, value, out);
+    }
+}
+
+fn exp_shift_sum_portable(v: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - shift).exp();
+        sum += *x;
+    }
+    sum
+}
+
+fn silu_mul_portable(g: &[f32], u: &[f32], o: &mut [f32]) {
+    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
 }
 
 /// `out = silu(gate) * up` for SwiGLU; `gu` holds each row as `[gate | up]`.
@@ -207,9 +444,7 @@ pub fn swiglu(gu: &[f32], out: &mut [f32], inter: usize) {
     let rows = |r0: usize, out: &mut [f32]| {
         for (row, o) in gu[r0 * 2 * inter..].chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
             let (g, u) = row.split_at(inter);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            (vector().silu_mul)(g, u, o);
         }
     };
     let n = out.len() / inter;
@@ -299,6 +534,62 @@ mod tests {
         softmax(&mut v);
         assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(v[2], 0.0);
+    }
+
+    #[test]
+    fn vector_exp_and_silu_match_libm() {
+        // e^x across the range whose sum still fits in f32, every tail length.
+        for len in [1, 7, 8, 9, 100, 1003] {
+            let xs: Vec<f32> = (0..len).map(|i| -87.0 + 167.0 * i as f32 / len as f32).collect();
+            let mut v = xs.clone();
+            let sum = (vector().exp_shift_sum)(&mut v, 0.0);
+            let mut want_sum = 0f64;
+            for (x, e) in xs.iter().zip(&v) {
+                let want = (*x as f64).exp();
+                want_sum += want;
+                assert!(((*e as f64 - want) / want).abs() < 1e-6, "e^{x}: {e} vs {want}");
+            }
+            // Summed in f32 lanes: n * eps at worst.
+            assert!(((sum as f64 - want_sum) / want_sum).abs() < 1e-4, "sum of {len}");
+        }
+        let mut v = vec![f32::NEG_INFINITY, -200.0, 0.0, 200.0];
+        (vector().exp_shift_sum)(&mut v, 0.0);
+        assert_eq!(&v[..3], &[0.0, 0.0, 1.0]);
+        assert!(v[3].is_finite() && v[3] > 1e38);
+        // silu(g) * u, large magnitudes included, no NaN.
+        let g: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 6.0).collect();
+        let u: Vec<f32> = (0..37).map(|i| 0.5 + i as f32 / 10.0).collect();
+        let mut o = vec![f32::NAN; 37];
+        (vector().silu_mul)(&g, &u, &mut o);
+        for i in 0..37 {
+            let want = g[i] as f64 / (1.0 + (-g[i] as f64).exp()) * u[i] as f64;
+            assert!((o[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu({}) * {}: {} vs {want}", g[i], u[i], o[i]);
+        }
+    }
+
+    #[test]
+    fn attention_kernels_match_the_portable_ones() {
+        for hd in [8, 24, 64, 72, 128, 12] {
+            for cnt in [1, 3, 4, 5, 8, 9, 17] {
+                let q = test_data(hd, 1 + hd as u32);
+                let kv = test_data(cnt * hd + 5, 7 + cnt as u32);
+                let mut got = vec![f32::NAN; cnt];
+                attn_scores(&q, &kv, 0.125, &mut got);
+                let mut want = vec![0f32; cnt];
+                attn_scores_portable(&q, &kv, 0.125, &mut want);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "scores hd {hd} cnt {cnt}: {g} vs {w}");
+                }
+                let p = test_data(cnt, 3);
+                let mut got = test_data(hd, 11);
+                let mut want = got.clone();
+                attn_weighted_sum(&p, &kv, &mut got);
+                attn_weighted_sum_portable(&p, &kv, &mut want);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "sum hd {hd} cnt {cnt}: {g} vs {w}");
+                }
+            }
+        }
     }
 
     #[test]
