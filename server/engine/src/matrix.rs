@@ -31,6 +31,12 @@ const GEMM_MIN_ROWS: usize = 16;
 /// Most input rows the streaming kernels take (their stack buffers' size).
 const FEW_ROWS_MAX: usize = GEMM_MIN_ROWS;
 
+/// Input rows of a bf16 product that go to the native bf16 kernels (AVX-512 BF16) when they are
+/// switched on (`GHOSTLINE_BF16_NATIVE=1`): from 8 (one row measured slower than the widening
+/// kernels) to 64.
+const NATIVE_BF16_ROWS: std::ops::RangeInclusive<usize> = 8..=NATIVE_BF16_ROWS_MAX;
+const NATIVE_BF16_ROWS_MAX: usize = 64;
+
 /// Output columns per task in the streaming kernels and per widened panel in prefill.
 const COLS: usize = 32;
 const PANEL: usize = 64;
@@ -162,6 +168,7 @@ impl Matrix {
             return;
         }
         match (&self.data, m >= GEMM_MIN_ROWS) {
+            (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
             (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
             (_, true) => self.matmul_panels(x, y, m),
             (_, false) => self.matmul_few_rows(x, y, m),
@@ -171,6 +178,48 @@ impl Matrix {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
         }
+    }
+
+    /// Whether an `m`-row product with these weights runs on the native bf16 kernels. They
+    /// round the inputs to bf16 too (as llama.cpp's bf16 path does), so results move by about
+    /// 1e-2 relative; off unless `GHOSTLINE_BF16_NATIVE=1`, so that bf16 weights otherwise give
+    /// what f32 compute on them gives.
+    fn native_bf16(&self, m: usize) -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on = *ON.get_or_init(|| {
+            std::env::var("GHOSTLINE_BF16_NATIVE").is_ok_and(|v| v == "1") && kernels().dots2_bf16_native.is_some()
+        });
+        on && matches!(self.data, Data::Bf16(_)) && NATIVE_BF16_ROWS.contains(&m)
+    }
+
+    /// bf16 x bf16 products with f32 sums (`vdpbf16ps`: 32 products per instruction): the
+    /// inputs are rounded to bf16 once, then each pair of weight rows is read once for all of
+    /// them.
+    fn matmul_native_bf16(&self, w: &[u16], x: &[f32], y: &mut [f32], m: usize) {
+        let (k, n) = (self.cols, self.rows);
+        let Some(kern) = kernels().dots2_bf16_native else {
+            return self.matmul_panels(x, y, m);
+        };
+        let xb: Vec<u16> = x[..m * k].iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let out = SyncPtr(y.as_mut_ptr());
+        pool().run(n.div_ceil(COLS), &|c| {
+            let mut acc = [[0f32; NATIVE_BF16_ROWS_MAX]; 2];
+            let [a0, a1] = &mut acc;
+            let (o0, o1) = (&mut a0[..m], &mut a1[..m]);
+            let (r0, r1) = (c * COLS, ((c + 1) * COLS).min(n));
+            for row in (r0..r1).step_by(2) {
+                // An odd last row goes through as both rows of the pair.
+                let row1 = (row + 1).min(r1 - 1);
+                kern(&xb, m, &w[row * k..(row + 1) * k], &w[row1 * k..(row1 + 1) * k], o0, o1);
+                for (j, o) in [&*o0, &*o1].into_iter().take(row1 + 1 - row).enumerate() {
+                    for (i, v) in o.iter().enumerate() {
+                        // SAFETY: task c alone writes columns c * COLS.. of each of the m rows,
+                        // and `matmul_t` checked that y holds m * n floats.
+                        unsafe { *out.at(i * n + row + j) = *v };
+                    }
+                }
+            }
+        });
     }
 
     /// Prefill-shaped product: per task, widen a panel of weight rows to f32 and run the
@@ -210,10 +259,24 @@ impl Matrix {
         // loaded serves two FMAs.
         let pairs = m > 1 && !matches!(self.data, Data::Q8(_));
         pool().run(n.div_ceil(COLS), &|c| {
+            let (r0, r1) = (c * COLS, ((c + 1) * COLS).min(n));
+            if let Data::Q8(w) = &self.data {
+                // The task's weight rows in one call (a q8 row of a small model is only a few
+                // groups, so a call per row would cost as much as its arithmetic).
+                let g = k / Q8_GROUP;
+                let mut buf = [0f32; COLS * FEW_ROWS_MAX];
+                (kern.dots_q8)(&xq, m, &w[r0 * g..r1 * g], g, &mut buf);
+                for (r, o) in buf[..(r1 - r0) * m].chunks_exact(m).enumerate() {
+                    for (i, v) in o.iter().enumerate() {
+                        // SAFETY: as below.
+                        unsafe { *out.at(i * n + r0 + r) = *v };
+                    }
+                }
+                return;
+            }
             let mut acc = [[0f32; FEW_ROWS_MAX]; 2];
             let [a0, a1] = &mut acc;
             let (o0, o1) = (&mut a0[..m], &mut a1[..m]);
-            let (r0, r1) = (c * COLS, ((c + 1) * COLS).min(n));
             let mut row = r0;
             while row < r1 {
                 let two = pairs && row + 1 < r1;
@@ -223,10 +286,7 @@ impl Matrix {
                     Data::Bf16(w) if two => (kern.dots2_bf16)(x, m, &w[w0], &w[w1], o0, o1),
                     Data::F32(w) => (kern.dots_f32)(x, m, &w[w0], o0),
                     Data::Bf16(w) => (kern.dots_bf16)(x, m, &w[w0], o0),
-                    Data::Q8(w) => {
-                        let g = k / Q8_GROUP;
-                        (kern.dots_q8)(&xq, m, &w[row * g..(row + 1) * g], o0)
-                    }
+                    Data::Q8(_) => unreachable!("q8 rows are done above"),
                 }
                 for (j, o) in [&*o0, &*o1].into_iter().take(if two { 2 } else { 1 }).enumerate() {
                     for (i, v) in o.iter().enumerate() {
@@ -305,7 +365,7 @@ fn quantize_group(g: &[f32]) -> BlockQ8 {
     let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
     let mut q = [0i8; Q8_GROUP];
     for (q, &x) in q.iter_mut().zip(g) {
-        *q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+        *q = round_i8((x * inv).clamp(-127.0, 127.0));
     }
     BlockQ8 { d: d.to_bits(), q }
 }
@@ -318,10 +378,17 @@ fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
         b.d = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (q, &v) in b.q.iter_mut().zip(g) {
-            *q = (v * inv).round() as i8;
+            *q = round_i8(v * inv);
         }
     }
     out
+}
+
+/// Rounds half away from zero, as `f32::round`, for |v| <= 127.5 (without a libm call, which
+/// is what `round` is without SSE4.1, so the loops around it vectorise).
+#[inline]
+fn round_i8(v: f32) -> i8 {
+    (v + if v >= 0.0 { 0.5 } else { -0.5 }) as i8
 }
 
 fn widen_bf16(src: &[u16], out: &mut [f32]) {
@@ -336,8 +403,11 @@ type DotsBf16 = fn(&[f32], usize, &[u16], &mut [f32]);
 /// The same against two weight rows at once (`out0` for `w0`, `out1` for `w1`).
 type Dots2F32 = fn(&[f32], usize, &[f32], &[f32], &mut [f32], &mut [f32]);
 type Dots2Bf16 = fn(&[f32], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
-/// `out[i] = xq_i · w` for `m` quantized rows of `w.len()` groups each.
-type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], &mut [f32]);
+/// `out[r * m + i] = xq_i · w_r` for `m` quantized rows and each weight row `w_r` of `w`, all
+/// of `g` groups.
+type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], usize, &mut [f32]);
+/// Like [`Dots2Bf16`] with the input rows in bf16 too.
+type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
 
 struct Kernels {
     dots_f32: DotsF32,
@@ -345,38 +415,104 @@ struct Kernels {
     dots2_f32: Dots2F32,
     dots2_bf16: Dots2Bf16,
     dots_q8: DotsQ8,
+    /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
+    dots2_bf16_native: Option<Dots2Bf16Native>,
 }
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            return Kernels {
-                dots_f32: |x, m, w, o| unsafe { x86::dots_f32(x, m, w, o) },
-                dots_bf16: |x, m, w, o| unsafe { x86::dots_bf16(x, m, w, o) },
-                dots2_f32: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_f32(x, m, w0, w1, o0, o1) },
-                dots2_bf16: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_bf16(x, m, w0, w1, o0, o1) },
-                dots_q8: |x, m, w, o| unsafe { x86::dots_q8(x, m, w, o) },
-            };
-        }
-        Kernels {
-            dots_f32: portable::dots_f32,
-            dots_bf16: portable::dots_bf16,
-            dots2_f32: |x, m, w0, w1, o0, o1| {
-                portable::dots_f32(x, m, w0, o0);
-                portable::dots_f32(x, m, w1, o1);
-            },
-            dots2_bf16: |x, m, w0, w1, o0, o1| {
-                portable::dots_bf16(x, m, w0, o0);
-                portable::dots_bf16(x, m, w1, o1);
-            },
-            dots_q8: portable::dots_q8,
-        }
+        // GHOSTLINE_KERNELS=avx2|portable caps the choice (to compare kernels on one machine).
+        let cap = std::env::var("GHOSTLINE_KERNELS").unwrap_or_default();
+        kernel_sets()
+            .into_iter()
+            .find(|(name, _)| match cap.as_str() {
+                "avx2" => *name != "avx512",
+                "portable" => *name == "portable",
+                _ => true,
+            })
+            .map(|(_, k)| k)
+            .unwrap_or_else(portable_kernels)
     })
+}
+
+/// Every kernel set this CPU can run, best first, the portable one last.
+fn kernel_sets() -> Vec<(&'static str, Kernels)> {
+    let mut sets = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+            sets.push((
+                "avx512",
+                Kernels {
+                    dots_f32: |x, m, w, o| unsafe { x86v4::dots_f32(x, m, w, o) },
+                    dots_bf16: |x, m, w, o| unsafe { x86v4::dots_bf16(x, m, w, o) },
+                    dots2_f32: |x, m, w0, w1, o0, o1| unsafe { x86v4::dots2_f32(x, m, w0, w1, o0, o1) },
+                    dots2_bf16: |x, m, w0, w1, o0, o1| unsafe { x86v4::dots2_bf16(x, m, w0, w1, o0, o1) },
+                    // The AVX2 q8 kernel: the same loop on 256-bit VNNI (`vpdpbusd` in place of
+                    // `maddubs` + `madd`) measured 8-13 % slower here (BENCHMARKS.md).
+                    dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
+                    dots2_bf16_native: if has!("avx512bf16") {
+                        Some(|x, m, w0, w1, o0, o1| unsafe { x86v4::dots2_bf16_native(x, m, w0, w1, o0, o1) })
+                    } else {
+                        None
+                    },
+                },
+            ));
+        }
+        if avx2 {
+            sets.push((
+                "avx2",
+                Kernels {
+                    dots_f32: |x, m, w, o| unsafe { x86::dots_f32(x, m, w, o) },
+                    dots_bf16: |x, m, w, o| unsafe { x86::dots_bf16(x, m, w, o) },
+                    dots2_f32: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_f32(x, m, w0, w1, o0, o1) },
+                    dots2_bf16: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_bf16(x, m, w0, w1, o0, o1) },
+                    dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
+                    dots2_bf16_native: None,
+                },
+            ));
+        }
+    }
+    sets.push(("portable", portable_kernels()));
+    sets
+}
+
+fn portable_kernels() -> Kernels {
+    Kernels {
+        dots_f32: portable::dots_f32,
+        dots_bf16: portable::dots_bf16,
+        dots2_f32: |x, m, w0, w1, o0, o1| {
+            portable::dots_f32(x, m, w0, o0);
+            portable::dots_f32(x, m, w1, o1);
+        },
+        dots2_bf16: |x, m, w0, w1, o0, o1| {
+            portable::dots_bf16(x, m, w0, o0);
+            portable::dots_bf16(x, m, w1, o1);
+        },
+        dots_q8: portable::dots_q8,
+        dots2_bf16_native: None,
+    }
+}
+
+/// Calls `f::<R>(i)` for consecutive groups of at most four input rows, so that the SIMD
+/// kernels are compiled for each group size and never compute a row twice.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_fours {
+    ($m:expr, $f:ident $(<$t:ty>)?, $($arg:expr),*) => {{
+        let mut i = 0;
+        while i < $m {
+            match $m - i {
+                1 => $f::<1 $(, $t)?>(i, $($arg),*),
+                2 => $f::<2 $(, $t)?>(i, $($arg),*),
+                3 => $f::<3 $(, $t)?>(i, $($arg),*),
+                _ => $f::<4 $(, $t)?>(i, $($arg),*),
+            }
+            i += 4;
+        }
+    }};
 }
 
 mod portable {
@@ -409,17 +545,121 @@ mod portable {
         }
     }
 
-    pub fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], out: &mut [f32]) {
-        let g = w.len();
-        for (i, o) in out[..m].iter_mut().enumerate() {
-            let mut s = 0f32;
-            for (xb, wb) in x[i * g..(i + 1) * g].iter().zip(w) {
-                let dot: i32 = xb.q.iter().zip(&wb.q).map(|(&a, &b)| a as i32 * b as i32).sum();
-                s += dot as f32 * (xb.d * f16::from_bits(wb.d).to_f32());
+    pub fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], g: usize, out: &mut [f32]) {
+        for (wr, out) in w.chunks_exact(g).zip(out.chunks_exact_mut(m)) {
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut s = 0f32;
+                for (xb, wb) in x[i * g..(i + 1) * g].iter().zip(wr) {
+                    let dot: i32 = xb.q.iter().zip(&wb.q).map(|(&a, &b)| a as i32 * b as i32).sum();
+                    s += dot as f32 * (xb.d * f16::from_bits(wb.d).to_f32());
+                }
+                *o = s;
             }
-            *o = s;
         }
     }
+}
+
+/// The f32 / bf16 streaming kernels, written once for each vector width: `$n` f32 lanes of
+/// type `$v`, the lane intrinsics, the lane sum, and the trait that loads `$n` weights.
+#[cfg(target_arch = "x86_64")]
+macro_rules! streaming_kernels {
+    ($feat:literal, $n:literal, $zero:ident, $loadu:ident, $fmadd:ident, $add:ident, $hsum:path, $Lanes:ident) => {
+        /// Input rows against one f32 weight row; the weight is loaded once per vector.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dots_f32(x: &[f32], m: usize, w: &[f32], out: &mut [f32]) {
+            assert!(x.len() >= m * w.len() && out.len() >= m);
+            by_fours!(m, dots_r<f32>, x, w, out);
+        }
+
+        /// Input rows against one bf16 weight row, widened in registers.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dots_bf16(x: &[f32], m: usize, w: &[u16], out: &mut [f32]) {
+            assert!(x.len() >= m * w.len() && out.len() >= m);
+            by_fours!(m, dots_r<u16>, x, w, out);
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn dots_r<const R: usize, W: $Lanes>(i: usize, x: &[f32], w: &[W], out: &mut [f32]) {
+            let k = w.len();
+            let pw = w.as_ptr();
+            let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
+            let mut acc = [$zero(); R];
+            let mut acc2 = [$zero(); R];
+            let mut t = 0;
+            while t + 2 * $n <= k {
+                let w0 = W::load(pw.add(t));
+                let w1 = W::load(pw.add(t + $n));
+                for l in 0..R {
+                    acc[l] = $fmadd(w0, $loadu(px[l].add(t)), acc[l]);
+                    acc2[l] = $fmadd(w1, $loadu(px[l].add(t + $n)), acc2[l]);
+                }
+                t += 2 * $n;
+            }
+            while t + $n <= k {
+                let w0 = W::load(pw.add(t));
+                for l in 0..R {
+                    acc[l] = $fmadd(w0, $loadu(px[l].add(t)), acc[l]);
+                }
+                t += $n;
+            }
+            for l in 0..R {
+                let mut s = $hsum($add(acc[l], acc2[l]));
+                for t in t..k {
+                    s += *px[l].add(t) * (*pw.add(t)).to_f32();
+                }
+                out[i + l] = s;
+            }
+        }
+
+        /// Input rows against two f32 weight rows: each input vector is loaded once for both.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dots2_f32(x: &[f32], m: usize, w0: &[f32], w1: &[f32], o0: &mut [f32], o1: &mut [f32]) {
+            assert!(w0.len() == w1.len() && x.len() >= m * w0.len() && o0.len() >= m && o1.len() >= m);
+            by_fours!(m, dots2_r<f32>, x, w0, w1, o0, o1);
+        }
+
+        /// Input rows against two bf16 weight rows, widened in registers.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn dots2_bf16(x: &[f32], m: usize, w0: &[u16], w1: &[u16], o0: &mut [f32], o1: &mut [f32]) {
+            assert!(w0.len() == w1.len() && x.len() >= m * w0.len() && o0.len() >= m && o1.len() >= m);
+            by_fours!(m, dots2_r<u16>, x, w0, w1, o0, o1);
+        }
+
+        /// A tile of R input rows by two weight rows: 2R accumulators, per vector two weight loads
+        /// and R input loads for 2R FMAs.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn dots2_r<const R: usize, W: $Lanes>(i: usize, x: &[f32], w0: &[W], w1: &[W], o0: &mut [f32], o1: &mut [f32]) {
+            let k = w0.len();
+            let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+            let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
+            let mut a0 = [$zero(); R];
+            let mut a1 = [$zero(); R];
+            let mut t = 0;
+            while t + $n <= k {
+                let v0 = W::load(p0.add(t));
+                let v1 = W::load(p1.add(t));
+                for l in 0..R {
+                    let xv = $loadu(px[l].add(t));
+                    a0[l] = $fmadd(v0, xv, a0[l]);
+                    a1[l] = $fmadd(v1, xv, a1[l]);
+                }
+                t += $n;
+            }
+            for l in 0..R {
+                let (mut s0, mut s1) = ($hsum(a0[l]), $hsum(a1[l]));
+                for t in t..k {
+                    let xv = *px[l].add(t);
+                    s0 += xv * (*p0.add(t)).to_f32();
+                    s1 += xv * (*p1.add(t)).to_f32();
+                }
+                o0[i + l] = s0;
+                o1[i + l] = s1;
+            }
+        }
+
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -428,35 +668,18 @@ mod x86 {
     use crate::ops::x86::hsum;
     use std::arch::x86_64::*;
 
-    /// Calls `f::<R>(i)` for consecutive groups of at most four input rows, so that the
-    /// kernels below are compiled for each group size and never compute a row twice.
-    macro_rules! by_fours {
-        ($m:expr, $f:ident $(<$t:ty>)?, $($arg:expr),*) => {{
-            let mut i = 0;
-            while i < $m {
-                match $m - i {
-                    1 => $f::<1 $(, $t)?>(i, $($arg),*),
-                    2 => $f::<2 $(, $t)?>(i, $($arg),*),
-                    3 => $f::<3 $(, $t)?>(i, $($arg),*),
-                    _ => $f::<4 $(, $t)?>(i, $($arg),*),
-                }
-                i += 4;
-            }
-        }};
-    }
-
     /// A weight element type the kernels widen to f32 lanes.
     trait Lanes: Copy {
         /// Eight weights from `p` as f32 lanes (implementations enable the kernels' target
         /// features, or the intrinsics would not inline).
-        unsafe fn load8(p: *const Self) -> __m256;
+        unsafe fn load(p: *const Self) -> __m256;
         fn to_f32(self) -> f32;
     }
 
     impl Lanes for f32 {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(p: *const f32) -> __m256 {
+        unsafe fn load(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
         }
         fn to_f32(self) -> f32 {
@@ -468,7 +691,7 @@ mod x86 {
         /// bf16: the 16 bits are the high half of an f32.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(p: *const u16) -> __m256 {
+        unsafe fn load(p: *const u16) -> __m256 {
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
         }
         fn to_f32(self) -> f32 {
@@ -476,108 +699,18 @@ mod x86 {
         }
     }
 
-    /// Input rows against one f32 weight row; the weight is loaded once per 8 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots_f32(x: &[f32], m: usize, w: &[f32], out: &mut [f32]) {
-        assert!(x.len() >= m * w.len() && out.len() >= m);
-        by_fours!(m, dots_r<f32>, x, w, out);
-    }
-
-    /// Input rows against one bf16 weight row, widened in registers.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots_bf16(x: &[f32], m: usize, w: &[u16], out: &mut [f32]) {
-        assert!(x.len() >= m * w.len() && out.len() >= m);
-        by_fours!(m, dots_r<u16>, x, w, out);
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots_r<const R: usize, W: Lanes>(i: usize, x: &[f32], w: &[W], out: &mut [f32]) {
-        let k = w.len();
-        let pw = w.as_ptr();
-        let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut acc2 = [_mm256_setzero_ps(); R];
-        let mut t = 0;
-        while t + 16 <= k {
-            let w0 = W::load8(pw.add(t));
-            let w1 = W::load8(pw.add(t + 8));
-            for l in 0..R {
-                acc[l] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px[l].add(t)), acc[l]);
-                acc2[l] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(px[l].add(t + 8)), acc2[l]);
-            }
-            t += 16;
-        }
-        while t + 8 <= k {
-            let w0 = W::load8(pw.add(t));
-            for l in 0..R {
-                acc[l] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(px[l].add(t)), acc[l]);
-            }
-            t += 8;
-        }
-        for l in 0..R {
-            let mut s = hsum(_mm256_add_ps(acc[l], acc2[l]));
-            for t in t..k {
-                s += *px[l].add(t) * (*pw.add(t)).to_f32();
-            }
-            out[i + l] = s;
-        }
-    }
-
-    /// Input rows against two f32 weight rows: each input vector is loaded once for both.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots2_f32(x: &[f32], m: usize, w0: &[f32], w1: &[f32], o0: &mut [f32], o1: &mut [f32]) {
-        assert!(w0.len() == w1.len() && x.len() >= m * w0.len() && o0.len() >= m && o1.len() >= m);
-        by_fours!(m, dots2_r<f32>, x, w0, w1, o0, o1);
-    }
-
-    /// Input rows against two bf16 weight rows, widened in registers.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots2_bf16(x: &[f32], m: usize, w0: &[u16], w1: &[u16], o0: &mut [f32], o1: &mut [f32]) {
-        assert!(w0.len() == w1.len() && x.len() >= m * w0.len() && o0.len() >= m && o1.len() >= m);
-        by_fours!(m, dots2_r<u16>, x, w0, w1, o0, o1);
-    }
-
-    /// A tile of R input rows by two weight rows: 2R accumulators, per 8 lanes two weight loads
-    /// and R input loads for 2R FMAs.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots2_r<const R: usize, W: Lanes>(i: usize, x: &[f32], w0: &[W], w1: &[W], o0: &mut [f32], o1: &mut [f32]) {
-        let k = w0.len();
-        let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
-        let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
-        let mut a0 = [_mm256_setzero_ps(); R];
-        let mut a1 = [_mm256_setzero_ps(); R];
-        let mut t = 0;
-        while t + 8 <= k {
-            let v0 = W::load8(p0.add(t));
-            let v1 = W::load8(p1.add(t));
-            for l in 0..R {
-                let xv = _mm256_loadu_ps(px[l].add(t));
-                a0[l] = _mm256_fmadd_ps(v0, xv, a0[l]);
-                a1[l] = _mm256_fmadd_ps(v1, xv, a1[l]);
-            }
-            t += 8;
-        }
-        for l in 0..R {
-            let (mut s0, mut s1) = (hsum(a0[l]), hsum(a1[l]));
-            for t in t..k {
-                let xv = *px[l].add(t);
-                s0 += xv * (*p0.add(t)).to_f32();
-                s1 += xv * (*p1.add(t)).to_f32();
-            }
-            o0[i + l] = s0;
-            o1[i + l] = s1;
-        }
-    }
+    streaming_kernels!("avx2,fma,f16c", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_add_ps, hsum, Lanes);
 
     /// Quantized input rows against one q8 weight row: per group of 32, |w| · (x · sign w)
     /// with `maddubs` (u8 x i8 pairs to i16), then to i32 and f32, scaled by both groups'
     /// scales.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], out: &mut [f32]) {
-        assert!(x.len() >= m * w.len() && out.len() >= m);
-        by_fours!(m, dots_q8_r, x, w, out);
+    pub unsafe fn dots_q8(x: &[BlockQ8A], m: usize, w: &[BlockQ8], g: usize, out: &mut [f32]) {
+        let rows = w.len() / g;
+        assert!(x.len() >= m * g && out.len() >= m * rows);
+        for (wr, out) in w.chunks_exact(g).zip(out.chunks_exact_mut(m)) {
+            by_fours!(m, dots_q8_r, x, wr, out);
+        }
     }
 
     #[inline]
@@ -601,6 +734,86 @@ mod x86 {
         }
         for l in 0..R {
             out[i + l] = hsum(acc[l]);
+        }
+    }
+}
+
+/// The f32 and bf16 kernels with 512-bit registers (AVX-512F/BW/VL): twice the lanes per FMA
+/// and per load of an input vector.
+#[cfg(target_arch = "x86_64")]
+mod x86v4 {
+    use std::arch::x86_64::*;
+
+    /// A weight element type widened to sixteen f32 lanes.
+    trait Lanes16: Copy {
+        unsafe fn load(p: *const Self) -> __m512;
+        fn to_f32(self) -> f32;
+    }
+
+    impl Lanes16 for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+
+    impl Lanes16 for u16 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn load(p: *const u16) -> __m512 {
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16))
+        }
+        fn to_f32(self) -> f32 {
+            f32::from_bits((self as u32) << 16)
+        }
+    }
+
+    streaming_kernels!(
+        "avx512f,avx512bw,avx512vl,avx2,fma,f16c", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
+        _mm512_add_ps, _mm512_reduce_add_ps, Lanes16
+    );
+
+    /// bf16 input rows against two bf16 weight rows: `vdpbf16ps` multiplies 32 bf16 pairs per
+    /// instruction into 16 f32 sums; the tail of a row is read with a mask (zeros past the end).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    pub unsafe fn dots2_bf16_native(x: &[u16], m: usize, w0: &[u16], w1: &[u16], o0: &mut [f32], o1: &mut [f32]) {
+        assert!(w0.len() == w1.len() && x.len() >= m * w0.len() && o0.len() >= m && o1.len() >= m);
+        by_fours!(m, dots2_native_r, x, w0, w1, o0, o1);
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    unsafe fn load32(p: *const u16, mask: __mmask32) -> __m512bh {
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(mask, p as *const i16))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    unsafe fn dots2_native_r<const R: usize>(i: usize, x: &[u16], w0: &[u16], w1: &[u16], o0: &mut [f32], o1: &mut [f32]) {
+        let k = w0.len();
+        let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+        let px: [*const u16; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        let mut t = 0;
+        while t < k {
+            let mask: __mmask32 = if k - t >= 32 { !0 } else { (1u32 << (k - t)) - 1 };
+            let v0 = load32(p0.add(t), mask);
+            let v1 = load32(p1.add(t), mask);
+            for l in 0..R {
+                let xv = load32(px[l].add(t), mask);
+                a0[l] = _mm512_dpbf16_ps(a0[l], v0, xv);
+                a1[l] = _mm512_dpbf16_ps(a1[l], v1, xv);
+            }
+            t += 32;
+        }
+        for l in 0..R {
+            o0[i + l] = _mm512_reduce_add_ps(a0[l]);
+            o1[i + l] = _mm512_reduce_add_ps(a1[l]);
         }
     }
 }
@@ -636,9 +849,11 @@ mod tests {
                 assert_eq!(mat.format(), fmt);
                 let mut y = vec![f32::NAN; m * n];
                 mat.matmul_t(&x, Some(&b), &mut y, m);
-                // Against the stored weights: exact up to summation order for f32 and bf16;
-                // q8 also quantizes the inputs (per group of 32) on the decode path.
-                let mut r = naive(&x, &stored(&mat), m, k, n);
+                // Against the stored weights: exact up to summation order for f32 and bf16
+                // (of the inputs rounded to bf16 where the CPU multiplies bf16 natively); q8
+                // also quantizes the inputs (per group of 32) on the decode path.
+                let xr: Vec<f32> = if mat.native_bf16(m) { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() } else { x.clone() };
+                let mut r = naive(&xr, &stored(&mat), m, k, n);
                 for i in 0..m {
                     for j in 0..n {
                         r[i * n + j] += b[j];
@@ -675,36 +890,65 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree() {
-        for (k, m) in [(157, 5), (160, 1), (160, 2), (160, 3), (160, 4), (160, 5), (160, 6), (160, 7), (160, 8), (160, 9)] {
+        for (k, m) in [(157, 5), (160, 1), (160, 2), (160, 3), (160, 4), (160, 5), (160, 6), (160, 7), (160, 8), (160, 9), (200, 3), (224, 5)] {
             let x = data(m * k, 4);
             let w = data(k, 5);
             let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
             let wq: Vec<BlockQ8> = w.chunks_exact(Q8_GROUP).map(quantize_group).collect();
             let xq = quantize_rows(&x);
-            let kern = kernels();
-            let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
-            (kern.dots_f32)(&x, m, &w, &mut a);
-            portable::dots_f32(&x, m, &w, &mut b);
-            assert!(rel_err(&a, &b) < 1e-6, "f32 m={m}");
-            (kern.dots_bf16)(&x, m, &wb, &mut a);
-            portable::dots_bf16(&x, m, &wb, &mut b);
-            assert!(rel_err(&a, &b) < 1e-6, "bf16 m={m}");
-            let w1 = data(k, 6);
-            let wb1: Vec<u16> = w1.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-            let (mut a1, mut b1) = (vec![0f32; m], vec![0f32; m]);
-            (kern.dots2_f32)(&x, m, &w, &w1, &mut a, &mut a1);
-            portable::dots_f32(&x, m, &w, &mut b);
-            portable::dots_f32(&x, m, &w1, &mut b1);
-            assert!(rel_err(&a, &b) < 1e-6 && rel_err(&a1, &b1) < 1e-6, "f32 pairs m={m} k={k}");
-            (kern.dots2_bf16)(&x, m, &wb, &wb1, &mut a, &mut a1);
-            portable::dots_bf16(&x, m, &wb, &mut b);
-            portable::dots_bf16(&x, m, &wb1, &mut b1);
-            assert!(rel_err(&a, &b) < 1e-6 && rel_err(&a1, &b1) < 1e-6, "bf16 pairs m={m} k={k}");
-            if k % Q8_GROUP == 0 {
-                (kern.dots_q8)(&xq, m, &wq, &mut a);
-                portable::dots_q8(&xq, m, &wq, &mut b);
-                assert!(rel_err(&a, &b) < 1e-6, "q8 m={m}");
+            for (name, kern) in kernel_sets() {
+                let m_name = format!("{name} m={m} k={k}");
+                let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
+                (kern.dots_f32)(&x, m, &w, &mut a);
+                portable::dots_f32(&x, m, &w, &mut b);
+                assert!(rel_err(&a, &b) < 1e-6, "f32 {m_name}");
+                (kern.dots_bf16)(&x, m, &wb, &mut a);
+                portable::dots_bf16(&x, m, &wb, &mut b);
+                assert!(rel_err(&a, &b) < 1e-6, "bf16 {m_name}");
+                let w1 = data(k, 6);
+                let wb1: Vec<u16> = w1.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+                let wq1: Vec<BlockQ8> = w1.chunks_exact(Q8_GROUP).map(quantize_group).collect();
+                let (mut a1, mut b1) = (vec![0f32; m], vec![0f32; m]);
+                (kern.dots2_f32)(&x, m, &w, &w1, &mut a, &mut a1);
+                portable::dots_f32(&x, m, &w, &mut b);
+                portable::dots_f32(&x, m, &w1, &mut b1);
+                assert!(rel_err(&a, &b) < 1e-6 && rel_err(&a1, &b1) < 1e-6, "f32 pairs {m_name}");
+                (kern.dots2_bf16)(&x, m, &wb, &wb1, &mut a, &mut a1);
+                portable::dots_bf16(&x, m, &wb, &mut b);
+                portable::dots_bf16(&x, m, &wb1, &mut b1);
+                assert!(rel_err(&a, &b) < 1e-6 && rel_err(&a1, &b1) < 1e-6, "bf16 pairs {m_name}");
+                if k % Q8_GROUP == 0 {
+                    // Two weight rows in one call, as the products make it.
+                    let g = wq.len();
+                    let wq2: Vec<BlockQ8> = wq.iter().chain(&wq1).copied().collect();
+                    let (mut a2, mut b2) = (vec![0f32; 2 * m], vec![0f32; 2 * m]);
+                    (kern.dots_q8)(&xq, m, &wq2, g, &mut a2);
+                    portable::dots_q8(&xq, m, &wq2, g, &mut b2);
+                    assert!(rel_err(&a2, &b2) < 1e-6, "q8 two rows {m_name}");
+                    (kern.dots_q8)(&xq, m, &wq, g, &mut a);
+                    portable::dots_q8(&xq, m, &wq, g, &mut b);
+                    assert!(rel_err(&a, &b) < 1e-6, "q8 {m_name}");
+                }
             }
+        }
+    }
+
+    #[test]
+    fn native_bf16_products_equal_those_of_the_inputs_rounded_to_bf16() {
+        if kernels().dots2_bf16_native.is_none() {
+            eprintln!("no native bf16 on this CPU: nothing to check");
+            return;
+        }
+        for &(m, k, n) in &[(8, 64, 70), (9, 96, 33), (16, 100, 65), (40, 160, 129), (64, 32, 67), (13, 1000, 7)] {
+            let x = data(m * k, 11);
+            let mat = Matrix::new(data(n * k, 12), n, k, WeightFormat::Bf16);
+            let Data::Bf16(w) = &mat.data else { unreachable!() };
+            let mut y = vec![f32::NAN; m * n];
+            mat.matmul_native_bf16(w, &x, &mut y, m);
+            let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+            let r = naive(&xr, &stored(&mat), m, k, n);
+            let e = rel_err(&y, &r);
+            assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
         }
     }
 

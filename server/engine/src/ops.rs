@@ -395,7 +395,7 @@ fn vector() -> &'static Vector {
 /// `out[s] = scale * q · keys[s]` for `s < out.len()`.
 pub fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
     assert!(keys.len() >= out.len() * q.len(), "attn_scores: {} keys of {} wanted", out.len(), q.len());
-    if q.len() % 8 == 0 {
+    if q.len().is_multiple_of(8) {
         (vector().attn_scores)(q, keys, scale, out)
     } else {
         attn_scores_portable(q, keys, scale, out)
@@ -405,7 +405,7 @@ pub fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
 /// The attention-weighted sum of value rows: `out += Σ p[s] · values[s]` for `s < p.len()`.
 pub fn attn_weighted_sum(p: &[f32], values: &[f32], out: &mut [f32]) {
     assert!(values.len() >= p.len() * out.len(), "attn_weighted_sum: {} values of {} wanted", p.len(), out.len());
-    if out.len() % 8 == 0 {
+    if out.len().is_multiple_of(8) {
         (vector().attn_weighted_sum)(p, values, out)
     } else {
         attn_weighted_sum_portable(p, values, out)
