@@ -146,8 +146,57 @@ mod tests {
                 model.splice(lo..hi, new.chars());
                 let e = doc.apply(Some((a, b)), &new, Utf16);
                 syn.edit(&doc, &e);
-                proptest::prop_assert_eq!(doc.text(), model.iter().collect::<String>());
-                proptest::prop_assert_eq!(syn.tree().unwrap().root_node().to_sexp(), full(&doc));
+                let text = doc.text();
+                proptest::prop_assert_eq!(&text, &model.iter().collect::<String>());
+                let tree = syn.tree().unwrap();
+                // Every node's points agree with its bytes in the new text: what a wrong edit
+                // (bytes or points) would break.
+                if let Err(e) = positions_match_the_text(tree, &text) {
+                    return Err(proptest::test_runner::TestCaseError::fail(e));
+                }
+                // Where the text parses cleanly the incremental tree is the fresh one. Where it
+                // has syntax errors, tree-sitter's error recovery may settle differently with an
+                // old tree than from scratch (tree-sitter/tree-sitter#4001, #1645), so only the
+                // error itself must show in both.
+                let mut fresh = Syntax::new(&doc.language).unwrap();
+                fresh.parse_full(&doc);
+                let fresh = fresh.tree().unwrap().root_node();
+                if fresh.has_error() {
+                    proptest::prop_assert!(tree.root_node().has_error(), "{}", text);
+                } else {
+                    proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
+                }
+            }
+        }
+    }
+
+    /// Checks that each node's start and end points are the row and column (bytes after the
+    /// last `\n`) of its start and end bytes in `text`.
+    fn positions_match_the_text(tree: &Tree, text: &str) -> Result<(), String> {
+        let point = |b: usize| {
+            let before = &text.as_bytes()[..b.min(text.len())];
+            let row = before.iter().filter(|&&c| c == b'\n').count();
+            let col = b - before.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            Point::new(row, col)
+        };
+        let mut cursor = tree.walk();
+        loop {
+            let n = cursor.node();
+            for (b, p) in [(n.start_byte(), n.start_position()), (n.end_byte(), n.end_position())] {
+                if b > text.len() || point(b) != p {
+                    return Err(format!("{} at byte {b}: point {p:?}, the text says {:?}", n.kind(), point(b)));
+                }
+            }
+            if cursor.goto_first_child() || cursor.goto_next_sibling() {
+                continue;
+            }
+            loop {
+                if !cursor.goto_parent() {
+                    return Ok(());
+                }
+                if cursor.goto_next_sibling() {
+                    break;
+                }
             }
         }
     }
