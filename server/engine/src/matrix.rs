@@ -212,11 +212,9 @@ impl Matrix {
                 let row1 = (row + 1).min(r1 - 1);
                 kern(&xb, m, &w[row * k..(row + 1) * k], &w[row1 * k..(row1 + 1) * k], o0, o1);
                 for (j, o) in [&*o0, &*o1].into_iter().take(row1 + 1 - row).enumerate() {
-                    for (i, v) in o.iter().enumerate() {
-                        // SAFETY: task c alone writes columns c * COLS.. of each of the m rows,
-                        // and `matmul_t` checked that y holds m * n floats.
-                        unsafe { *out.at(i * n + row + j) = *v };
-                    }
+                    // SAFETY: task c alone writes columns c * COLS.. of each of the m rows, and
+                    // `matmul_t` checked that y holds m * n floats.
+                    unsafe { out.write_column(n, row + j, o) };
                 }
             }
         });
@@ -267,10 +265,8 @@ impl Matrix {
                 let mut buf = [0f32; COLS * FEW_ROWS_MAX];
                 (kern.dots_q8)(&xq, m, &w[r0 * g..r1 * g], g, &mut buf);
                 for (r, o) in buf[..(r1 - r0) * m].chunks_exact(m).enumerate() {
-                    for (i, v) in o.iter().enumerate() {
-                        // SAFETY: as below.
-                        unsafe { *out.at(i * n + r0 + r) = *v };
-                    }
+                    // SAFETY: as below.
+                    unsafe { out.write_column(n, r0 + r, o) };
                 }
                 return;
             }
@@ -289,11 +285,9 @@ impl Matrix {
                     Data::Q8(_) => unreachable!("q8 rows are done above"),
                 }
                 for (j, o) in [&*o0, &*o1].into_iter().take(if two { 2 } else { 1 }).enumerate() {
-                    for (i, v) in o.iter().enumerate() {
-                        // SAFETY: task c alone writes columns c * COLS.. of each of the m rows,
-                        // and `matmul_t` checked that y holds m * n floats.
-                        unsafe { *out.at(i * n + row + j) = *v };
-                    }
+                    // SAFETY: task c alone writes columns c * COLS.. of each of the m rows, and
+                    // `matmul_t` checked that y holds m * n floats.
+                    unsafe { out.write_column(n, row + j, o) };
                 }
                 row += if two { 2 } else { 1 };
             }
@@ -353,6 +347,16 @@ impl SyncPtr {
     /// # Safety: as `pointer::add`.
     unsafe fn at(&self, i: usize) -> *mut f32 {
         self.0.add(i)
+    }
+
+    /// Writes `col[i]` to row `i`, column `j` of the row-major output with `n` columns.
+    ///
+    /// # Safety: the output holds `col.len() * n` floats, `j < n`, and no other thread writes
+    /// column `j` meanwhile.
+    unsafe fn write_column(&self, n: usize, j: usize, col: &[f32]) {
+        for (i, v) in col.iter().enumerate() {
+            *self.at(i * n + j) = *v;
+        }
     }
 }
 // SAFETY: used only to hand disjoint parts of one output buffer to parallel tasks.
@@ -559,8 +563,9 @@ mod portable {
     }
 }
 
-/// The f32 / bf16 streaming kernels, written once for each vector width: `$n` f32 lanes of
-/// type `$v`, the lane intrinsics, the lane sum, and the trait that loads `$n` weights.
+/// The f32 / bf16 streaming kernels, written once for each vector width: the target features,
+/// `$n` f32 lanes per vector, the lane intrinsics, the lane sum, and the trait that loads `$n`
+/// weights as a vector.
 #[cfg(target_arch = "x86_64")]
 macro_rules! streaming_kernels {
     ($feat:literal, $n:literal, $zero:ident, $loadu:ident, $fmadd:ident, $add:ident, $hsum:path, $Lanes:ident) => {

@@ -7,29 +7,11 @@ use std::sync::OnceLock;
 
 use crate::pool::pool;
 
-type DotFn = fn(&[f32], &[f32]) -> f32;
-
-fn dot_impl() -> DotFn {
-    static IMPL: OnceLock<DotFn> = OnceLock::new();
-    *IMPL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                return |a, b| unsafe { x86::dot_avx512(a, b) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return |a, b| unsafe { x86::dot_avx2(a, b) };
-            }
-        }
-        dot_portable
-    })
-}
-
 /// Dot product of two equally long slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    (dot_impl())(a, b)
+    (vector().dot)(a, b)
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -110,9 +92,7 @@ pub(crate) mod x86 {
             acc = _mm256_add_ps(acc, e);
             i += 8;
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut sum: f32 = lanes.iter().sum();
+        let mut sum = hsum(acc);
         if i < n {
             // The tail through the same vector code, so every element gets the same e^x.
             let mut t = [f32::NEG_INFINITY; 8];
@@ -357,9 +337,11 @@ pub fn softmax(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// Element-wise kernels built on `exp`, vectorised where the CPU allows (libm's scalar `expf`
-/// is most of the cost of attention's softmax and of SwiGLU otherwise).
+/// The activation kernels picked for this CPU once: the dot product, and the element-wise
+/// kernels built on `exp`, vectorised where the CPU allows (libm's scalar `expf` is most of the
+/// cost of attention's softmax and of SwiGLU otherwise).
 struct Vector {
+    dot: fn(&[f32], &[f32]) -> f32,
     /// `v[i] = exp(v[i] - shift)`; returns the sum.
     exp_shift_sum: fn(&mut [f32], f32) -> f32,
     /// `o[i] = silu(g[i]) * u[i]`.
@@ -376,6 +358,11 @@ fn vector() -> &'static Vector {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return Vector {
+                dot: if std::is_x86_feature_detected!("avx512f") {
+                    |a, b| unsafe { x86::dot_avx512(a, b) }
+                } else {
+                    |a, b| unsafe { x86::dot_avx2(a, b) }
+                },
                 exp_shift_sum: |v, s| unsafe { x86::exp_shift_sum(v, s) },
                 silu_mul: |g, u, o| unsafe { x86::silu_mul(g, u, o) },
                 attn_scores: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
@@ -383,6 +370,7 @@ fn vector() -> &'static Vector {
             };
         }
         Vector {
+            dot: dot_portable,
             exp_shift_sum: exp_shift_sum_portable,
             silu_mul: silu_mul_portable,
             attn_scores: attn_scores_portable,
