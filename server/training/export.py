@@ -128,6 +128,8 @@ def main():
     ap.add_argument("--ckpt", default=str(HERE / "work" / "run" / "ckpt.pt"))
     ap.add_argument("--tokenizer-dir", default=str(HERE / "work" / "tokenizer"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--val", default=str(HERE / "work" / "data" / "val.npy"),
+                    help="validation rows for the final_val_loss in training_meta.json (skipped if missing)")
     args = ap.parse_args()
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.set_num_threads(2)
@@ -135,7 +137,18 @@ def main():
     model = Qwen2ForCausalLM(Qwen2Config(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     meta = ck.get("meta", {})
-    meta.update({"step": ck["step"], "tokens_seen": ck["tokens_seen"]})
+    meta.update({"step": ck["step"], "tokens_seen": ck["tokens_seen"], "train_time_s": round(ck.get("elapsed", 0))})
+    val = Path(args.val)
+    if val.exists():
+        # The validation loss of the exported checkpoint, in fp32, as train.py reports it.
+        import numpy as np
+        import torch.nn.functional as F
+        rows = torch.from_numpy(np.load(val).astype(np.int64))
+        model.eval()
+        with torch.no_grad():
+            ls = [F.cross_entropy(model(input_ids=b[:, :-1], use_cache=False).logits.float().flatten(0, 1),
+                                  b[:, 1:].flatten()).item() for b in rows.split(8)]
+        meta["final_val_loss"] = round(sum(ls) / len(ls), 4)
     rep = export(model, args.tokenizer_dir, args.out, meta)
     json.dump(rep, sys.stdout, indent=1)
     print()

@@ -34,17 +34,37 @@ def main():
         m = json.loads(meta_p.read_text())
         secs = m.get("train_time_s", m.get("elapsed_s", 0))
         tps = m["tokens_seen"] / max(1, secs)
-        body = (
+        prec = m.get("precision", "fp32")
+        prev = (m.get("init_from") or {}).get("training_meta")
+        run = (
             f"AdamW (beta 0.9/0.95, weight decay 0.1), peak learning rate {m['peak_lr']:g}, "
             f"{m['warmup_steps']} warmup steps then cosine decay to 10 %, batch {m['batch_size']} x "
             f"{m['seq_len']} tokens, {m['step']:,} steps = {m['tokens_seen'] / 1e6:.2f} M tokens, seed {m['seed']}, "
-            f"fp32 on the {m['device'].upper()} with {m['threads']} threads "
-            f"(`python3 train.py --device {m['device'].split(':')[0]}`).\n\n"
-            f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
-            f"| training time | {secs / 60:.0f} minutes of step time "
-            f"(average {tps:.0f} tokens/s) |\n"
-            + (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
-               f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else ""))
+            f"{prec} on the {m['device'].upper()} with {m['threads']} threads")
+        if prev:
+            total = prev["tokens_seen"] + m["tokens_seen"]
+            psecs = prev.get("train_time_s", 0)
+            body = (
+                f"Two stages, {total / 1e6:.2f} M tokens in all. Stage 2 started from the weights of "
+                f"stage 1's exported model (`train.py --init-from`, fresh optimizer and schedule) on "
+                f"{m['data_tokens'] / 1e6:.1f} M newly prepared tokens: {run}. Stage 1: "
+                f"{prev['tokens_seen'] / 1e6:.2f} M tokens, {prev['step']:,} steps of batch {prev['batch_size']} x "
+                f"{prev['seq_len']}, peak learning rate {prev['peak_lr']:g}, {prev.get('precision', 'fp32')} "
+                f"on the CPU, {psecs / 60:.0f} minutes, final validation loss {prev.get('final_val_loss', float('nan')):.3f} "
+                f"on its own validation rows. Commands in `server/training/README.md`.\n\n"
+                f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
+                f"| training time | stage 2: {secs / 60:.0f} minutes of step time (average {tps:.0f} tokens/s); "
+                f"stage 1: {psecs / 60:.0f} minutes |\n"
+                + (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
+                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else ""))
+        else:
+            body = (
+                f"{run} (`python3 train.py --device {m['device'].split(':')[0]}`).\n\n"
+                f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
+                f"| training time | {secs / 60:.0f} minutes of step time "
+                f"(average {tps:.0f} tokens/s) |\n"
+                + (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
+                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else ""))
         card = replace(card, "train", body)
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())

@@ -9,6 +9,8 @@ server/models/ghostline-tiny in the HF layout when it finishes (export.py).
 
   python3 train.py --device cpu            # the shipped model: 2 threads, ~5 M params
   python3 train.py --device cuda           # a larger config for a GPU
+  python3 train.py --device cpu --init-from ../models/ghostline-tiny --total-tokens 16000000
+                                           # continue training an exported model (fresh optimizer)
 
 AdamW (0.9, 0.95), weight decay 0.1 on matrices, linear warmup then cosine decay to
 10 % of the peak, gradient clipping at 1.0.
@@ -111,6 +113,12 @@ def main():
     ap.add_argument("--log-every", type=int, default=5)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (for timing runs)")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run dir")
+    ap.add_argument("--init-from", default=None,
+                    help="start from the weights of an exported model directory (same shape and tokenizer) "
+                         "instead of random ones; the optimizer and the schedule start fresh")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="bf16: autocast the forward pass to bf16 (fp32 master weights and optimizer); "
+                         "auto: bf16 on CUDA and on CPUs with native bf16 dot products, else fp32")
     args = ap.parse_args()
 
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -147,6 +155,27 @@ def main():
     np.random.seed(args.seed)
     mcfg = model_config(preset, data.meta["vocab_size"], seq_len, eos_id)
     model = Qwen2ForCausalLM(Qwen2Config(**mcfg))
+    init_from = None
+    if args.init_from:
+        from safetensors.torch import load_file
+        src = Path(args.init_from)
+        src_cfg = json.loads((src / "config.json").read_text())
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads"):
+            if src_cfg.get(k) != mcfg[k]:
+                raise SystemExit(f"--init-from {src}: {k} is {src_cfg.get(k)}, this preset has {mcfg[k]}")
+        src_tok = json.loads((src / "tokenizer.json").read_text())
+        if src_tok["model"]["vocab"] != tok_cfg["model"]["vocab"]:
+            raise SystemExit(f"--init-from {src}: its tokenizer differs from {work / 'tokenizer'}")
+        sd = {k: v.float() for k, v in load_file(str(src / "model.safetensors")).items()}
+        if "lm_head.weight" not in sd:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if [k for k in missing if k != "lm_head.weight"] or unexpected:
+            raise SystemExit(f"--init-from {src}: missing {missing}, unexpected {unexpected}")
+        model.tie_weights()
+        init_from = {"dir": src.name, "training_meta": json.loads((src / "training_meta.json").read_text())
+                     if (src / "training_meta.json").exists() else None}
     model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     n_embed = model.model.embed_tokens.weight.numel()
@@ -163,11 +192,16 @@ def main():
         step, tokens_seen, elapsed = ck["step"], ck["tokens_seen"], ck.get("elapsed", 0.0)
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {ck_path.name} at step {step} ({tokens_seen} tokens)")
-    autocast = dev.type == "cuda"
+    if args.precision == "auto":
+        autocast = dev.type == "cuda" or (dev.type == "cpu" and torch.backends.mkldnn.is_available()
+                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    else:
+        autocast = args.precision == "bf16"
     meta = {"preset": preset, "seed": args.seed, "batch_size": bs, "seq_len": seq_len, "peak_lr": peak,
             "warmup_steps": warmup, "total_steps": total_steps, "params": n_params,
             "non_embedding_params": n_params - n_embed, "device": str(dev), "threads": threads,
-            "data_rows": data.n, "data_tokens": data.n * (seq_len + 1)}
+            "data_rows": data.n, "data_tokens": data.n * (seq_len + 1),
+            "precision": "bf16 autocast" if autocast else "fp32", "init_from": init_from}
     log(f"config {json.dumps(meta)}")
 
     def save():
@@ -186,6 +220,8 @@ def main():
         model.train()
         return sum(ls) / len(ls)
 
+    if init_from and step == 0:
+        log(f"initialised from {args.init_from}: val_loss {val_loss():.4f}")
     model.train()
     t_last, tok_last = time.time(), 0
     stop_at = total_steps if args.max_steps is None else min(total_steps, step + args.max_steps)
