@@ -1,14 +1,15 @@
 //! Prefill and decode throughput of the engine on a checkpoint.
 //!
 //! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompts 128,512,1500]
-//!     [--decode 32] [--batches 1,8,32] [--reps 5] [--weights f32|bf16|q8] [--latency]
+//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8] [--latency]
 //!
 //! Prints one JSON object per measurement: tokens/s as min / median / max over `--reps`
 //! repeats, and at the end the process's peak RSS. `--latency` adds the suggestion-latency
 //! figures: time to the first token of a cold 1500-token prompt, of a warm one (8 new tokens
 //! after a cached 1500-token prefix, as the prefix cache serves a keystroke), and 32 decode
-//! steps. Token ids are drawn deterministically from the vocabulary, so no tokenizer work is
-//! timed.
+//! steps. Decode runs `--batches` sequences of `--context` prompt tokens each (prefilled, not
+//! timed); `--prompts 0` skips the prefill figures. Token ids are drawn deterministically from
+//! the vocabulary, so no tokenizer work is timed.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,7 +61,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(model) = arg(&args, "--model") else {
         eprintln!(
-            "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--reps 5] \
+            "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] \
              [--weights f32|bf16|q8] [--latency]"
         );
         return;
@@ -69,6 +70,7 @@ fn main() {
     let steps: usize = arg(&args, "--decode").and_then(|s| s.parse().ok()).unwrap_or(32);
     let reps: usize = arg(&args, "--reps").and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
     let batches = list(&args, "--batches", "1,8");
+    let context: usize = arg(&args, "--context").and_then(|s| s.parse().ok()).unwrap_or(128).max(1);
     let format: Option<WeightFormat> =
         arg(&args, "--weights").map(|s| s.parse().unwrap_or_else(|e: String| panic!("{e}")));
     let ckpt = Checkpoint::load_as(&PathBuf::from(&model), format).unwrap_or_else(|e| panic!("{e}"));
@@ -96,7 +98,7 @@ fn main() {
     pool.release(&mut s);
 
     // Prefill: one prompt of each length (time to the last position's logits).
-    for &n in &prompts {
+    for &n in prompts.iter().filter(|&&n| n > 0) {
         let p = tokens(n, vocab, 0);
         let rates = (0..reps)
             .map(|_| {
@@ -111,13 +113,13 @@ fn main() {
         report("prefill", 1, n, rates);
     }
 
-    // Decode: `b` sequences with 128-token prompts, then `steps` batched greedy steps.
+    // Decode: `b` sequences with `context`-token prompts, then `steps` batched greedy steps.
     for &b in &batches {
         let rates = (0..reps)
             .map(|_| {
                 let mut seqs: Vec<SeqKv> = (0..b).map(|_| SeqKv::default()).collect();
                 for (i, s) in seqs.iter_mut().enumerate() {
-                    prefill(m, &mut pool, s, &tokens(128, vocab, i + 1));
+                    prefill(m, &mut pool, s, &tokens(context, vocab, i + 1));
                 }
                 let t = Instant::now();
                 decode(m, &mut pool, &mut seqs, (0..b).map(|i| (i as u32 * 31 + 7) % vocab as u32).collect(), steps);

@@ -30,6 +30,9 @@ pub const Q8_GROUP: usize = 32;
 const GEMM_MIN_ROWS: usize = 16;
 /// Most input rows the streaming kernels take (their stack buffers' size).
 const FEW_ROWS_MAX: usize = GEMM_MIN_ROWS;
+/// Input rows from which q8 products use the AVX-512 VNNI kernel where the CPU has it: with
+/// fewer, preparing each pair of weight groups costs more than the kernel saves (BENCHMARKS.md).
+const VNNI_MIN_ROWS: usize = 8;
 
 /// Input rows of a bf16 product that go to the native bf16 kernels (AVX-512 BF16) when they are
 /// switched on (`GHOSTLINE_BF16_NATIVE=1`): from 8 (one row measured slower than the widening
@@ -248,9 +251,11 @@ impl Matrix {
         let (k, n) = (self.cols, self.rows);
         assert!(m <= FEW_ROWS_MAX, "matmul_few_rows: {m} rows");
         let kern = kernels();
-        let xq = match &self.data {
-            Data::Q8(_) => quantize_rows(&x[..m * k]),
-            _ => Vec::new(),
+        let vnni = kern.dots_q8_vnni.filter(|_| m >= VNNI_MIN_ROWS);
+        let (xq, xv) = match (&self.data, vnni) {
+            (Data::Q8(_), Some(_)) => (Vec::new(), Some(VnniRows::new(&x[..m * k], k))),
+            (Data::Q8(_), None) => (quantize_rows(&x[..m * k]), None),
+            _ => (Vec::new(), None),
         };
         let out = SyncPtr(y.as_mut_ptr());
         // Several input rows: two weight rows at a time (f32, bf16), so each input vector
@@ -261,13 +266,26 @@ impl Matrix {
             if let Data::Q8(w) = &self.data {
                 // The task's weight rows in one call (a q8 row of a small model is only a few
                 // groups, so a call per row would cost as much as its arithmetic).
-                let g = k / Q8_GROUP;
-                let mut buf = [0f32; COLS * FEW_ROWS_MAX];
-                (kern.dots_q8)(&xq, m, &w[r0 * g..r1 * g], g, &mut buf);
-                for (r, o) in buf[..(r1 - r0) * m].chunks_exact(m).enumerate() {
-                    // SAFETY: as below.
-                    unsafe { out.write_column(n, r0 + r, o) };
+                thread_local! {
+                    static BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
                 }
+                let g = k / Q8_GROUP;
+                BUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    // Every element the kernel reads back it writes first: no zeroing per call.
+                    if b.len() < COLS * m {
+                        b.resize(COLS * m, 0.0);
+                    }
+                    let buf = &mut b[..(r1 - r0) * m];
+                    match (&xv, vnni) {
+                        (Some(xv), Some(vnni)) => vnni(xv, m, &w[r0 * g..r1 * g], g, buf),
+                        _ => (kern.dots_q8)(&xq, m, &w[r0 * g..r1 * g], g, buf),
+                    }
+                    for (r, o) in buf.chunks_exact(m).enumerate() {
+                        // SAFETY: as below.
+                        unsafe { out.write_column(n, r0 + r, o) };
+                    }
+                });
                 return;
             }
             let mut acc = [[0f32; FEW_ROWS_MAX]; 2];
@@ -388,6 +406,38 @@ fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
     out
 }
 
+/// Input rows prepared for the AVX-512 VNNI q8 kernel: the values quantized exactly as
+/// [`quantize_rows`] does, stored biased to u8 (`q + 128`, what `vpdpbusd` multiplies), and each
+/// pair of groups' two scales spread over the 8 lanes that hold that group's sums.
+pub(crate) struct VnniRows {
+    q: Vec<u8>,
+    d: Vec<f32>,
+    k: usize,
+    pairs: usize,
+}
+
+impl VnniRows {
+    fn new(x: &[f32], k: usize) -> VnniRows {
+        let (m, g) = (x.len() / k, k / Q8_GROUP);
+        let pairs = g.div_ceil(2);
+        // 64 bytes of padding: an odd last group is read as a whole pair (its weights are zero).
+        let mut q = vec![128u8; m * k + 64];
+        let mut d = vec![0f32; m * pairs * 16];
+        for (i, row) in x.chunks_exact(k).enumerate() {
+            for (b, grp) in row.chunks_exact(Q8_GROUP).enumerate() {
+                let amax = grp.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                for (o, &v) in q[i * k + b * Q8_GROUP..][..Q8_GROUP].iter_mut().zip(grp) {
+                    *o = (round_i8(v * inv) as i16 + 128) as u8;
+                }
+                let at = (i * pairs + b / 2) * 16 + (b % 2) * 8;
+                d[at..at + 8].fill(amax / 127.0);
+            }
+        }
+        VnniRows { q, d, k, pairs }
+    }
+}
+
 /// Rounds half away from zero, as `f32::round`, for |v| <= 127.5 (without a libm call, which
 /// is what `round` is without SSE4.1, so the loops around it vectorise).
 #[inline]
@@ -410,6 +460,8 @@ type Dots2Bf16 = fn(&[f32], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
 /// `out[r * m + i] = xq_i · w_r` for `m` quantized rows and each weight row `w_r` of `w`, all
 /// of `g` groups.
 type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], usize, &mut [f32]);
+/// [`DotsQ8`] on input rows prepared for AVX-512 VNNI.
+type DotsQ8Vnni = fn(&VnniRows, usize, &[BlockQ8], usize, &mut [f32]);
 /// Like [`Dots2Bf16`] with the input rows in bf16 too.
 type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
 
@@ -419,6 +471,8 @@ struct Kernels {
     dots2_f32: Dots2F32,
     dots2_bf16: Dots2Bf16,
     dots_q8: DotsQ8,
+    /// Where the CPU has AVX-512 VNNI: q8 products two groups per instruction.
+    dots_q8_vnni: Option<DotsQ8Vnni>,
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     dots2_bf16_native: Option<Dots2Bf16Native>,
 }
@@ -458,6 +512,11 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     // The AVX2 q8 kernel: the same loop on 256-bit VNNI (`vpdpbusd` in place of
                     // `maddubs` + `madd`) measured 8-13 % slower here (BENCHMARKS.md).
                     dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
+                    dots_q8_vnni: if has!("avx512vnni") {
+                        Some(|x, m, w, g, o| unsafe { x86v4::dots_q8_vnni(x, m, w, g, o) })
+                    } else {
+                        None
+                    },
                     dots2_bf16_native: if has!("avx512bf16") {
                         Some(|x, m, w0, w1, o0, o1| unsafe { x86v4::dots2_bf16_native(x, m, w0, w1, o0, o1) })
                     } else {
@@ -475,6 +534,7 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     dots2_f32: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_f32(x, m, w0, w1, o0, o1) },
                     dots2_bf16: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_bf16(x, m, w0, w1, o0, o1) },
                     dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
+                    dots_q8_vnni: None,
                     dots2_bf16_native: None,
                 },
             ));
@@ -497,6 +557,7 @@ fn portable_kernels() -> Kernels {
             portable::dots_bf16(x, m, w1, o1);
         },
         dots_q8: portable::dots_q8,
+        dots_q8_vnni: None,
         dots2_bf16_native: None,
     }
 }
@@ -749,6 +810,8 @@ mod x86 {
 mod x86v4 {
     use std::arch::x86_64::*;
 
+    use super::{BlockQ8, VnniRows, Q8_GROUP};
+
     /// A weight element type widened to sixteen f32 lanes.
     trait Lanes16: Copy {
         unsafe fn load(p: *const Self) -> __m512;
@@ -781,6 +844,67 @@ mod x86v4 {
         "avx512f,avx512bw,avx512vl,avx2,fma,f16c", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
         _mm512_add_ps, _mm512_reduce_add_ps, Lanes16
     );
+
+    /// q8 weight rows against input rows prepared by [`VnniRows`], a pair of weight rows and up
+    /// to four input rows at a time: per pair of groups (64 bytes), `vpdpbusd` multiplies the
+    /// biased u8 inputs by the i8 weights into 16 i32 sums, starting from -128 · Σw (which takes
+    /// the bias back out); then to f32, times both groups' scales, into the f32 sums.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dots_q8_vnni(x: &VnniRows, m: usize, w: &[BlockQ8], g: usize, out: &mut [f32]) {
+        let rows = w.len() / g;
+        assert!(x.k == g * Q8_GROUP && x.q.len() >= m * x.k + 64 && x.d.len() >= m * x.pairs * 16);
+        assert!(out.len() >= m * rows);
+        for r in (0..rows).step_by(2) {
+            // An odd last row goes through as both rows of the pair and is written once.
+            let r1 = (r + 1).min(rows - 1);
+            let (w0, w1) = (&w[r * g..(r + 1) * g], &w[r1 * g..(r1 + 1) * g]);
+            by_fours!(m, q8_vnni_r, x, w0, w1, m, &mut out[r * m..(r1 + 1) * m]);
+        }
+    }
+
+    /// One weight row's pair of groups `b`, `b + 1` (the second zero past the row's end): the
+    /// 64 weights, their two scales spread over 8 lanes each, and -128 · Σw per lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_pair(w: &[BlockQ8], b: usize) -> (__m512i, __m512, __m512i) {
+        let lo = _mm256_loadu_si256(w[b].q.as_ptr() as *const __m256i);
+        let (hi, d1) = match w.get(b + 1) {
+            Some(n) => (_mm256_loadu_si256(n.q.as_ptr() as *const __m256i), n.d),
+            None => (_mm256_setzero_si256(), 0),
+        };
+        let wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        let dh = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(w[b].d as i16)), _mm_set1_epi16(d1 as i16), 1);
+        let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv);
+        (wv, _mm512_cvtph_ps(dh), _mm512_sub_epi32(_mm512_setzero_si512(), bias))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_vnni_r<const R: usize>(i: usize, x: &VnniRows, w0: &[BlockQ8], w1: &[BlockQ8], m: usize, out: &mut [f32]) {
+        let (k, pairs) = (x.k, x.pairs);
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        for p in 0..pairs {
+            let (wv0, sw0, nb0) = q8_pair(w0, 2 * p);
+            let (wv1, sw1, nb1) = q8_pair(w1, 2 * p);
+            for l in 0..R {
+                let row = i + l;
+                let xv = _mm512_loadu_si512(x.q.as_ptr().add(row * k + 2 * p * Q8_GROUP) as *const _);
+                let sx = _mm512_loadu_ps(x.d.as_ptr().add((row * pairs + p) * 16));
+                let d0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nb0, xv, wv0));
+                let d1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nb1, xv, wv1));
+                a0[l] = _mm512_fmadd_ps(d0, _mm512_mul_ps(sw0, sx), a0[l]);
+                a1[l] = _mm512_fmadd_ps(d1, _mm512_mul_ps(sw1, sx), a1[l]);
+            }
+        }
+        let two = out.len() >= 2 * m;
+        for l in 0..R {
+            out[i + l] = _mm512_reduce_add_ps(a0[l]);
+            if two {
+                out[m + i + l] = _mm512_reduce_add_ps(a1[l]);
+            }
+        }
+    }
 
     /// bf16 input rows against two bf16 weight rows: `vdpbf16ps` multiplies 32 bf16 pairs per
     /// instruction into 16 f32 sums; the tail of a row is read with a mask (zeros past the end).
@@ -895,7 +1019,7 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree() {
-        for (k, m) in [(157, 5), (160, 1), (160, 2), (160, 3), (160, 4), (160, 5), (160, 6), (160, 7), (160, 8), (160, 9), (200, 3), (224, 5)] {
+        for (k, m) in [(157, 5), (160, 1), (160, 2), (160, 3), (160, 4), (160, 5), (160, 6), (160, 7), (160, 8), (160, 9), (200, 3), (224, 5), (256, 4), (256, 6), (64, 13)] {
             let x = data(m * k, 4);
             let w = data(k, 5);
             let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
@@ -930,6 +1054,17 @@ mod tests {
                     (kern.dots_q8)(&xq, m, &wq2, g, &mut a2);
                     portable::dots_q8(&xq, m, &wq2, g, &mut b2);
                     assert!(rel_err(&a2, &b2) < 1e-6, "q8 two rows {m_name}");
+                    if let Some(vnni) = kern.dots_q8_vnni {
+                        // Odd and even numbers of weight rows and of groups.
+                        let xv = VnniRows::new(&x, k);
+                        let wq3: Vec<BlockQ8> = wq2.iter().chain(&wq).copied().collect();
+                        let (mut a3, mut b3) = (vec![0f32; 3 * m], vec![0f32; 3 * m]);
+                        vnni(&xv, m, &wq3, g, &mut a3);
+                        portable::dots_q8(&xq, m, &wq3, g, &mut b3);
+                        assert!(rel_err(&a3, &b3) < 1e-6, "q8 vnni three rows {m_name}");
+                        vnni(&xv, m, &wq2, g, &mut a2);
+                        assert!(rel_err(&a2, &b2) < 1e-6, "q8 vnni two rows {m_name}");
+                    }
                     (kern.dots_q8)(&xq, m, &wq, g, &mut a);
                     portable::dots_q8(&xq, m, &wq, g, &mut b);
                     assert!(rel_err(&a, &b) < 1e-6, "q8 {m_name}");
