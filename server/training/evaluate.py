@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Score a model on the held-out FIM benchmark (eval/fim_{python,rust}.jsonl).
 
-Metrics per language and kind (single-line / multi-line infilling):
+Metrics per language and kind (single-line / multi-line / mid-statement infilling; mid-statement
+cases are scored as single-line ones):
   EM     exact match of the completion with the removed text (surrounding whitespace ignored)
   ES     edit similarity, 1 - Levenshtein(completion, reference) / max(len), in [0, 1]
   parse  share of completions that add no syntax error: tree-sitter error nodes (ERROR or
@@ -170,7 +171,7 @@ def main():
     ap.add_argument("--api-key", default=os.environ.get("GHOSTLINE_API_KEY"))
     ap.add_argument("--data", default=str(HERE / "eval"))
     ap.add_argument("--languages", default="python,rust")
-    ap.add_argument("--kinds", default="single,multi")
+    ap.add_argument("--kinds", default="single,multi,mid")
     ap.add_argument("--limit", type=int, default=None, help="first N cases per language and kind")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="single-line cases")
     ap.add_argument("--max-new-tokens-multi", type=int, default=96, help="multi-line cases")
@@ -197,7 +198,7 @@ def main():
             em = es = ok = 0
             lat = []
             for c in sel:
-                single = kind == "single"
+                single = kind in ("single", "mid")
                 t0 = time.time()
                 comp = backend.complete(c["prefix"], c["suffix"], single,
                                         args.max_new_tokens if single else args.max_new_tokens_multi)

@@ -7,7 +7,11 @@ entered tokenizer or model training:
   single  one line of a function body removed; the prefix ends at the line's
           indentation, the middle is the rest of that line (no newline), the suffix
           starts with the newline;
-  multi   2-4 consecutive lines of one function body removed, same borders.
+  multi   2-4 consecutive lines of one function body removed, same borders;
+  mid     the single-line cases again with the cursor inside the statement: the prefix
+          also holds the start of the line up to a word border (after `=`, `(`, `[`, `,`,
+          `.`, `:` or a space, with at least 3 visible characters on each side), the middle
+          is the rest of the line, as when the developer has typed part of it.
 
 Comment-only lines, blank lines and lines with fewer than 4 non-blank characters
 (a lone `}` or `)`) are not chosen as the first/only removed line.  Prefixes are cut to
@@ -156,12 +160,23 @@ def main():
                             per_source[src] += 1
                             progress = True
                             break
+        # Mid-statement cases from the single-line ones, with an RNG of their own so that the
+        # single and multi cases stay as they were.
+        mrng = random.Random(f"{args.seed}:{lang}:mid")
+        cases["mid"] = []
+        for c in cases["single"]:
+            m = c["middle"]
+            cuts = [k + 1 for k, ch in enumerate(m[:-1]) if ch in "=([,.: "
+                    and len(m[:k + 1].strip()) >= 3 and len(m[k + 1:].strip()) >= 3]
+            if cuts:
+                k = mrng.choice(cuts)
+                cases["mid"].append({**c, "kind": "mid", "prefix": c["prefix"] + m[:k], "middle": m[k:]})
         with open(out / f"fim_{lang}.jsonl", "w") as f:
-            for kind in ("single", "multi"):
+            for kind in ("single", "multi", "mid"):
                 for n, c in enumerate(cases[kind]):
                     c = {"id": f"{lang}-{kind}-{n:04d}", **c}
                     f.write(json.dumps(c) + "\n")
-        print(f"{lang}: single {len(cases['single'])}, multi {len(cases['multi'])}, "
+        print(f"{lang}: single {len(cases['single'])}, multi {len(cases['multi'])}, mid {len(cases['mid'])}, "
               f"files used {len({c['path'] for k in cases for c in cases[k]})}")
 
 
