@@ -140,14 +140,13 @@ def main():
     meta.update({"step": ck["step"], "tokens_seen": ck["tokens_seen"], "train_time_s": round(ck.get("elapsed", 0))})
     val = Path(args.val)
     if val.exists():
-        # The validation loss of the exported checkpoint, in fp32, as train.py reports it.
+        # The validation loss of the exported checkpoint, in fp32, with train.py's loss.
         import numpy as np
-        import torch.nn.functional as F
+        from train import loss_fn
         rows = torch.from_numpy(np.load(val).astype(np.int64))
         model.eval()
         with torch.no_grad():
-            ls = [F.cross_entropy(model(input_ids=b[:, :-1], use_cache=False).logits.float().flatten(0, 1),
-                                  b[:, 1:].flatten()).item() for b in rows.split(8)]
+            ls = [loss_fn(model, b, torch.device("cpu"), False).item() for b in rows.split(8)]
         meta["final_val_loss"] = round(sum(ls) / len(ls), 4)
     rep = export(model, args.tokenizer_dir, args.out, meta)
     json.dump(rep, sys.stdout, indent=1)

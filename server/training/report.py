@@ -36,6 +36,8 @@ def main():
         tps = m["tokens_seen"] / max(1, secs)
         prec = m.get("precision", "fp32")
         prev = (m.get("init_from") or {}).get("training_meta")
+        val_row = (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
+                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else "")
         run = (
             f"AdamW (beta 0.9/0.95, weight decay 0.1), peak learning rate {m['peak_lr']:g}, "
             f"{m['warmup_steps']} warmup steps then cosine decay to 10 %, batch {m['batch_size']} x "
@@ -55,16 +57,14 @@ def main():
                 f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
                 f"| training time | stage 2: {secs / 60:.0f} minutes of step time (average {tps:.0f} tokens/s); "
                 f"stage 1: {psecs / 60:.0f} minutes |\n"
-                + (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
-                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else ""))
+                + val_row)
         else:
             body = (
                 f"{run} (`python3 train.py --device {m['device'].split(':')[0]}`).\n\n"
                 f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
                 f"| training time | {secs / 60:.0f} minutes of step time "
                 f"(average {tps:.0f} tokens/s) |\n"
-                + (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
-                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else ""))
+                + val_row)
         card = replace(card, "train", body)
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())

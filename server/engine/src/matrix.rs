@@ -251,11 +251,12 @@ impl Matrix {
         let (k, n) = (self.cols, self.rows);
         assert!(m <= FEW_ROWS_MAX, "matmul_few_rows: {m} rows");
         let kern = kernels();
-        let vnni = kern.dots_q8_vnni.filter(|_| m >= VNNI_MIN_ROWS);
-        let (xq, xv) = match (&self.data, vnni) {
-            (Data::Q8(_), Some(_)) => (Vec::new(), Some(VnniRows::new(&x[..m * k], k))),
-            (Data::Q8(_), None) => (quantize_rows(&x[..m * k]), None),
-            _ => (Vec::new(), None),
+        let xq = match &self.data {
+            Data::Q8(_) => Some(match kern.dots_q8_vnni.filter(|_| m >= VNNI_MIN_ROWS) {
+                Some(vnni) => QuantRows::Vnni(VnniRows::new(&x[..m * k], k), vnni),
+                None => QuantRows::Blocks(quantize_rows(&x[..m * k])),
+            }),
+            _ => None,
         };
         let out = SyncPtr(y.as_mut_ptr());
         // Several input rows: two weight rows at a time (f32, bf16), so each input vector
@@ -263,7 +264,7 @@ impl Matrix {
         let pairs = m > 1 && !matches!(self.data, Data::Q8(_));
         pool().run(n.div_ceil(COLS), &|c| {
             let (r0, r1) = (c * COLS, ((c + 1) * COLS).min(n));
-            if let Data::Q8(w) = &self.data {
+            if let (Data::Q8(w), Some(xq)) = (&self.data, &xq) {
                 // The task's weight rows in one call (a q8 row of a small model is only a few
                 // groups, so a call per row would cost as much as its arithmetic).
                 thread_local! {
@@ -277,9 +278,10 @@ impl Matrix {
                         b.resize(COLS * m, 0.0);
                     }
                     let buf = &mut b[..(r1 - r0) * m];
-                    match (&xv, vnni) {
-                        (Some(xv), Some(vnni)) => vnni(xv, m, &w[r0 * g..r1 * g], g, buf),
-                        _ => (kern.dots_q8)(&xq, m, &w[r0 * g..r1 * g], g, buf),
+                    let w = &w[r0 * g..r1 * g];
+                    match xq {
+                        QuantRows::Vnni(xv, vnni) => vnni(xv, m, w, g, buf),
+                        QuantRows::Blocks(xb) => (kern.dots_q8)(xb, m, w, g, buf),
                     }
                     for (r, o) in buf.chunks_exact(m).enumerate() {
                         // SAFETY: as below.
@@ -396,14 +398,27 @@ fn quantize_group(g: &[f32]) -> BlockQ8 {
 fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
     let mut out = vec![BLOCK_A_ZERO; x.len() / Q8_GROUP];
     for (b, g) in out.iter_mut().zip(x.chunks_exact(Q8_GROUP)) {
-        let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
-        b.d = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (q, &v) in b.q.iter_mut().zip(g) {
-            *q = round_i8(v * inv);
-        }
+        b.d = quantize_input_group(g, |t, q| b.q[t] = q);
     }
     out
+}
+
+/// Quantizes one group of 32 inputs symmetrically to i8, handing each value to `put`; returns
+/// the group's scale. Both input layouts ([`BlockQ8A`], [`VnniRows`]) quantize through here.
+#[inline]
+fn quantize_input_group(g: &[f32], mut put: impl FnMut(usize, i8)) -> f32 {
+    let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (t, &v) in g.iter().enumerate() {
+        put(t, round_i8(v * inv));
+    }
+    amax / 127.0
+}
+
+/// Input rows quantized for a q8 product, in the layout of the kernel that will take them.
+enum QuantRows {
+    Blocks(Vec<BlockQ8A>),
+    Vnni(VnniRows, DotsQ8Vnni),
 }
 
 /// Input rows prepared for the AVX-512 VNNI q8 kernel: the values quantized exactly as
@@ -425,16 +440,31 @@ impl VnniRows {
         let mut d = vec![0f32; m * pairs * 16];
         for (i, row) in x.chunks_exact(k).enumerate() {
             for (b, grp) in row.chunks_exact(Q8_GROUP).enumerate() {
-                let amax = grp.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                for (o, &v) in q[i * k + b * Q8_GROUP..][..Q8_GROUP].iter_mut().zip(grp) {
-                    *o = (round_i8(v * inv) as i16 + 128) as u8;
-                }
+                let qg = &mut q[i * k + b * Q8_GROUP..][..Q8_GROUP];
+                let scale = quantize_input_group(grp, |t, v| qg[t] = (v as i16 + 128) as u8);
                 let at = (i * pairs + b / 2) * 16 + (b % 2) * 8;
-                d[at..at + 8].fill(amax / 127.0);
+                d[at..at + 8].fill(scale);
             }
         }
         VnniRows { q, d, k, pairs }
+    }
+}
+
+/// A stored weight element as f32 (the scalar tails of the SIMD kernels).
+trait Weight: Copy {
+    fn to_f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for u16 {
+    /// bf16: the 16 bits are the high half of an f32.
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
     }
 }
 
@@ -447,7 +477,7 @@ fn round_i8(v: f32) -> i8 {
 
 fn widen_bf16(src: &[u16], out: &mut [f32]) {
     for (o, &b) in out.iter_mut().zip(src) {
-        *o = f32::from_bits((b as u32) << 16);
+        *o = b.to_f32();
     }
 }
 
@@ -735,11 +765,10 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// A weight element type the kernels widen to f32 lanes.
-    trait Lanes: Copy {
+    trait Lanes: super::Weight {
         /// Eight weights from `p` as f32 lanes (implementations enable the kernels' target
         /// features, or the intrinsics would not inline).
         unsafe fn load(p: *const Self) -> __m256;
-        fn to_f32(self) -> f32;
     }
 
     impl Lanes for f32 {
@@ -747,9 +776,6 @@ mod x86 {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn load(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
-        }
-        fn to_f32(self) -> f32 {
-            self
         }
     }
 
@@ -759,9 +785,6 @@ mod x86 {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn load(p: *const u16) -> __m256 {
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
-        }
-        fn to_f32(self) -> f32 {
-            f32::from_bits((self as u32) << 16)
         }
     }
 
@@ -813,9 +836,8 @@ mod x86v4 {
     use super::{BlockQ8, VnniRows, Q8_GROUP};
 
     /// A weight element type widened to sixteen f32 lanes.
-    trait Lanes16: Copy {
+    trait Lanes16: super::Weight {
         unsafe fn load(p: *const Self) -> __m512;
-        fn to_f32(self) -> f32;
     }
 
     impl Lanes16 for f32 {
@@ -824,9 +846,6 @@ mod x86v4 {
         unsafe fn load(p: *const f32) -> __m512 {
             _mm512_loadu_ps(p)
         }
-        fn to_f32(self) -> f32 {
-            self
-        }
     }
 
     impl Lanes16 for u16 {
@@ -834,9 +853,6 @@ mod x86v4 {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         unsafe fn load(p: *const u16) -> __m512 {
             _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16))
-        }
-        fn to_f32(self) -> f32 {
-            f32::from_bits((self as u32) << 16)
         }
     }
 
