@@ -159,6 +159,9 @@ def main():
     if args.init_from:
         from safetensors.torch import load_file
         src = Path(args.init_from)
+        missing = [f for f in ("config.json", "tokenizer.json", "model.safetensors") if not (src / f).is_file()]
+        if missing:
+            raise SystemExit(f"--init-from {src}: not an exported model directory (missing {', '.join(missing)})")
         src_cfg = json.loads((src / "config.json").read_text())
         for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads", "num_key_value_heads"):
