@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use ghostline_engine::{Backend, Checkpoint, Device, SamplingParams, Tokenizer, WeightFormat};
+use ghostline_engine::{Backend, Checkpoint, Device, KvDtype, SamplingParams, Tokenizer, WeightFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
 
@@ -178,6 +178,9 @@ struct ServeArgs {
     /// slightly less exact). Default: the checkpoint's own precision (bf16 or f32).
     #[arg(long, env = "GHOSTLINE_WEIGHTS")]
     weights: Option<String>,
+    /// How the CPU backend stores the KV cache: f16 (default; half the memory) or f32.
+    #[arg(long, env = "GHOSTLINE_KV_CACHE")]
+    kv_cache: Option<String>,
     /// Seconds running streams get to finish after SIGTERM.
     #[arg(long, env = "GHOSTLINE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
@@ -248,6 +251,7 @@ struct FileConfig {
     max_tokens_limit: Option<u32>,
     threads: Option<usize>,
     weights: Option<String>,
+    kv_cache: Option<String>,
     shutdown_grace_secs: Option<u64>,
     redis: Option<String>,
     database: Option<String>,
@@ -275,7 +279,7 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     }
     fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
         prefix_cache, typeahead_entries, fim_template, max_body_bytes, max_tokens_limit, threads,
-        weights, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
+        weights, kv_cache, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
         rate_limit_burst_secs, redact_secrets, telemetry_backlog);
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
     a.open_metrics |= f.open_metrics.unwrap_or(false);
@@ -367,7 +371,7 @@ fn main() -> anyhow::Result<()> {
                 ckpt.model.num_params() as f64 / 1e6,
                 t0.elapsed().as_secs_f64()
             );
-            let mut pool = ckpt.kv_pool(256 << 20);
+            let mut pool = ckpt.kv_pool_as(256 << 20, KvDtype::default());
             let mut params = ckpt.default_params(max_tokens);
             params.sampling = SamplingParams { temperature, top_k, top_p, seed };
             params.stop = stop;
@@ -424,6 +428,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
     let weights = a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
+    let kv_dtype = a.kv_cache.as_deref().map(str::parse::<KvDtype>).transpose().map_err(anyhow::Error::msg)?;
     let backend = Backend::load_as(&dir, device, weights)
         .with_context(|| format!("loading model {} on {device}", dir.display()))?;
     let backend_desc = backend.describe();
@@ -443,7 +448,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     fim_stop_ids.sort_unstable();
     fim_stop_ids.dedup();
     let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
-    let pool = backend.kv_pool(kv_bytes).context("allocating the KV cache")?;
+    let pool = backend.kv_pool_as(kv_bytes, kv_dtype.unwrap_or_default()).context("allocating the KV cache")?;
+    let kv_name = pool.host_dtype().map_or("device", KvDtype::name);
     tracing::info!(
         model = %dir.display(),
         name = %model_name,
@@ -451,6 +457,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         params_m = backend.num_params() as f64 / 1e6,
         fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
         kv_blocks = pool.max_blocks(),
+        kv_cache = kv_name,
         load_s = t0.elapsed().as_secs_f64(),
         "model loaded"
     );
@@ -484,7 +491,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     // Outputs depend on the weights' format and the device too, so cached answers do.
     let model_identity =
-        format!("{model_name}@{}/{}", cache::model_digest(&dir).context("hashing the model files")?, backend_desc);
+        format!(
+        "{model_name}@{}/{}/kv-{}",
+        cache::model_digest(&dir).context("hashing the model files")?,
+        backend_desc,
+        kv_name
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

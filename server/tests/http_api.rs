@@ -232,16 +232,35 @@ fn every_weight_format_serves_and_an_unknown_one_is_refused() {
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
     assert_eq!(texts[0], texts[1], "f32 and bf16 storage of a bf16 checkpoint compute the same products");
+    let err = refused_startup(&["--weights", "q4"]);
+    assert!(err.contains("q4") && err.contains("bf16"), "{err}");
+}
+
+/// Starts the server on the bf16 fixture with extra flags that must stop it; its stderr.
+fn refused_startup(flags: &[&str]) -> String {
     let data = TempDir::new("data");
     let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
         .env("GHOSTLINE_DATA_DIR", data.path())
-        .args(["serve", "--addr", "127.0.0.1:0", "--weights", "q4", "--model"])
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(flags)
+        .arg("--model")
         .arg(fixture("qwen2-tied-bf16"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("q4") && err.contains("bf16"), "{err}");
+    assert!(!out.status.success(), "{flags:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn both_kv_cache_types_serve_and_an_unknown_one_is_refused() {
+    let body = json!({"prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 8, "temperature": 0.0});
+    for kv in ["f16", "f32"] {
+        let s = start("qwen2-tied-bf16", &["--cache-mb", "0", "--kv-cache", kv]);
+        let v = s.complete(body.clone());
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{kv}: {v}");
+    }
+    let err = refused_startup(&["--kv-cache", "int4"]);
+    assert!(err.contains("int4") && err.contains("f16 or f32"), "{err}");
 }
 
 #[test]

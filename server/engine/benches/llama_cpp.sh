@@ -19,6 +19,7 @@
 #   - decode of 32 tokens at batch 1 (llama-bench -n), and at batch 8 and 32 after 128-token
 #     prompts (llama-batched-bench -npl; ghostline: one batched forward per step);
 #   - peak RSS of each process (/usr/bin/time -f %M);
+#   (both engines keep the KV cache in f16, their defaults; KV=f32 runs ghostline's reference);
 #   - ghostline's latency figures (--latency): cold 1500-token prompt, warm prompt with 8 new
 #     tokens after a cached 1500-token prefix, 32 decode steps.
 # REPS repeats each (default 5); min / median / max per figure. Results: one JSON line per
@@ -93,7 +94,7 @@ for fmt in f32 bf16 q8; do
   done
   # ghostline.
   rss "ghostline-$fmt" env GHOSTLINE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$gl" --model "$dir" \
-    --weights "$fmt" --prompts 128,512,1500 --decode 32 --batches 1,8,32 --reps "$reps" --latency \
+    --weights "$fmt" --kv "${KV:-f16}" --prompts 128,512,1500 --decode 32 --batches 1,8,32 --reps "$reps" --latency \
     2>/dev/null >> "$results"
   python3 - "$tmp/lb-$fmt.json" "$tmp/lbb-$fmt.jsonl" "$gfmt" >> "$results" <<'EOF'
 import json, sys

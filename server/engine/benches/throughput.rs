@@ -1,7 +1,8 @@
 //! Prefill and decode throughput of the engine on a checkpoint.
 //!
 //! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompts 128,512,1500]
-//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8] [--latency]
+//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8]
+//!     [--kv f16|f32] [--latency]
 //!
 //! Prints one JSON object per measurement: tokens/s as min / median / max over `--reps`
 //! repeats, and at the end the process's peak RSS. `--latency` adds the suggestion-latency
@@ -9,12 +10,13 @@
 //! after a cached 1500-token prefix, as the prefix cache serves a keystroke), and 32 decode
 //! steps. Decode runs `--batches` sequences of `--context` prompt tokens each (prefilled, not
 //! timed); `--prompts 0` skips the prefill figures. Token ids are drawn deterministically from
-//! the vocabulary, so no tokenizer work is timed.
+//! the vocabulary, so no tokenizer work is timed. The KV cache is f16 unless `--kv f32`, as
+//! the server's.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ghostline_engine::{argmax, BatchItem, Checkpoint, KvPool, Logits, Model, SeqKv, WeightFormat};
+use ghostline_engine::{argmax, BatchItem, Checkpoint, KvDtype, KvPool, Logits, Model, SeqKv, WeightFormat};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -62,7 +64,7 @@ fn main() {
     let Some(model) = arg(&args, "--model") else {
         eprintln!(
             "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] \
-             [--weights f32|bf16|q8] [--latency]"
+             [--weights f32|bf16|q8] [--kv f16|f32] [--latency]"
         );
         return;
     };
@@ -77,9 +79,10 @@ fn main() {
     let m = &ckpt.model;
     let fmt = m.format;
     let vocab = m.config.vocab_size;
-    let mut pool = ckpt.kv_pool(1 << 30);
+    let kv: KvDtype = arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
+    let mut pool = ckpt.kv_pool_as(1 << 30, kv);
     eprintln!(
-        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), threads {}",
+        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, threads {}",
         m.num_params() as f64 / 1e6,
         m.weight_bytes() as f64 / 1e6,
         rayon::current_num_threads()
@@ -87,7 +90,7 @@ fn main() {
     let report = |phase: &str, batch: usize, tokens: usize, rates: Vec<f64>| {
         let (lo, med, hi) = stats(rates);
         println!(
-            "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"phase\":\"{phase}\",\"batch\":{batch},\"tokens\":{tokens},\
+            "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"phase\":\"{phase}\",\"batch\":{batch},\"tokens\":{tokens},\
              \"tok_per_s_min\":{lo:.1},\"tok_per_s\":{med:.1},\"tok_per_s_max\":{hi:.1}}}"
         );
     };
@@ -156,9 +159,9 @@ fn main() {
         for (what, v) in [("ttft_cold_1500", cold), ("ttft_warm_1500_plus_8", warm), ("decode_32", dec)] {
             let (lo, med, hi) = stats(v);
             println!(
-                "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"phase\":\"{what}\",\"ms_min\":{lo:.2},\"ms\":{med:.2},\"ms_max\":{hi:.2}}}"
+                "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"phase\":\"{what}\",\"ms_min\":{lo:.2},\"ms\":{med:.2},\"ms_max\":{hi:.2}}}"
             );
         }
     }
-    println!("{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"peak_rss_mib\":{:.1}}}", peak_rss_mib());
+    println!("{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"peak_rss_mib\":{:.1}}}", peak_rss_mib());
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::kv::{KvPool, KvShape};
+use crate::kv::{KvDtype, KvPool, KvShape};
 use crate::matrix::WeightFormat;
 use crate::model::{BatchItem, Logits, Model};
 use crate::sampling::{Rng, Sampler, SamplingParams};
@@ -198,12 +198,22 @@ impl Backend {
         }
     }
 
-    /// A KV pool for this model, as many blocks as `budget_bytes` holds, where the model can use it.
+    /// A KV pool for this model, as many blocks as `budget_bytes` holds, where the model can use
+    /// it: f16 blocks in host memory for the CPU backend ([`KvDtype::default`]).
     pub fn kv_pool(&self, budget_bytes: usize) -> Result<KvPool> {
+        self.kv_pool_as(budget_bytes, KvDtype::default())
+    }
+
+    /// As [`Backend::kv_pool`], with host blocks of the given type (the CUDA backend keeps its
+    /// own: the checkpoint's bf16 / f16).
+    pub fn kv_pool_as(&self, budget_bytes: usize, dtype: KvDtype) -> Result<KvPool> {
         match &self.inner {
-            Inner::Cpu(m) => Ok(KvPool::with_budget(m.kv_shape(crate::DEFAULT_BLOCK_SIZE), budget_bytes)),
+            Inner::Cpu(m) => Ok(KvPool::with_budget_as(m.kv_shape(crate::DEFAULT_BLOCK_SIZE), budget_bytes, dtype)),
             #[cfg(feature = "cuda")]
-            Inner::Cuda(m) => m.kv_pool(budget_bytes),
+            Inner::Cuda(m) => {
+                let _ = dtype;
+                m.kv_pool(budget_bytes)
+            }
         }
     }
 

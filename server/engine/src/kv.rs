@@ -7,10 +7,85 @@
 //! to a fixed number of blocks (the memory budget).
 //!
 //! The bookkeeping (block tables, reference counts, copy-on-write) is the same whichever
-//! backend runs the model; only where the blocks live differs: host memory (f32, allocated
-//! lazily) for the CPU backend, one device allocation (bf16 / f16) for the CUDA backend.
+//! backend runs the model; only where the blocks live differs: host memory (f16 or f32,
+//! allocated lazily) for the CPU backend, one device allocation (bf16 / f16) for the CUDA backend.
+
+use half::f16;
 
 use crate::error::{EngineError, Result};
+
+/// How host KV blocks store keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// f16: half the memory and the memory traffic of attention; 11 significant bits.
+    #[default]
+    F16,
+    /// f32: the reference.
+    F32,
+}
+
+impl KvDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F16 => 2,
+            KvDtype::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" | "fp16" | "float16" => Ok(KvDtype::F16),
+            "f32" | "fp32" | "float32" => Ok(KvDtype::F32),
+            other => Err(format!("unknown KV cache type {other:?}; use f16 or f32")),
+        }
+    }
+}
+
+/// One host block's keys and values, in the pool's [`KvDtype`].
+#[derive(Clone, Copy)]
+pub(crate) enum KvBlock<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// The element types of host blocks, to read a [`KvBlock`] as a typed slice.
+pub(crate) trait HostElem: crate::ops::KvElem {
+    /// The block's elements when it holds this type (an empty slice otherwise).
+    fn of(b: KvBlock<'_>) -> &[Self];
+}
+
+impl HostElem for f32 {
+    fn of(b: KvBlock<'_>) -> &[f32] {
+        match b {
+            KvBlock::F32(s) => s,
+            KvBlock::F16(_) => &[],
+        }
+    }
+}
+
+impl HostElem for f16 {
+    fn of(b: KvBlock<'_>) -> &[f16] {
+        match b {
+            KvBlock::F16(s) => s,
+            KvBlock::F32(_) => &[],
+        }
+    }
+}
 
 /// Index of a block in the pool.
 pub type BlockId = u32;
@@ -29,6 +104,7 @@ impl KvShape {
     pub fn block_floats(&self) -> usize {
         self.layers * 2 * self.kv_heads * self.block_size * self.head_dim
     }
+    /// Bytes of one block stored as f32.
     pub fn block_bytes(&self) -> usize {
         self.block_floats() * std::mem::size_of::<f32>()
     }
@@ -50,6 +126,8 @@ pub struct SeqKv {
 enum Storage {
     /// f32 blocks in host memory, allocated as they are first handed out.
     Host(Vec<Box<[f32]>>),
+    /// f16 blocks in host memory, likewise.
+    HostF16(Vec<Box<[f16]>>),
     /// All `max_blocks` blocks in one device allocation.
     #[cfg(feature = "cuda")]
     Device(crate::cuda::DeviceKv),
@@ -67,9 +145,18 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    /// A pool of at most `max_blocks` blocks of the given shape, in host memory.
+    /// A pool of at most `max_blocks` f32 blocks of the given shape, in host memory.
     pub fn new(shape: KvShape, max_blocks: usize) -> Self {
-        KvPool::with_storage(shape, max_blocks, Storage::Host(Vec::new()))
+        KvPool::new_as(shape, max_blocks, KvDtype::F32)
+    }
+
+    /// A pool of at most `max_blocks` blocks of the given shape and type, in host memory.
+    pub fn new_as(shape: KvShape, max_blocks: usize, dtype: KvDtype) -> Self {
+        let storage = match dtype {
+            KvDtype::F32 => Storage::Host(Vec::new()),
+            KvDtype::F16 => Storage::HostF16(Vec::new()),
+        };
+        KvPool::with_storage(shape, max_blocks, storage)
     }
 
     fn with_storage(shape: KvShape, max_blocks: usize, storage: Storage) -> Self {
@@ -88,18 +175,33 @@ impl KvPool {
     pub(crate) fn device(&self) -> Option<&crate::cuda::DeviceKv> {
         match &self.storage {
             Storage::Device(d) => Some(d),
-            Storage::Host(_) => None,
+            Storage::Host(_) | Storage::HostF16(_) => None,
         }
     }
 
     /// Whether the blocks live in host memory (the CPU backend's pools).
     pub fn is_host(&self) -> bool {
-        matches!(self.storage, Storage::Host(_))
+        self.host_dtype().is_some()
     }
 
-    /// A pool sized by a memory budget in bytes (at least one block).
+    /// How host blocks store keys and values (`None` for a device pool).
+    pub fn host_dtype(&self) -> Option<KvDtype> {
+        match self.storage {
+            Storage::Host(_) => Some(KvDtype::F32),
+            Storage::HostF16(_) => Some(KvDtype::F16),
+            #[cfg(feature = "cuda")]
+            Storage::Device(_) => None,
+        }
+    }
+
+    /// An f32 pool sized by a memory budget in bytes (at least one block).
     pub fn with_budget(shape: KvShape, bytes: usize) -> Self {
-        Self::new(shape, (bytes / shape.block_bytes().max(1)).max(1))
+        Self::with_budget_as(shape, bytes, KvDtype::F32)
+    }
+
+    /// A host pool of the given type sized by a memory budget in bytes (at least one block).
+    pub fn with_budget_as(shape: KvShape, bytes: usize, dtype: KvDtype) -> Self {
+        Self::new_as(shape, (bytes / (shape.block_floats() * dtype.bytes()).max(1)).max(1), dtype)
     }
 
     pub fn shape(&self) -> KvShape {
@@ -125,6 +227,7 @@ impl KvPool {
         if self.allocated < self.max_blocks {
             match &mut self.storage {
                 Storage::Host(blocks) => blocks.push(vec![0f32; self.shape.block_floats()].into_boxed_slice()),
+                Storage::HostF16(blocks) => blocks.push(vec![f16::ZERO; self.shape.block_floats()].into_boxed_slice()),
                 #[cfg(feature = "cuda")]
                 Storage::Device(_) => {} // allocated up front
             }
@@ -139,8 +242,11 @@ impl KvPool {
     fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<()> {
         match &mut self.storage {
             Storage::Host(blocks) => {
-                let data = blocks[src as usize].clone();
-                blocks[dst as usize].copy_from_slice(&data);
+                copy_host_block(blocks, src as usize, dst as usize);
+                Ok(())
+            }
+            Storage::HostF16(blocks) => {
+                copy_host_block(blocks, src as usize, dst as usize);
                 Ok(())
             }
             #[cfg(feature = "cuda")]
@@ -243,21 +349,47 @@ impl KvPool {
         seq.len = len;
     }
 
-    /// A host block's floats. A device pool has none (the backends never hand a device pool to
-    /// the CPU model): it answers an empty slice.
-    pub(crate) fn block(&self, id: BlockId) -> &[f32] {
+    /// A host block's keys and values. A device pool has none (the backends never hand a
+    /// device pool to the CPU model): it answers an empty slice.
+    pub(crate) fn block(&self, id: BlockId) -> KvBlock<'_> {
         match &self.storage {
-            Storage::Host(blocks) => &blocks[id as usize],
+            Storage::Host(blocks) => KvBlock::F32(&blocks[id as usize]),
+            Storage::HostF16(blocks) => KvBlock::F16(&blocks[id as usize]),
             #[cfg(feature = "cuda")]
-            Storage::Device(_) => &[],
+            Storage::Device(_) => KvBlock::F32(&[]),
         }
     }
-    pub(crate) fn block_mut(&mut self, id: BlockId) -> &mut [f32] {
+
+    /// Writes `src` into a host block from element `at` on, rounded to the pool's type.
+    pub(crate) fn write(&mut self, id: BlockId, at: usize, src: &[f32]) {
         match &mut self.storage {
-            Storage::Host(blocks) => &mut blocks[id as usize],
+            Storage::Host(blocks) => blocks[id as usize][at..at + src.len()].copy_from_slice(src),
+            Storage::HostF16(blocks) => {
+                for (d, &v) in blocks[id as usize][at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(v);
+                }
+            }
             #[cfg(feature = "cuda")]
-            Storage::Device(_) => &mut [],
+            Storage::Device(_) => {}
         }
+    }
+
+    /// Reads element `at` of a host block as f32 (tests and tools).
+    pub fn read(&self, id: BlockId, at: usize) -> f32 {
+        match self.block(id) {
+            KvBlock::F32(b) => b[at],
+            KvBlock::F16(b) => b[at].to_f32(),
+        }
+    }
+}
+
+/// Copies host block `s` into block `d` (`s != d`) without a temporary.
+fn copy_host_block<T: Copy>(blocks: &mut [Box<[T]>], s: usize, d: usize) {
+    let (lo, hi) = blocks.split_at_mut(s.max(d));
+    if s < d {
+        hi[0].copy_from_slice(&lo[s]);
+    } else {
+        lo[d].copy_from_slice(&hi[0]);
     }
 }
 
@@ -290,17 +422,43 @@ mod tests {
         let mut a = SeqKv::default();
         p.reserve(&mut a, 6).unwrap();
         a.len = 6;
-        p.block_mut(a.blocks[1])[0] = 7.0;
+        p.write(a.blocks[1], 0, &[7.0]);
         let mut b = p.fork(&a, 6);
         assert_eq!(p.ref_count(a.blocks[1]), 2);
         assert_eq!(p.blocks_needed(&b, 7), 1);
         p.reserve(&mut b, 7).unwrap();
         assert_ne!(a.blocks[1], b.blocks[1]);
         assert_eq!(a.blocks[0], b.blocks[0]);
-        assert_eq!(p.block(b.blocks[1])[0], 7.0);
+        assert_eq!(p.read(b.blocks[1], 0), 7.0);
         p.release(&mut a);
         p.release(&mut b);
         assert_eq!(p.used_blocks(), 0);
+    }
+
+    #[test]
+    fn f16_blocks_round_to_f16_copy_on_write_and_take_half_the_budget() {
+        let shape = KvShape { layers: 1, kv_heads: 1, head_dim: 2, block_size: 4 };
+        let p32 = KvPool::with_budget(shape, 8 * shape.block_bytes());
+        let mut p = KvPool::with_budget_as(shape, 8 * shape.block_bytes(), KvDtype::F16);
+        assert_eq!((p32.max_blocks(), p.max_blocks()), (8, 16));
+        assert_eq!(p.host_dtype(), Some(KvDtype::F16));
+        let mut a = SeqKv::default();
+        p.reserve(&mut a, 6).unwrap();
+        a.len = 6;
+        p.write(a.blocks[1], 1, &[1.0 / 3.0, -65504.0, 7.0]);
+        assert_eq!(p.read(a.blocks[1], 1), half::f16::from_f32(1.0 / 3.0).to_f32());
+        assert_eq!(p.read(a.blocks[1], 2), -65504.0);
+        let mut b = p.fork(&a, 6);
+        p.reserve(&mut b, 7).unwrap();
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        assert_eq!(p.read(b.blocks[1], 3), 7.0);
+        p.write(b.blocks[1], 3, &[8.0]);
+        assert_eq!(p.read(a.blocks[1], 3), 7.0);
+        p.release(&mut a);
+        p.release(&mut b);
+        assert_eq!(p.used_blocks(), 0);
+        assert_eq!("F16".parse::<KvDtype>(), Ok(KvDtype::F16));
+        assert!("int4".parse::<KvDtype>().unwrap_err().contains("f16 or f32"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use backend::{Backend, Device, Pick, Picker};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{EngineError, Result};
 pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
-pub use kv::{BlockId, KvPool, KvShape, SeqKv};
+pub use kv::{BlockId, KvDtype, KvPool, KvShape, SeqKv};
 pub use matrix::{Matrix, WeightFormat};
 pub use model::{default_format, BatchItem, Logits, Model};
 pub use sampling::{argmax, Sampler, SamplingParams};
@@ -70,9 +70,14 @@ impl Checkpoint {
         Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer })
     }
 
-    /// A KV pool for this model with the given memory budget in bytes.
+    /// An f32 KV pool (the reference) for this model with the given memory budget in bytes.
     pub fn kv_pool(&self, budget_bytes: usize) -> KvPool {
-        KvPool::with_budget(self.model.kv_shape(DEFAULT_BLOCK_SIZE), budget_bytes)
+        self.kv_pool_as(budget_bytes, KvDtype::F32)
+    }
+
+    /// A KV pool of the given type for this model with the given memory budget in bytes.
+    pub fn kv_pool_as(&self, budget_bytes: usize, dtype: KvDtype) -> KvPool {
+        KvPool::with_budget_as(self.model.kv_shape(DEFAULT_BLOCK_SIZE), budget_bytes, dtype)
     }
 
     /// Encodes `prompt` and generates a continuation (a convenience for tools and tests).

@@ -11,7 +11,9 @@ use std::path::Path;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::kv::{KvPool, KvShape, SeqKv};
+use half::f16;
+
+use crate::kv::{HostElem, KvDtype, KvPool, KvShape, SeqKv};
 use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
 use crate::ops;
 use crate::pool::pool as threads;
@@ -318,7 +320,7 @@ impl Model {
                 for j in 0..it.tokens.len() {
                     let r = starts[i] + j;
                     let pos = positions[r];
-                    let block = pool.block_mut(it.kv.blocks[pos / bs]);
+                    let bid = it.kv.blocks[pos / bs];
                     let slot = pos % bs;
                     let row = &qkv[r * qkv_dim..(r + 1) * qkv_dim];
                     for g in 0..nkv {
@@ -326,35 +328,57 @@ impl Model {
                         let v = &row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd];
                         let ko = shape.slab(li, 0, g) + slot * hd;
                         let vo = shape.slab(li, 1, g) + slot * hd;
-                        block[ko..ko + hd].copy_from_slice(k);
-                        block[vo..vo + hd].copy_from_slice(v);
+                        pool.write(bid, ko, k);
+                        pool.write(bid, vo, v);
                     }
                 }
             }
 
-            // Causal attention, one task per (sequence, query head).
+            // Causal attention: one task per (sequence, query head) for prompts, per (sequence,
+            // KV head) for decode steps, whose query heads then read each KV block once.
             let pool_ref: &KvPool = pool;
-            let tasks: Vec<(usize, usize)> = (0..items.len())
+            let group = nh / nkv;
+            let tasks: Vec<(usize, usize, usize)> = (0..items.len())
                 .filter(|&i| !items[i].tokens.is_empty())
-                .flat_map(|i| (0..nh).map(move |hh| (i, hh)))
+                .flat_map(|i| {
+                    let per = if items[i].tokens.len() >= PREFILL_GEMM_MIN { 1 } else { group };
+                    (0..nh).step_by(per).map(move |h0| (i, h0, per))
+                })
                 .collect();
             let items_ref: &[BatchItem<'_>] = items;
             let outs: Vec<Vec<f32>> = threads().map(tasks.len(), |ti| {
-                let (i, hh) = tasks[ti];
+                let (i, h0, heads) = tasks[ti];
                 let it = &items_ref[i];
-                let n = it.tokens.len();
-                let p0 = it.kv.len;
-                let g = hh / (nh / nkv);
-                if n >= PREFILL_GEMM_MIN {
-                    attend_prefill(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
-                } else {
-                    attend_decode(pool_ref, &it.kv.blocks, li, g, &qkv, starts[i], n, p0, hh, qkv_dim, scale)
+                let a = Attn {
+                    pool: pool_ref,
+                    blocks: &it.kv.blocks,
+                    li,
+                    g: h0 / group,
+                    qkv: &qkv,
+                    row0: starts[i],
+                    n: it.tokens.len(),
+                    p0: it.kv.len,
+                    h0,
+                    heads,
+                    qkv_dim,
+                    scale,
+                };
+                match (a.n >= PREFILL_GEMM_MIN, pool_ref.host_dtype()) {
+                    (true, Some(KvDtype::F16)) => attend_prefill::<f16>(&a),
+                    (true, _) => attend_prefill::<f32>(&a),
+                    (false, Some(KvDtype::F16)) => attend_decode::<f16>(&a),
+                    (false, _) => attend_decode::<f32>(&a),
                 }
             });
-            for (&(i, hh), out) in tasks.iter().zip(&outs) {
-                for j in 0..items[i].tokens.len() {
-                    let r = starts[i] + j;
-                    attn[r * q_dim + hh * hd..r * q_dim + (hh + 1) * hd].copy_from_slice(&out[j * hd..(j + 1) * hd]);
+            for (&(i, h0, heads), out) in tasks.iter().zip(&outs) {
+                let n = items[i].tokens.len();
+                for k in 0..heads {
+                    let hh = h0 + k;
+                    for j in 0..n {
+                        let r = starts[i] + j;
+                        attn[r * q_dim + hh * hd..r * q_dim + (hh + 1) * hd]
+                            .copy_from_slice(&out[(k * n + j) * hd..(k * n + j + 1) * hd]);
+                    }
                 }
             }
 
@@ -451,15 +475,15 @@ const MICRO_BATCH: usize = 512;
 const PREFILL_GEMM_MIN: usize = 8;
 
 /// One KV head's first `total` positions in a sequence's blocks: per block, the position of its
-/// first slot and its `[count][head_dim]` floats (`kv` 0 for keys, 1 for values).
-fn kv_slabs<'a>(
+/// first slot and its `[count][head_dim]` elements (`kv` 0 for keys, 1 for values).
+fn kv_slabs<'a, T: HostElem>(
     pool: &'a KvPool,
     blocks: &'a [u32],
     li: usize,
     kv: usize,
     g: usize,
     total: usize,
-) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
+) -> impl Iterator<Item = (usize, &'a [T])> + 'a {
     let shape = pool.shape();
     let (bs, hd, off) = (shape.block_size, shape.head_dim, shape.slab(li, kv, g));
     blocks
@@ -467,30 +491,54 @@ fn kv_slabs<'a>(
         .enumerate()
         .map(move |(b, &bid)| (b * bs, bid))
         .take_while(move |&(lo, _)| lo < total)
-        .map(move |(lo, bid)| (lo, &pool.block(bid)[off..off + bs.min(total - lo) * hd]))
+        .map(move |(lo, bid)| (lo, &T::of(pool.block(bid))[off..off + bs.min(total - lo) * hd]))
 }
 
-/// Causal attention of one query head for a few new tokens: dot products straight from the
-/// KV blocks, no copies.
-#[allow(clippy::too_many_arguments)]
-fn attend_decode(
-    pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
-    hh: usize, qkv_dim: usize, scale: f32,
-) -> Vec<f32> {
-    let hd = pool.shape().head_dim;
-    let mut out = vec![0f32; n * hd];
-    let mut scores = vec![0f32; p0 + n];
+/// One attention task: query heads `h0..h0 + heads` (all reading KV head `g`) of one sequence
+/// in layer `li`, for its `n` new tokens (QKV rows from `row0`) after `p0` earlier ones.
+struct Attn<'a> {
+    pool: &'a KvPool,
+    blocks: &'a [u32],
+    li: usize,
+    g: usize,
+    qkv: &'a [f32],
+    row0: usize,
+    n: usize,
+    p0: usize,
+    h0: usize,
+    heads: usize,
+    qkv_dim: usize,
+    scale: f32,
+}
+
+/// Causal attention of a few new tokens (decode): dot products straight from the KV blocks, no
+/// copies; the task's query heads take turns on each block while it is in L1. Output: per head,
+/// per token, `head_dim` values.
+fn attend_decode<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
+    let (n, p0, heads) = (a.n, a.p0, a.heads);
+    let hd = a.pool.shape().head_dim;
+    let stride = p0 + n;
+    let mut out = vec![0f32; heads * n * hd];
+    let mut scores = vec![0f32; heads * stride];
     for j in 0..n {
-        let r = row0 + j;
-        let q = &qkv[r * qkv_dim + hh * hd..r * qkv_dim + (hh + 1) * hd];
+        let r = (a.row0 + j) * a.qkv_dim;
         let total = p0 + j + 1;
-        for (lo, keys) in kv_slabs(pool, blocks, li, 0, g, total) {
-            ops::attn_scores(q, keys, scale, &mut scores[lo..lo + keys.len() / hd]);
+        for (lo, keys) in kv_slabs::<T>(a.pool, a.blocks, a.li, 0, a.g, total) {
+            let cnt = keys.len() / hd;
+            for k in 0..heads {
+                let q = &a.qkv[r + (a.h0 + k) * hd..r + (a.h0 + k + 1) * hd];
+                ops::attn_scores(q, keys, a.scale, &mut scores[k * stride + lo..k * stride + lo + cnt]);
+            }
         }
-        ops::softmax(&mut scores[..total]);
-        let o = &mut out[j * hd..(j + 1) * hd];
-        for (lo, values) in kv_slabs(pool, blocks, li, 1, g, total) {
-            ops::attn_weighted_sum(&scores[lo..lo + values.len() / hd], values, o);
+        for k in 0..heads {
+            ops::softmax(&mut scores[k * stride..k * stride + total]);
+        }
+        for (lo, values) in kv_slabs::<T>(a.pool, a.blocks, a.li, 1, a.g, total) {
+            let cnt = values.len() / hd;
+            for k in 0..heads {
+                let o = &mut out[(k * n + j) * hd..(k * n + j + 1) * hd];
+                ops::attn_weighted_sum(&scores[k * stride + lo..k * stride + lo + cnt], values, o);
+            }
         }
     }
     out
@@ -498,18 +546,17 @@ fn attend_decode(
 
 /// Causal attention of one query head for many new tokens (prefill): gather the head's keys
 /// and values once, then `softmax(mask(Q·Kᵀ)·scale)·V` as two matrix products.
-#[allow(clippy::too_many_arguments)]
-fn attend_prefill(
-    pool: &KvPool, blocks: &[u32], li: usize, g: usize, qkv: &[f32], row0: usize, n: usize, p0: usize,
-    hh: usize, qkv_dim: usize, scale: f32,
-) -> Vec<f32> {
+fn attend_prefill<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
+    debug_assert_eq!(a.heads, 1);
+    let (pool, blocks, li, g, qkv, row0, n, p0, hh, qkv_dim, scale) =
+        (a.pool, a.blocks, a.li, a.g, a.qkv, a.row0, a.n, a.p0, a.h0, a.qkv_dim, a.scale);
     let hd = pool.shape().head_dim;
     let total = p0 + n;
     let mut k = vec![0f32; total * hd];
     let mut v = vec![0f32; total * hd];
     for (dst, kv) in [(&mut k, 0), (&mut v, 1)] {
-        for (lo, slab) in kv_slabs(pool, blocks, li, kv, g, total) {
-            dst[lo * hd..lo * hd + slab.len()].copy_from_slice(slab);
+        for (lo, slab) in kv_slabs::<T>(pool, blocks, li, kv, g, total) {
+            T::widen(slab, &mut dst[lo * hd..lo * hd + slab.len()]);
         }
     }
     let mut q = vec![0f32; n * hd];

@@ -140,10 +140,32 @@ pub(crate) mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 
+    /// Keys and values as the KV cache stores them: f32, or f16 widened on load (F16C).
+    pub trait KvLanes: super::KvElem {
+        /// Eight elements from `p` as f32 lanes.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl KvLanes for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    impl KvLanes for half::f16 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const half::f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+
     /// `out[s] = scale * q · keys[s]` for each key row: four keys per pass (four independent
     /// FMA chains, one shared load of q), reduced together with two rounds of `hadd`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_scores<T: KvLanes>(q: &[f32], keys: &[T], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let cnt = out.len().min(keys.len() / hd);
         let (qp, kp, op) = (q.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
@@ -156,10 +178,10 @@ pub(crate) mod x86 {
             let mut c = 0;
             while c < hd {
                 let qv = _mm256_loadu_ps(qp.add(c));
-                a[0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0.add(c)), a[0]);
-                a[1] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1.add(c)), a[1]);
-                a[2] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2.add(c)), a[2]);
-                a[3] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3.add(c)), a[3]);
+                a[0] = _mm256_fmadd_ps(qv, T::load8(k0.add(c)), a[0]);
+                a[1] = _mm256_fmadd_ps(qv, T::load8(k1.add(c)), a[1]);
+                a[2] = _mm256_fmadd_ps(qv, T::load8(k2.add(c)), a[2]);
+                a[3] = _mm256_fmadd_ps(qv, T::load8(k3.add(c)), a[3]);
                 c += 8;
             }
             // [a0 a1 a2 a3] summed over lanes: hadd pairs twice, then the two 128-bit halves.
@@ -173,7 +195,7 @@ pub(crate) mod x86 {
             let mut a = _mm256_setzero_ps();
             let mut c = 0;
             while c < hd {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k0.add(c)), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), T::load8(k0.add(c)), a);
                 c += 8;
             }
             *op.add(s) = hsum(a) * scale;
@@ -183,25 +205,25 @@ pub(crate) mod x86 {
 
     /// `out += Σ p[s] · values[s]`, 64 output columns at a time held in registers across all
     /// the value rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attn_weighted_sum(p: &[f32], values: &[f32], out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attn_weighted_sum<T: KvLanes>(p: &[f32], values: &[T], out: &mut [f32]) {
         let hd = out.len();
         let cnt = p.len().min(values.len() / hd);
         let mut c0 = 0;
         while c0 + 64 <= hd {
-            weighted_block::<8>(p, values, hd, cnt, c0, out);
+            weighted_block::<T, 8>(p, values, hd, cnt, c0, out);
             c0 += 64;
         }
         while c0 < hd {
-            weighted_block::<1>(p, values, hd, cnt, c0, out);
+            weighted_block::<T, 1>(p, values, hd, cnt, c0, out);
             c0 += 8;
         }
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_block<const K: usize>(
-        p: &[f32], values: &[f32], hd: usize, cnt: usize, c0: usize, out: &mut [f32],
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_block<T: KvLanes, const K: usize>(
+        p: &[f32], values: &[T], hd: usize, cnt: usize, c0: usize, out: &mut [f32],
     ) {
         let op = out.as_mut_ptr().add(c0);
         let mut acc = [_mm256_setzero_ps(); K];
@@ -213,7 +235,7 @@ pub(crate) mod x86 {
             let w = _mm256_set1_ps(w);
             let v = vp.add(s * hd);
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * k)), *a);
+                *a = _mm256_fmadd_ps(w, T::load8(v.add(8 * k)), *a);
             }
         }
         for (k, a) in acc.iter().enumerate() {
@@ -350,13 +372,19 @@ struct Vector {
     attn_scores: fn(&[f32], &[f32], f32, &mut [f32]),
     /// See [`attn_weighted_sum`]; `out.len()` divisible by 8 likewise.
     attn_weighted_sum: fn(&[f32], &[f32], &mut [f32]),
+    /// The same two over f16 keys and values.
+    attn_scores_f16: fn(&[f32], &[half::f16], f32, &mut [f32]),
+    attn_weighted_sum_f16: fn(&[f32], &[half::f16], &mut [f32]),
 }
 
 fn vector() -> &'static Vector {
     static V: OnceLock<Vector> = OnceLock::new();
     V.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
             return Vector {
                 dot: if std::is_x86_feature_detected!("avx512f") {
                     |a, b| unsafe { x86::dot_avx512(a, b) }
@@ -367,6 +395,8 @@ fn vector() -> &'static Vector {
                 silu_mul: |g, u, o| unsafe { x86::silu_mul(g, u, o) },
                 attn_scores: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
                 attn_weighted_sum: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
+                attn_scores_f16: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
+                attn_weighted_sum_f16: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
             };
         }
         Vector {
@@ -375,40 +405,97 @@ fn vector() -> &'static Vector {
             silu_mul: silu_mul_portable,
             attn_scores: attn_scores_portable,
             attn_weighted_sum: attn_weighted_sum_portable,
+            attn_scores_f16: attn_scores_portable,
+            attn_weighted_sum_f16: attn_weighted_sum_portable,
         }
     })
 }
 
+/// An element of the KV cache: f32 (the reference) or f16 (half the memory and bandwidth).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+    /// `dst[i] = src[i]` as f32.
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// The vectorised attention kernels for this element type.
+    #[doc(hidden)]
+    fn kernels() -> AttnKernels<Self>;
+}
+
+/// The two attention kernels over one KV element type (see [`attn_scores`]).
+#[doc(hidden)]
+pub struct AttnKernels<T: 'static> {
+    scores: fn(&[f32], &[T], f32, &mut [f32]),
+    weighted_sum: fn(&[f32], &[T], &mut [f32]),
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn kernels() -> AttnKernels<f32> {
+        AttnKernels { scores: vector().attn_scores, weighted_sum: vector().attn_weighted_sum }
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline]
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn widen(src: &[half::f16], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    fn kernels() -> AttnKernels<half::f16> {
+        AttnKernels { scores: vector().attn_scores_f16, weighted_sum: vector().attn_weighted_sum_f16 }
+    }
+}
+
 /// Attention scores of one query against consecutive key rows of the same width:
 /// `out[s] = scale * q · keys[s]` for `s < out.len()`.
-pub fn attn_scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+pub fn attn_scores<T: KvElem>(q: &[f32], keys: &[T], scale: f32, out: &mut [f32]) {
     assert!(keys.len() >= out.len() * q.len(), "attn_scores: {} keys of {} wanted", out.len(), q.len());
     if q.len().is_multiple_of(8) {
-        (vector().attn_scores)(q, keys, scale, out)
+        (T::kernels().scores)(q, keys, scale, out)
     } else {
         attn_scores_portable(q, keys, scale, out)
     }
 }
 
 /// The attention-weighted sum of value rows: `out += Σ p[s] · values[s]` for `s < p.len()`.
-pub fn attn_weighted_sum(p: &[f32], values: &[f32], out: &mut [f32]) {
+pub fn attn_weighted_sum<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32]) {
     assert!(values.len() >= p.len() * out.len(), "attn_weighted_sum: {} values of {} wanted", p.len(), out.len());
     if out.len().is_multiple_of(8) {
-        (vector().attn_weighted_sum)(p, values, out)
+        (T::kernels().weighted_sum)(p, values, out)
     } else {
         attn_weighted_sum_portable(p, values, out)
     }
 }
 
-fn attn_scores_portable(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+fn attn_scores_portable<T: KvElem>(q: &[f32], keys: &[T], scale: f32, out: &mut [f32]) {
     for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
-        *o = dot(q, key) * scale;
+        *o = q.iter().zip(key).map(|(&a, &b)| a * b.to_f32()).sum::<f32>() * scale;
     }
 }
 
-fn attn_weighted_sum_portable(p: &[f32], values: &[f32], out: &mut [f32]) {
+fn attn_weighted_sum_portable<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32]) {
     for (&w, value) in p.iter().zip(values.chunks_exact(out.len())) {
-        axpy(w, value, out);
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += w * v.to_f32();
+        }
     }
 }
 
@@ -561,20 +648,34 @@ mod tests {
             for cnt in [1, 3, 4, 5, 8, 9, 17] {
                 let q = test_data(hd, 1 + hd as u32);
                 let kv = test_data(cnt * hd + 5, 7 + cnt as u32);
+                let kv16: Vec<half::f16> = kv.iter().map(|&v| half::f16::from_f32(v)).collect();
                 let mut got = vec![f32::NAN; cnt];
                 attn_scores(&q, &kv, 0.125, &mut got);
+                let mut got16 = vec![f32::NAN; cnt];
+                attn_scores(&q, &kv16, 0.125, &mut got16);
                 let mut want = vec![0f32; cnt];
                 attn_scores_portable(&q, &kv, 0.125, &mut want);
-                for (g, w) in got.iter().zip(&want) {
+                let mut want16 = vec![0f32; cnt];
+                attn_scores_portable(&q, &kv16, 0.125, &mut want16);
+                for i in 0..cnt {
+                    let (g, w, g16, w16) = (got[i], want[i], got16[i], want16[i]);
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "scores hd {hd} cnt {cnt}: {g} vs {w}");
+                    assert!((g16 - w16).abs() <= 1e-5 * (1.0 + w16.abs()), "f16 scores hd {hd} cnt {cnt}: {g16} vs {w16}");
+                    // f16 keeps 11 significant bits: the f16 scores stay near the f32 ones.
+                    assert!((g16 - w).abs() <= 2e-3 * (1.0 + w.abs()), "f16 vs f32 scores hd {hd} cnt {cnt}: {g16} vs {w}");
                 }
                 let p = test_data(cnt, 3);
                 let mut got = test_data(hd, 11);
-                let mut want = got.clone();
+                let (mut want, mut got16, mut want16) = (got.clone(), got.clone(), got.clone());
                 attn_weighted_sum(&p, &kv, &mut got);
                 attn_weighted_sum_portable(&p, &kv, &mut want);
-                for (g, w) in got.iter().zip(&want) {
+                attn_weighted_sum(&p, &kv16, &mut got16);
+                attn_weighted_sum_portable(&p, &kv16, &mut want16);
+                for i in 0..hd {
+                    let (g, w, g16, w16) = (got[i], want[i], got16[i], want16[i]);
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "sum hd {hd} cnt {cnt}: {g} vs {w}");
+                    assert!((g16 - w16).abs() <= 1e-5 * (1.0 + w16.abs()), "f16 sum hd {hd} cnt {cnt}: {g16} vs {w16}");
+                    assert!((g16 - w).abs() <= 2e-3 * (1.0 + w.abs()), "f16 vs f32 sum hd {hd} cnt {cnt}: {g16} vs {w}");
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! What each weight storage format costs in accuracy, on the transformers fixtures: the
+//! What each weight storage format (and the f16 KV cache) costs in accuracy, on the
+//! transformers fixtures: the
 //! last-position logits against transformers' (computed from the checkpoint's own weights), and
 //! how many greedy tokens agree with transformers' greedy continuation.
 //!
@@ -6,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ghostline_engine::{generate, BatchItem, Checkpoint, GenerateParams, Logits, SamplingParams, SeqKv, WeightFormat};
+use ghostline_engine::{
+    generate, BatchItem, Checkpoint, GenerateParams, KvDtype, Logits, SamplingParams, SeqKv, WeightFormat,
+};
 use serde_json::Value;
 
 const FIXTURES: &[&str] = &["llama-gqa-f32", "llama-bias-f16", "qwen2-tied-bf16", "qwen2-mha-f32"];
@@ -27,15 +30,20 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn every_format_stays_close_to_transformers() {
-    println!("| fixture | format | max logit error (relative) | greedy tokens agreeing with transformers (up to the first difference) |");
-    println!("| --- | --- | ---: | ---: |");
+    println!("| fixture | weights | KV cache | max logit error (relative) | greedy tokens agreeing with transformers (up to the first difference) |");
+    println!("| --- | --- | --- | ---: | ---: |");
     let mut failures = Vec::new();
     for name in FIXTURES {
         let dir = fixture_dir(name);
         let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
+        for (format, kv) in [
+            (WeightFormat::F32, KvDtype::F32),
+            (WeightFormat::F32, KvDtype::F16),
+            (WeightFormat::Bf16, KvDtype::F16),
+            (WeightFormat::Q8, KvDtype::F16),
+        ] {
             let ckpt = Checkpoint::load_as(&dir, Some(format)).unwrap();
-            let mut pool = ckpt.kv_pool(64 << 20);
+            let mut pool = ckpt.kv_pool_as(64 << 20, kv);
             let (mut worst, mut same, mut total) = (0f32, 0usize, 0usize);
             for c in expected["cases"].as_array().unwrap() {
                 let input = ids(&c["input_ids"]);
@@ -54,18 +62,19 @@ fn every_format_stays_close_to_transformers() {
                 same += g.tokens.iter().zip(&greedy).take_while(|(a, b)| a == b).count();
                 total += greedy.len();
             }
-            println!("| {name} | {} | {worst:.2e} | {same} / {total} |", ckpt.model.format);
+            println!("| {name} | {} | {kv} | {worst:.2e} | {same} / {total} |", ckpt.model.format);
             // f32 is the reference path; bf16 and q8 round the weights (and q8 the decode
-            // inputs) to 8 significant bits or fewer.
+            // inputs) to 8 significant bits or fewer, the f16 KV cache keys and values to 11.
             // (These fixtures are tiny random models, hidden size 32-64, where rounding errors
             // average out least; the house model's FIM benchmark measures the real cost.)
-            let bound = match ckpt.model.format {
-                WeightFormat::F32 => 1e-4,
-                WeightFormat::Bf16 => 3e-2,
-                WeightFormat::Q8 => 1.5e-1,
+            let bound = match (ckpt.model.format, kv) {
+                (WeightFormat::F32, KvDtype::F32) => 1e-4,
+                (WeightFormat::F32, KvDtype::F16) => 5e-3,
+                (WeightFormat::Bf16, _) => 3e-2,
+                (WeightFormat::Q8, _) => 1.5e-1,
             };
             if worst >= bound {
-                failures.push(format!("{name} {format}: logits off by {worst} (relative)"));
+                failures.push(format!("{name} {format} weights, {kv} KV: logits off by {worst} (relative)"));
             }
         }
     }
