@@ -148,6 +148,7 @@ def main():
         with torch.no_grad():
             ls = [loss_fn(model, b, torch.device("cpu"), False).item() for b in rows.split(8)]
         meta["final_val_loss"] = round(sum(ls) / len(ls), 4)
+        meta["val_rows"] = len(rows)
     rep = export(model, args.tokenizer_dir, args.out, meta)
     json.dump(rep, sys.stdout, indent=1)
     print()

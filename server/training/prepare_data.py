@@ -53,8 +53,23 @@ def chunk_lines(text, rng, lo=300, hi=1600):
     return [c for c in chunks if c.strip()]
 
 
-def choose_span(chunk, rng):
-    """Return (start, end) character offsets of the middle."""
+def is_word(c):
+    return c.isalnum() or c == "_"
+
+
+def word_border(chunk, pos):
+    """The nearest position at or before `pos` that is not inside a word (an identifier,
+    keyword or number), where an editor's cursor usually is when a completion is asked for."""
+    while 0 < pos < len(chunk) and is_word(chunk[pos - 1]) and is_word(chunk[pos]):
+        pos -= 1
+    return pos
+
+
+def choose_span(chunk, rng, word_rate=0.0):
+    """Return (start, end) character offsets of the middle.  With probability `word_rate` a
+    start inside a line is moved back to a word border (no draw when it is 0, so data prepared
+    without it is unchanged)."""
+    snap = word_rate > 0 and rng.random() < word_rate
     if rng.random() < 0.6:
         lines = chunk.splitlines(keepends=True)
         starts, pos = [], 0
@@ -77,12 +92,16 @@ def choose_span(chunk, rng):
             else:
                 col = 0
             start = starts[i] + col
+            if snap:
+                start = max(starts[i] + indent, word_border(chunk, start))
             end_line = lines[j]
             end = starts[j] + len(end_line.rstrip("\r\n"))
             if rng.random() < 0.2:
                 end = starts[j] + len(end_line)
             return start, max(start, end)
     a, b = sorted(rng.randint(0, len(chunk)) for _ in range(2))
+    if snap:
+        a = word_border(chunk, a)
     return a, b
 
 
@@ -120,7 +139,14 @@ def main():
     ap.add_argument("--val-rows", type=int, default=64)
     ap.add_argument("--shard-rows", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--manifest", default=str(HERE.parent / "models" / "ghostline-tiny" / "DATA_MANIFEST.json"))
+    ap.add_argument("--chunk-chars", default="300,1600",
+                    help="MIN,MAX characters of the chunks a FIM file is cut into (one sample each); "
+                         "shorter chunks give more prefix-to-middle hand-offs per token")
+    ap.add_argument("--out", default=None, help="default: WORK/data")
+    ap.add_argument("--word-border", type=float, default=0.0,
+                    help="share of FIM spans whose start inside a line is moved back to a word border")
+    ap.add_argument("--manifest", default=str(HERE.parent / "models" / "ghostline-tiny" / "DATA_MANIFEST.json"),
+                    help="data manifest to record the token counts in (a path that does not exist: none)")
     args = ap.parse_args()
     work = Path(args.work)
     tok = Tokenizer.from_file(args.tokenizer or str(work / "tokenizer" / "tokenizer.json"))
@@ -128,7 +154,10 @@ def main():
     EOS, PRE, MID, SUF = sp["<|endoftext|>"], sp["<|fim_prefix|>"], sp["<|fim_middle|>"], sp["<|fim_suffix|>"]
     assert tok.get_vocab_size() <= 65535
     T1 = args.seq_len + 1
-    out = work / "data"
+    out = Path(args.out) if args.out else work / "data"
+    chunk_lo, chunk_hi = (int(v) for v in args.chunk_chars.split(","))
+    if not 0 < chunk_lo <= chunk_hi:
+        raise SystemExit(f"--chunk-chars {args.chunk_chars}: want MIN,MAX with 0 < MIN <= MAX")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.npy"):
         old.unlink()
@@ -155,8 +184,8 @@ def main():
             if frng.random() >= args.fim_rate:
                 items.append(("plain", [d["text"]], d["lang"]))
                 continue
-            for c in chunk_lines(d["text"], frng):
-                a, b = choose_span(c, frng)
+            for c in chunk_lines(d["text"], frng, chunk_lo, chunk_hi):
+                a, b = choose_span(c, frng, args.word_border)
                 kind = "spm" if frng.random() < args.spm_rate else "psm"
                 items.append((kind, [c[:a], c[b:], c[a:b]], d["lang"]))
         # 2) tokenize in batches
@@ -238,7 +267,7 @@ def main():
     np.save(out / "val.npy", vrows)
     # language mix of the kept documents (bytes)
     meta = {"seq_len": args.seq_len, "rows": int(len(arr)), "tokens": int(arr.size), "shards": shards,
-            "val_rows": int(len(vrows)), "epochs": args.epochs, "fim_rate": args.fim_rate,
+            "val_rows": int(len(vrows)), "epochs": args.epochs, "fim_rate": args.fim_rate, "chunk_chars": [chunk_lo, chunk_hi], "word_border": args.word_border,
             "spm_rate": args.spm_rate, "seed": args.seed, "py_test_keep": args.py_test_keep,
             "rust_keep": args.rust_keep, "per_epoch": all_stats, "vocab_size": tok.get_vocab_size()}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -35,32 +35,47 @@ def main():
         secs = m.get("train_time_s", m.get("elapsed_s", 0))
         tps = m["tokens_seen"] / max(1, secs)
         prec = m.get("precision", "fp32")
-        prev = (m.get("init_from") or {}).get("training_meta")
+        # The chain of stages, oldest first: each exported model records the one it started from.
+        stages = [m]
+        while (stages[0].get("init_from") or {}).get("training_meta"):
+            stages.insert(0, stages[0]["init_from"]["training_meta"])
         val_row = (f"| final validation loss | {m['final_val_loss']:.3f} nats/token "
-                   f"(64 packed rows from the held-out files) |\n" if "final_val_loss" in m else "")
-        run = (
-            f"AdamW (beta 0.9/0.95, weight decay 0.1), peak learning rate {m['peak_lr']:g}, "
-            f"{m['warmup_steps']} warmup steps then cosine decay to 10 %, batch {m['batch_size']} x "
-            f"{m['seq_len']} tokens, {m['step']:,} steps = {m['tokens_seen'] / 1e6:.2f} M tokens, seed {m['seed']}, "
-            f"{prec} on the {m['device'].upper()} with {m['threads']} threads")
-        if prev:
-            total = prev["tokens_seen"] + m["tokens_seen"]
-            psecs = prev.get("train_time_s", 0)
+                   f"({m.get('val_rows', 64)} packed rows from the held-out files) |\n" if "final_val_loss" in m else "")
+
+        def run(x):
+            w = ""
+            if x.get("first_weight", 1.0) != 1.0 or x.get("middle_weight", 1.0) != 1.0:
+                w = (f", loss weight {x['first_weight']:g} on the first token of each middle"
+                     + (f" and {x['middle_weight']:g} on the rest of it" if x.get("middle_weight", 1.0) != 1.0 else ""))
+            return (
+                f"AdamW (beta 0.9/0.95, weight decay 0.1), peak learning rate {x['peak_lr']:g}, "
+                f"{x['warmup_steps']} warmup steps then cosine decay to 10 %, batch {x['batch_size']} x "
+                f"{x['seq_len']} tokens, {x['step']:,} steps = {x['tokens_seen'] / 1e6:.2f} M tokens, seed {x['seed']}, "
+                f"{x.get('precision', 'fp32')} on the {x['device'].upper()} with {x['threads']} threads{w}")
+
+        if len(stages) > 1:
+            total = sum(x["tokens_seen"] for x in stages)
+            parts = []
+            for i, x in enumerate(stages, 1):
+                how = ("from random weights" if i == 1 else
+                       f"from stage {i - 1}'s exported weights (`train.py --init-from`, fresh optimizer and schedule)")
+                vl = x.get("final_val_loss")
+                parts.append(
+                    f"Stage {i}, {how}, on {x['data_tokens'] / 1e6:.1f} M prepared tokens: {run(x)}; "
+                    f"{x.get('train_time_s', 0) / 60:.0f} minutes"
+                    + (f", final validation loss {vl:.3f} on that stage's validation rows" if vl is not None else "")
+                    + ".")
+            times = "; ".join(f"stage {i}: {x.get('train_time_s', 0) / 60:.0f} minutes"
+                              for i, x in enumerate(stages, 1))
             body = (
-                f"Two stages, {total / 1e6:.2f} M tokens in all. Stage 2 started from the weights of "
-                f"stage 1's exported model (`train.py --init-from`, fresh optimizer and schedule) on "
-                f"{m['data_tokens'] / 1e6:.1f} M newly prepared tokens: {run}. Stage 1: "
-                f"{prev['tokens_seen'] / 1e6:.2f} M tokens, {prev['step']:,} steps of batch {prev['batch_size']} x "
-                f"{prev['seq_len']}, peak learning rate {prev['peak_lr']:g}, {prev.get('precision', 'fp32')} "
-                f"on the CPU, {psecs / 60:.0f} minutes, final validation loss {prev.get('final_val_loss', float('nan')):.3f} "
-                f"on its own validation rows. Commands in `server/training/README.md`.\n\n"
+                f"{len(stages)} stages, {total / 1e6:.2f} M tokens in all. Commands in "
+                f"`server/training/README.md`.\n\n" + "\n\n".join(f"- {t}" for t in parts) + "\n\n"
                 f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
-                f"| training time | stage 2: {secs / 60:.0f} minutes of step time (average {tps:.0f} tokens/s); "
-                f"stage 1: {psecs / 60:.0f} minutes |\n"
+                f"| training time | {times} (last stage average {tps:.0f} tokens/s) |\n"
                 + val_row)
         else:
             body = (
-                f"{run} (`python3 train.py --device {m['device'].split(':')[0]}`).\n\n"
+                f"{run(m)} (`python3 train.py --device {m['device'].split(':')[0]}`).\n\n"
                 f"| | |\n| --- | --- |\n| hardware | {args.hardware} |\n"
                 f"| training time | {secs / 60:.0f} minutes of step time "
                 f"(average {tps:.0f} tokens/s) |\n"

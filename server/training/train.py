@@ -12,6 +12,10 @@ server/models/ghostline-tiny in the HF layout when it finishes (export.py).
   python3 train.py --device cpu --init-from ../models/ghostline-tiny --total-tokens 16000000
                                            # continue training an exported model (fresh optimizer)
 
+--first-weight W weights the loss of the first token of each FIM middle (the hand-off from the
+prefix), and every checkpoint logs how often that token is the greedy choice on the
+validation rows (first_middle_top1).
+
 AdamW (0.9, 0.95), weight decay 0.1 on matrices, linear warmup then cosine decay to
 10 % of the peak, gradient clipping at 1.0.
 """
@@ -76,8 +80,8 @@ class Data:
         s = int(np.searchsorted(self.offsets, j, side="right") - 1)
         return self.shards[s][j - self.offsets[s]]
 
-    def batch(self, step, bs):
-        rows = np.stack([self.row(step * bs + k) for k in range(bs)]).astype(np.int64)
+    def batch(self, step, bs, offset=0):
+        rows = np.stack([self.row(offset + step * bs + k) for k in range(bs)]).astype(np.int64)
         return torch.from_numpy(rows)
 
 
@@ -88,12 +92,37 @@ def lr_at(step, total, warmup, peak, floor=0.1):
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def loss_fn(model, rows, dev, autocast):
+def middle_weights(x, fim_ids, first_w, middle_w):
+    """Per-target loss weights for FIM rows: `first_w` for the target after each <|fim_middle|>
+    (the first token of the middle, the one that must continue the prefix), `middle_w` for the
+    rest of the middle and its end of text, 1 elsewhere.  fim_ids = (prefix, suffix, middle, eos)."""
+    pre, suf, mid, eos = fim_ids
+    pos = torch.arange(x.size(1), device=x.device).expand_as(x)
+    special = (x == pre) | (x == suf) | (x == mid) | (x == eos)
+    last = torch.where(special, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    in_middle = (last >= 0) & (torch.gather(x, 1, last.clamp(min=0)) == mid)
+    w = torch.ones(x.shape, dtype=torch.float32, device=x.device)
+    w[in_middle] = middle_w
+    w[x == mid] = first_w
+    return w
+
+
+def loss_fn(model, rows, dev, autocast, weights=None, first_hits=None):
+    """Mean cross-entropy of the next-token targets; with `weights` = (fim_ids, first_w,
+    middle_w) a weighted mean (middle_weights).  With `first_hits` = (fim_ids, list) it appends
+    (greedy hits, count) of the first middle token of each FIM sample to the list."""
     rows = rows.to(dev)
     x, y = rows[:, :-1], rows[:, 1:]
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=x, use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+    if first_hits is not None:
+        at = x == first_hits[0][2]
+        first_hits[1].append((int((logits.argmax(-1)[at] == y[at]).sum()), int(at.sum())))
+    if weights is None:
+        return ce.mean()
+    w = middle_weights(x, *weights).reshape(-1)
+    return (ce * w).sum() / w.sum()
 
 
 def main():
@@ -116,6 +145,14 @@ def main():
     ap.add_argument("--init-from", default=None,
                     help="start from the weights of an exported model directory (same shape and tokenizer) "
                          "instead of random ones; the optimizer and the schedule start fresh")
+    ap.add_argument("--first-weight", type=float, default=1.0,
+                    help="loss weight of the first middle token of each FIM sample (the hand-off from the "
+                         "prefix to the middle); 1 = plain mean")
+    ap.add_argument("--middle-weight", type=float, default=1.0,
+                    help="loss weight of the other middle tokens and the end of the middle; 1 = plain mean")
+    ap.add_argument("--data", default=None, help="pre-tokenized shards (default: WORK/data)")
+    ap.add_argument("--row-offset", type=int, default=0,
+                    help="start at this row of the data (e.g. the rows an earlier stage did not reach)")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="bf16: autocast the forward pass to bf16 (fp32 master weights and optimizer); "
                          "auto: bf16 on CUDA and on CPUs with native bf16 dot products, else fp32")
@@ -142,10 +179,13 @@ def main():
         print(line, flush=True)
         logf.write(line + "\n")
 
-    data = Data(work / "data", args.seed)
+    data = Data(Path(args.data) if args.data else work / "data", args.seed)
     seq_len = data.meta["seq_len"]
     tok_cfg = json.loads((work / "tokenizer" / "tokenizer.json").read_text())
-    eos_id = next(t["id"] for t in tok_cfg["added_tokens"] if t["content"] == "<|endoftext|>")
+    added = {t["content"]: t["id"] for t in tok_cfg["added_tokens"]}
+    eos_id = added["<|endoftext|>"]
+    fim_ids = tuple(added[t] for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>"))
+    weights = None if args.first_weight == args.middle_weight == 1.0 else (fim_ids, args.first_weight, args.middle_weight)
     total_tokens = args.total_tokens or P["total_tokens"]
     tokens_per_step = bs * seq_len
     total_steps = max(1, total_tokens // tokens_per_step)
@@ -204,7 +244,8 @@ def main():
             "warmup_steps": warmup, "total_steps": total_steps, "params": n_params,
             "non_embedding_params": n_params - n_embed, "device": str(dev), "threads": threads,
             "data_rows": data.n, "data_tokens": data.n * (seq_len + 1),
-            "precision": "bf16 autocast" if autocast else "fp32", "init_from": init_from}
+            "precision": "bf16 autocast" if autocast else "fp32", "init_from": init_from,
+            "first_weight": args.first_weight, "middle_weight": args.middle_weight, "row_offset": args.row_offset}
     log(f"config {json.dumps(meta)}")
 
     def save():
@@ -215,16 +256,24 @@ def main():
         os.replace(tmp, ck_path)
 
     @torch.no_grad()
-    def val_loss():
+    def val_loss(hits=None):
+        """Unweighted validation loss; `hits` collects first-middle-token greedy hits."""
         model.eval()
         ls = []
         for i in range(0, len(data.val), bs):
-            ls.append(loss_fn(model, torch.from_numpy(data.val[i:i + bs].astype(np.int64)), dev, autocast).item())
+            ls.append(loss_fn(model, torch.from_numpy(data.val[i:i + bs].astype(np.int64)), dev, autocast,
+                              first_hits=None if hits is None else (fim_ids, hits)).item())
         model.train()
         return sum(ls) / len(ls)
 
+    def val_report():
+        hits = []
+        v = val_loss(hits)
+        h, n = sum(a for a, _ in hits), sum(b for _, b in hits)
+        return f"val_loss {v:.4f} first_middle_top1 {h}/{n}"
+
     if init_from and step == 0:
-        log(f"initialised from {args.init_from}: val_loss {val_loss():.4f}")
+        log(f"initialised from {args.init_from}: {val_report()}")
     model.train()
     t_last, tok_last = time.time(), 0
     stop_at = total_steps if args.max_steps is None else min(total_steps, step + args.max_steps)
@@ -233,7 +282,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         t0 = time.time()
-        loss = loss_fn(model, data.batch(step, bs), dev, autocast)
+        loss = loss_fn(model, data.batch(step, bs, args.row_offset), dev, autocast, weights)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -251,12 +300,12 @@ def main():
             t_last, tok_last = now, 0
         if step % ckpt_every == 0 or step == stop_at:
             save()
-            log(f"checkpoint step {step} val_loss {val_loss():.4f}")
+            log(f"checkpoint step {step} {val_report()}")
             t_last, tok_last = time.time(), 0
     if step >= total_steps and not args.no_export:
         from export import export
         meta.update({"step": step, "tokens_seen": tokens_seen, "train_time_s": round(elapsed),
-                     "final_val_loss": round(val_loss(), 4)})
+                     "final_val_loss": round(val_loss(), 4), "val_rows": len(data.val)})
         rep = export(model, work / "tokenizer", args.export_dir, meta, log=log)
         (run / "export_report.json").write_text(json.dumps(rep, indent=1))
         log("done")
