@@ -365,9 +365,9 @@ impl KvPool {
         match &mut self.storage {
             Storage::Host(blocks) => blocks[id as usize][at..at + src.len()].copy_from_slice(src),
             Storage::HostF16(blocks) => {
-                for (d, &v) in blocks[id as usize][at..at + src.len()].iter_mut().zip(src) {
-                    *d = f16::from_f32(v);
-                }
+                // F16C where the CPU has it (detected at run time), else a portable rounding.
+                use half::slice::HalfFloatSliceExt;
+                blocks[id as usize][at..at + src.len()].convert_from_f32_slice(src);
             }
             #[cfg(feature = "cuda")]
             Storage::Device(_) => {}
