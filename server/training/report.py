@@ -34,7 +34,6 @@ def main():
         m = json.loads(meta_p.read_text())
         secs = m.get("train_time_s", m.get("elapsed_s", 0))
         tps = m["tokens_seen"] / max(1, secs)
-        prec = m.get("precision", "fp32")
         # The chain of stages, oldest first: each exported model records the one it started from.
         stages = [m]
         while (stages[0].get("init_from") or {}).get("training_meta"):

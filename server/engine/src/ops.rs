@@ -413,8 +413,10 @@ fn vector() -> &'static Vector {
 
 /// An element of the KV cache: f32 (the reference) or f16 (half the memory and bandwidth).
 pub trait KvElem: Copy + Send + Sync + 'static {
-    fn to_f32(self) -> f32;
-    fn from_f32(v: f32) -> Self;
+    /// `q · key` (the portable attention kernels' dot product).
+    fn dot(q: &[f32], key: &[Self]) -> f32;
+    /// `out += w · value` (the portable attention kernels' update).
+    fn axpy(w: f32, value: &[Self], out: &mut [f32]);
     /// `dst[i] = src[i]` as f32.
     fn widen(src: &[Self], dst: &mut [f32]);
     /// The vectorised attention kernels for this element type.
@@ -431,12 +433,12 @@ pub struct AttnKernels<T: 'static> {
 
 impl KvElem for f32 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        self
+    fn dot(q: &[f32], key: &[f32]) -> f32 {
+        dot(q, key)
     }
     #[inline]
-    fn from_f32(v: f32) -> Self {
-        v
+    fn axpy(w: f32, value: &[f32], out: &mut [f32]) {
+        axpy(w, value, out)
     }
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -447,13 +449,13 @@ impl KvElem for f32 {
 }
 
 impl KvElem for half::f16 {
-    #[inline]
-    fn to_f32(self) -> f32 {
-        half::f16::to_f32(self)
+    fn dot(q: &[f32], key: &[half::f16]) -> f32 {
+        q.iter().zip(key).map(|(&a, &b)| a * b.to_f32()).sum()
     }
-    #[inline]
-    fn from_f32(v: f32) -> Self {
-        half::f16::from_f32(v)
+    fn axpy(w: f32, value: &[half::f16], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += w * v.to_f32();
+        }
     }
     fn widen(src: &[half::f16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
@@ -487,15 +489,13 @@ pub fn attn_weighted_sum<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32]) {
 
 fn attn_scores_portable<T: KvElem>(q: &[f32], keys: &[T], scale: f32, out: &mut [f32]) {
     for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
-        *o = q.iter().zip(key).map(|(&a, &b)| a * b.to_f32()).sum::<f32>() * scale;
+        *o = T::dot(q, key) * scale;
     }
 }
 
 fn attn_weighted_sum_portable<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32]) {
     for (&w, value) in p.iter().zip(values.chunks_exact(out.len())) {
-        for (o, &v) in out.iter_mut().zip(value) {
-            *o += w * v.to_f32();
-        }
+        T::axpy(w, value, out);
     }
 }
 
