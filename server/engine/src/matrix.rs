@@ -10,7 +10,9 @@
 //!   products run on integers (`maddubs` on AVX2), as llama.cpp does.
 //! - many rows (prefill): the weight is widened panel by panel (64 output columns at a time,
 //!   per thread) into an f32 scratch and multiplied with the blocked GEMM, so the cost of the
-//!   widening is shared by every input row and no full f32 copy is ever held.
+//!   widening is shared by every input row and no full f32 copy is ever held. Where native bf16
+//!   products are switched on, bf16 weights instead meet inputs rounded to bf16 and packed in
+//!   column pairs, in a register-tiled `vdpbf16ps` GEMM.
 //!
 //! SIMD variants are chosen at run time (AVX2 + FMA + F16C on x86-64), with a portable
 //! fallback that computes the same sums, so one binary runs on any x86-64 and on ARM.
@@ -34,11 +36,13 @@ const FEW_ROWS_MAX: usize = GEMM_MIN_ROWS;
 /// fewer, preparing each pair of weight groups costs more than the kernel saves (BENCHMARKS.md).
 const VNNI_MIN_ROWS: usize = 8;
 
-/// Input rows of a bf16 product that go to the native bf16 kernels (AVX-512 BF16) when they are
-/// switched on (`GHOSTLINE_BF16_NATIVE=1`): from 8 (one row measured slower than the widening
-/// kernels) to 64.
-const NATIVE_BF16_ROWS: std::ops::RangeInclusive<usize> = 8..=NATIVE_BF16_ROWS_MAX;
-const NATIVE_BF16_ROWS_MAX: usize = 64;
+/// Input rows from which a bf16 product goes to the native bf16 kernels (AVX-512 BF16) when
+/// they are switched on (`GHOSTLINE_BF16_NATIVE=1`; one row measured slower than the widening
+/// kernels): the streaming kernel up to `NATIVE_BF16_ROWS_MAX` rows, the packed GEMM above.
+const NATIVE_BF16_MIN_ROWS: usize = 8;
+const NATIVE_BF16_ROWS_MAX: usize = 15;
+/// Weight rows per task of the packed native bf16 GEMM (a multiple of its tile's 6).
+const NATIVE_GEMM_COLS: usize = 48;
 
 /// Output columns per task in the streaming kernels and per widened panel in prefill.
 const COLS: usize = 32;
@@ -192,7 +196,8 @@ impl Matrix {
         let on = *ON.get_or_init(|| {
             std::env::var("GHOSTLINE_BF16_NATIVE").is_ok_and(|v| v == "1") && kernels().dots2_bf16_native.is_some()
         });
-        on && matches!(self.data, Data::Bf16(_)) && NATIVE_BF16_ROWS.contains(&m)
+        let gemm = kernels().gemm_bf16_native.is_some() && self.cols.is_multiple_of(2);
+        on && matches!(self.data, Data::Bf16(_)) && m >= NATIVE_BF16_MIN_ROWS && (m <= NATIVE_BF16_ROWS_MAX || gemm)
     }
 
     /// bf16 x bf16 products with f32 sums (`vdpbf16ps`: 32 products per instruction): the
@@ -203,6 +208,12 @@ impl Matrix {
         let Some(kern) = kernels().dots2_bf16_native else {
             return self.matmul_panels(x, y, m);
         };
+        if m > NATIVE_BF16_ROWS_MAX {
+            return match kernels().gemm_bf16_native.filter(|_| k % 2 == 0) {
+                Some(gemm) => self.matmul_native_bf16_gemm(gemm, w, x, y, m),
+                None => self.matmul_panels(x, y, m),
+            };
+        }
         let xb: Vec<u16> = x[..m * k].iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
         let out = SyncPtr(y.as_mut_ptr());
         pool().run(n.div_ceil(COLS), &|c| {
@@ -220,6 +231,24 @@ impl Matrix {
                     unsafe { out.write_column(n, row + j, o) };
                 }
             }
+        });
+    }
+
+    /// Prefill-shaped bf16 product on the native bf16 instructions. The input rows are rounded
+    /// to bf16 once and packed in blocks of 16 rows, pair by pair (`BfPairs`), so that one
+    /// 512-bit load holds the same pair of columns of 16 rows; each pair of a weight row is
+    /// broadcast against it, and `vdpbf16ps` adds both products to 16 sums, one per input row.
+    /// The weights are read in their stored layout (no per-call repacking), each task taking
+    /// `NATIVE_GEMM_COLS` neighbouring weight rows for every input row.
+    fn matmul_native_bf16_gemm(&self, gemm: GemmBf16Native, w: &[u16], x: &[f32], y: &mut [f32], m: usize) {
+        let (k, n) = (self.cols, self.rows);
+        let xp = BfPairs::new(&x[..m * k], m, k);
+        let out = SyncPtr(y.as_mut_ptr());
+        pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
+            let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
+            // SAFETY: task c alone writes columns j0..j1 of the m x n output, which `matmul_t`
+            // checked holds m * n floats; `w` holds rows j0..j1 of k elements each.
+            unsafe { gemm(&xp, &w[j0 * k..j1 * k], j1 - j0, out.at(j0), n) };
         });
     }
 
@@ -383,6 +412,33 @@ impl SyncPtr {
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 
+/// Input rows rounded to bf16 and packed for the native bf16 GEMM: in blocks of 16 rows (the
+/// last padded with zero rows), pair by pair: word `(b * pairs + p) * 16 + l` holds columns
+/// 2p and 2p + 1 of row 16b + l (low and high half).
+struct BfPairs {
+    words: Vec<u32>,
+    m: usize,
+    pairs: usize,
+}
+
+impl BfPairs {
+    /// `x` is `m` rows of `k` (even) columns.
+    fn new(x: &[f32], m: usize, k: usize) -> BfPairs {
+        let pairs = k / 2;
+        let blocks = m.div_ceil(16);
+        let mut words = vec![0u32; blocks * pairs * 16];
+        for (i, row) in x.chunks_exact(k).enumerate().take(m) {
+            let (b, l) = (i / 16, i % 16);
+            let dst = &mut words[b * pairs * 16..(b + 1) * pairs * 16];
+            for (p, two) in row.chunks_exact(2).enumerate() {
+                let (lo, hi) = (bf16::from_f32(two[0]).to_bits(), bf16::from_f32(two[1]).to_bits());
+                dst[p * 16 + l] = u32::from(lo) | u32::from(hi) << 16;
+            }
+        }
+        BfPairs { words, m, pairs }
+    }
+}
+
 fn quantize_group(g: &[f32]) -> BlockQ8 {
     let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
     let d = f16::from_f32(amax / 127.0);
@@ -494,6 +550,13 @@ type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], usize, &mut [f32]);
 type DotsQ8Vnni = fn(&VnniRows, usize, &[BlockQ8], usize, &mut [f32]);
 /// Like [`Dots2Bf16`] with the input rows in bf16 too.
 type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
+/// `dst[i * ldc + j] = x_i · w_j` for every packed input row `i` and each of the `rows` weight
+/// rows `w_j` in `w` (bf16, `2 * x.pairs` columns each).
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * ldc + j` for every `i < x.m`, `j < rows`, with no
+/// other thread touching those elements meanwhile.
+type GemmBf16Native = unsafe fn(&BfPairs, &[u16], usize, *mut f32, usize);
 
 struct Kernels {
     dots_f32: DotsF32,
@@ -505,6 +568,7 @@ struct Kernels {
     dots_q8_vnni: Option<DotsQ8Vnni>,
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     dots2_bf16_native: Option<Dots2Bf16Native>,
+    gemm_bf16_native: Option<GemmBf16Native>,
 }
 
 fn kernels() -> &'static Kernels {
@@ -552,6 +616,7 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     } else {
                         None
                     },
+                    gemm_bf16_native: if has!("avx512bf16") { Some(x86v4::gemm_bf16_native) } else { None },
                 },
             ));
         }
@@ -566,6 +631,7 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
                     dots_q8_vnni: None,
                     dots2_bf16_native: None,
+                    gemm_bf16_native: None,
                 },
             ));
         }
@@ -589,6 +655,7 @@ fn portable_kernels() -> Kernels {
         dots_q8: portable::dots_q8,
         dots_q8_vnni: None,
         dots2_bf16_native: None,
+        gemm_bf16_native: None,
     }
 }
 
@@ -833,7 +900,7 @@ mod x86 {
 mod x86v4 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ8, VnniRows, Q8_GROUP};
+    use super::{BfPairs, BlockQ8, VnniRows, Q8_GROUP};
 
     /// A weight element type widened to sixteen f32 lanes.
     trait Lanes16: super::Weight {
@@ -961,6 +1028,71 @@ mod x86v4 {
             o1[i + l] = _mm512_reduce_add_ps(a1[l]);
         }
     }
+
+    /// See [`super::GemmBf16Native`]. Register tile: up to 4 blocks of 16 input rows by up to 6
+    /// weight rows, 24 accumulators; per pair of columns 4 loads of inputs, 6 broadcasts of
+    /// weight pairs and 24 `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    pub unsafe fn gemm_bf16_native(x: &BfPairs, w: &[u16], rows: usize, dst: *mut f32, ldc: usize) {
+        let k = 2 * x.pairs;
+        assert!(w.len() >= rows * k && x.words.len() >= x.m.div_ceil(16) * 16 * x.pairs);
+        let blocks = x.m.div_ceil(16);
+        let mut b = 0;
+        while b < blocks {
+            let rb = (blocks - b).min(4);
+            let mut j = 0;
+            while j < rows {
+                let cj = (rows - j).min(6);
+                macro_rules! tile {
+                    ($($r:literal),*) => {
+                        match (rb, cj) {
+                            $( (r, 6) if r == $r => bf16_tile::<$r, 6>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
+                               (r, 5) if r == $r => bf16_tile::<$r, 5>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
+                               (r, 4) if r == $r => bf16_tile::<$r, 4>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
+                               (r, 3) if r == $r => bf16_tile::<$r, 3>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
+                               (r, 2) if r == $r => bf16_tile::<$r, 2>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
+                               (r, 1) if r == $r => bf16_tile::<$r, 1>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc), )*
+                            _ => unreachable!("tile {rb} x {cj}"),
+                        }
+                    };
+                }
+                tile!(1, 2, 3, 4);
+                j += cj;
+            }
+            b += rb;
+        }
+    }
+
+    /// Blocks `b0..b0 + R` of the packed inputs against `C` weight rows from `w` (`k` apart).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    unsafe fn bf16_tile<const R: usize, const C: usize>(x: &BfPairs, b0: usize, w: *const u16, k: usize, dst: *mut f32, ldc: usize) {
+        let pairs = x.pairs;
+        let xs: [*const u32; R] = std::array::from_fn(|r| x.words.as_ptr().add((b0 + r) * pairs * 16));
+        let mut acc = [[_mm512_setzero_ps(); R]; C];
+        for p in 0..pairs {
+            let xv: [__m512bh; R] = std::array::from_fn(|r| std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(xs[r].add(p * 16) as *const _)));
+            for (c, a) in acc.iter_mut().enumerate() {
+                let pair = (w.add(c * k + 2 * p) as *const i32).read_unaligned();
+                let wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+                for r in 0..R {
+                    a[r] = _mm512_dpbf16_ps(a[r], xv[r], wv);
+                }
+            }
+        }
+        // Each accumulator holds one weight row's sums for 16 input rows: a column of the
+        // output, written element by element (the rows past m are padding).
+        let mut col = [0f32; 16];
+        for (c, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                _mm512_storeu_ps(col.as_mut_ptr(), *v);
+                let i0 = (b0 + r) * 16;
+                for (l, &s) in col.iter().enumerate().take(x.m.saturating_sub(i0)) {
+                    *dst.add((i0 + l) * ldc + c) = s;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -986,7 +1118,7 @@ mod tests {
     #[test]
     fn every_format_and_row_count_matches_the_product_of_its_stored_weights() {
         for fmt in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
-            for &(m, k, n) in &[(1, 64, 70), (3, 96, 33), (5, 128, 64), (8, 256, 65), (16, 64, 130), (40, 160, 129), (64, 96, 67)] {
+            for &(m, k, n) in &[(1, 64, 70), (3, 96, 33), (5, 128, 64), (8, 256, 65), (16, 64, 130), (40, 160, 129), (64, 96, 67), (90, 64, 50)] {
                 let x = data(m * k, 1);
                 let w = data(n * k, 2);
                 let b = data(n, 3);
@@ -1095,13 +1227,29 @@ mod tests {
             eprintln!("no native bf16 on this CPU: nothing to check");
             return;
         }
-        for &(m, k, n) in &[(8, 64, 70), (9, 96, 33), (16, 100, 65), (40, 160, 129), (64, 32, 67), (13, 1000, 7)] {
+        // Up to 64 rows the streaming kernel, above it the packed GEMM (odd widths: the
+        // widened panels, exact for the unrounded inputs).
+        for &(m, k, n) in &[
+            (8, 64, 70),
+            (9, 96, 33),
+            (16, 100, 65),
+            (40, 160, 129),
+            (64, 32, 67),
+            (13, 1000, 7),
+            (65, 64, 70),
+            (100, 96, 67),
+            (130, 384, 13),
+            (200, 62, 100),
+            (77, 1002, 49),
+            (70, 33, 20),
+        ] {
             let x = data(m * k, 11);
             let mat = Matrix::new(data(n * k, 12), n, k, WeightFormat::Bf16);
             let Data::Bf16(w) = &mat.data else { unreachable!() };
             let mut y = vec![f32::NAN; m * n];
             mat.matmul_native_bf16(w, &x, &mut y, m);
-            let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+            let rounded = m <= NATIVE_BF16_ROWS_MAX || k % 2 == 0;
+            let xr: Vec<f32> = x.iter().map(|&v| if rounded { bf16::from_f32(v).to_f32() } else { v }).collect();
             let r = naive(&xr, &stored(&mat), m, k, n);
             let e = rel_err(&y, &r);
             assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
