@@ -422,21 +422,30 @@ struct BfPairs {
 }
 
 impl BfPairs {
-    /// `x` is `m` rows of `k` (even) columns.
+    /// `x` is `m` rows of `k` (even) columns. One block of 16 rows per task.
     fn new(x: &[f32], m: usize, k: usize) -> BfPairs {
         let pairs = k / 2;
-        let blocks = m.div_ceil(16);
-        let mut words = vec![0u32; blocks * pairs * 16];
-        for (i, row) in x.chunks_exact(k).enumerate().take(m) {
-            let (b, l) = (i / 16, i % 16);
-            let dst = &mut words[b * pairs * 16..(b + 1) * pairs * 16];
-            for (p, two) in row.chunks_exact(2).enumerate() {
-                let (lo, hi) = (bf16::from_f32(two[0]).to_bits(), bf16::from_f32(two[1]).to_bits());
-                dst[p * 16 + l] = u32::from(lo) | u32::from(hi) << 16;
+        let mut words = vec![0u32; m.div_ceil(16) * pairs * 16];
+        pool().for_chunks(&mut words, pairs * 16, |b, dst| {
+            for (l, row) in x.chunks_exact(k).skip(b * 16).take(16.min(m - b * 16)).enumerate() {
+                for (p, two) in row.chunks_exact(2).enumerate() {
+                    dst[p * 16 + l] = u32::from(bf16_bits(two[0])) | u32::from(bf16_bits(two[1])) << 16;
+                }
             }
-        }
+        });
         BfPairs { words, m, pairs }
     }
+}
+
+/// `bf16::from_f32(v).to_bits()` (round to nearest even, NaN kept quiet), without branches so
+/// that loops over it vectorize.
+#[inline]
+fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let nan = x & 0x7fff_ffff > 0x7f80_0000;
+    let up = u32::from(x & 0x8000 != 0 && x & 0x17fff != 0);
+    let r = (x >> 16) + up;
+    (if nan { (x >> 16) | 0x40 } else { r }) as u16
 }
 
 fn quantize_group(g: &[f32]) -> BlockQ8 {
@@ -1031,39 +1040,52 @@ mod x86v4 {
 
     /// See [`super::GemmBf16Native`]. Register tile: up to 4 blocks of 16 input rows by up to 6
     /// weight rows, 24 accumulators; per pair of columns 4 loads of inputs, 6 broadcasts of
-    /// weight pairs and 24 `vdpbf16ps`.
+    /// weight pairs and 24 `vdpbf16ps`. Tiles land in an L1-sized buffer of up to 64 rows by
+    /// `NATIVE_GEMM_COLS` columns, copied out row by row (an accumulator is a column of the
+    /// output: written straight to it, each of its 16 elements would touch a different line).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
     pub unsafe fn gemm_bf16_native(x: &BfPairs, w: &[u16], rows: usize, dst: *mut f32, ldc: usize) {
+        const NC: usize = super::NATIVE_GEMM_COLS;
         let k = 2 * x.pairs;
         assert!(w.len() >= rows * k && x.words.len() >= x.m.div_ceil(16) * 16 * x.pairs);
         let blocks = x.m.div_ceil(16);
-        let mut b = 0;
-        while b < blocks {
-            let rb = (blocks - b).min(4);
-            let mut j = 0;
-            while j < rows {
-                let cj = (rows - j).min(6);
-                macro_rules! tile {
-                    ($($r:literal),*) => {
-                        match (rb, cj) {
-                            $( (r, 6) if r == $r => bf16_tile::<$r, 6>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
-                               (r, 5) if r == $r => bf16_tile::<$r, 5>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
-                               (r, 4) if r == $r => bf16_tile::<$r, 4>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
-                               (r, 3) if r == $r => bf16_tile::<$r, 3>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
-                               (r, 2) if r == $r => bf16_tile::<$r, 2>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc),
-                               (r, 1) if r == $r => bf16_tile::<$r, 1>(x, b, w.as_ptr().add(j * k), k, dst.add(j), ldc), )*
-                            _ => unreachable!("tile {rb} x {cj}"),
-                        }
-                    };
+        let mut buf = [0f32; 64 * NC];
+        for j0 in (0..rows).step_by(NC) {
+            let nc = (rows - j0).min(NC);
+            let mut b = 0;
+            while b < blocks {
+                let rb = (blocks - b).min(4);
+                let mut j = 0;
+                while j < nc {
+                    let cj = (nc - j).min(6);
+                    let (wj, out) = (w.as_ptr().add((j0 + j) * k), buf.as_mut_ptr().add(j));
+                    macro_rules! tile {
+                        ($($r:literal),*) => {
+                            match (rb, cj) {
+                                $( (r, 6) if r == $r => bf16_tile::<$r, 6>(x, b, wj, k, out, NC),
+                                   (r, 5) if r == $r => bf16_tile::<$r, 5>(x, b, wj, k, out, NC),
+                                   (r, 4) if r == $r => bf16_tile::<$r, 4>(x, b, wj, k, out, NC),
+                                   (r, 3) if r == $r => bf16_tile::<$r, 3>(x, b, wj, k, out, NC),
+                                   (r, 2) if r == $r => bf16_tile::<$r, 2>(x, b, wj, k, out, NC),
+                                   (r, 1) if r == $r => bf16_tile::<$r, 1>(x, b, wj, k, out, NC), )*
+                                _ => unreachable!("tile {rb} x {cj}"),
+                            }
+                        };
+                    }
+                    tile!(1, 2, 3, 4);
+                    j += cj;
                 }
-                tile!(1, 2, 3, 4);
-                j += cj;
+                let i0 = b * 16;
+                for (r, row) in buf.chunks_exact(NC).take((rb * 16).min(x.m - i0)).enumerate() {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add((i0 + r) * ldc + j0), nc);
+                }
+                b += rb;
             }
-            b += rb;
         }
     }
 
-    /// Blocks `b0..b0 + R` of the packed inputs against `C` weight rows from `w` (`k` apart).
+    /// Blocks `b0..b0 + R` of the packed inputs against `C` weight rows from `w` (`k` apart),
+    /// into rows `0..16 R` of `dst` (`ldc` apart).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
     unsafe fn bf16_tile<const R: usize, const C: usize>(x: &BfPairs, b0: usize, w: *const u16, k: usize, dst: *mut f32, ldc: usize) {
@@ -1081,14 +1103,13 @@ mod x86v4 {
             }
         }
         // Each accumulator holds one weight row's sums for 16 input rows: a column of the
-        // output, written element by element (the rows past m are padding).
+        // tile (rows past m are padding, written all the same).
         let mut col = [0f32; 16];
         for (c, a) in acc.iter().enumerate() {
             for (r, v) in a.iter().enumerate() {
                 _mm512_storeu_ps(col.as_mut_ptr(), *v);
-                let i0 = (b0 + r) * 16;
-                for (l, &s) in col.iter().enumerate().take(x.m.saturating_sub(i0)) {
-                    *dst.add((i0 + l) * ldc + c) = s;
+                for (l, &s) in col.iter().enumerate() {
+                    *dst.add((r * 16 + l) * ldc + c) = s;
                 }
             }
         }
@@ -1253,6 +1274,17 @@ mod tests {
             let r = naive(&xr, &stored(&mat), m, k, n);
             let e = rel_err(&y, &r);
             assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        let mut v: Vec<f32> = data(4096, 21).into_iter().map(|x| x * 1e3).collect();
+        v.extend([0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        // Halfway cases: ties go to the even neighbour, up or down.
+        v.extend([f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0x3f80_8001)]);
+        for x in v {
+            assert_eq!(bf16_bits(x), bf16::from_f32(x).to_bits(), "{x:e} ({:#x})", x.to_bits());
         }
     }
 
