@@ -18,7 +18,9 @@
 #     throughput bench, time to the last position's logits);
 #   - decode of 32 tokens at batch 1 (llama-bench -n), and at batch 8 and 32 after 128-token
 #     prompts (llama-batched-bench -npl; ghostline: one batched forward per step);
-#   - peak RSS of each process (/usr/bin/time -f %M);
+#   - peak RSS of each process (/usr/bin/time -f %M): llama-bench against a ghostline run doing
+#     the same work (prefills and batch-1 decode), and llama-batched-bench against ghostline's
+#     run of everything;
 #   (both engines keep the KV cache in f16, their defaults; KV=f32 runs ghostline's reference);
 #   - ghostline's latency figures (--latency): cold 1500-token prompt, warm prompt with 8 new
 #     tokens after a cached 1500-token prefix, 32 decode steps.
@@ -87,15 +89,21 @@ for fmt in f32 bf16 q8; do
   # llama.cpp: prefill at each length and batch-1 decode.
   rss "llama.cpp-$gfmt" "$bin/llama-bench" -m "$tmp/model-$gfmt.gguf" -t "$threads" -r "$reps" \
     -p 128,512,1500 -n 32 -o json > "$tmp/lb-$fmt.json" 2>"$tmp/lb-$fmt.err" || { cat "$tmp/lb-$fmt.err" >&2; exit 1; }
-  # llama.cpp: batched decode, `reps` times (it runs each configuration once).
+  # llama.cpp: batched decode, `reps` times (it runs each configuration once; the first run's
+  # peak RSS is kept).
   for r in $(seq "$reps"); do
-    "$bin/llama-batched-bench" -m "$tmp/model-$gfmt.gguf" -t "$threads" -c 8192 -b 2048 -ub 512 \
-      -npp 128 -ntg 32 -npl 8,32 --output-format jsonl 2>&1 | grep '^{"n_kv_max' >> "$tmp/lbb-$fmt.jsonl" || true
+    bb=("$bin/llama-batched-bench" -m "$tmp/model-$gfmt.gguf" -t "$threads" -c 8192 -b 2048 -ub 512
+      -npp 128 -ntg 32 -npl 8,32 --output-format jsonl)
+    if [ "$r" = 1 ]; then bb=(rss "llama.cpp-$gfmt-batched" "${bb[@]}"); fi
+    "${bb[@]}" 2>&1 | grep '^{"n_kv_max' >> "$tmp/lbb-$fmt.jsonl" || true
   done
-  # ghostline.
-  rss "ghostline-$fmt" env GHOSTLINE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$gl" --model "$dir" \
+  # ghostline: everything (its peak RSS is that of the batched work too), then once more doing
+  # only what llama-bench does, for a peak RSS of the same work.
+  rss "ghostline-$fmt-batched" env GHOSTLINE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$gl" --model "$dir" \
     --weights "$fmt" --kv "${KV:-f16}" --prompts 128,512,1500 --decode 32 --batches 1,8,32 --reps "$reps" --latency \
     2>/dev/null >> "$results"
+  rss "ghostline-$fmt" env GHOSTLINE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$gl" --model "$dir" \
+    --weights "$fmt" --kv "${KV:-f16}" --prompts 128,512,1500 --decode 32 --batches 1 --reps 1 >/dev/null 2>&1
   python3 - "$tmp/lb-$fmt.json" "$tmp/lbb-$fmt.jsonl" "$gfmt" >> "$results" <<'EOF'
 import json, sys
 lb, lbb, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -146,8 +154,12 @@ for phase, batch, tokens in cases:
         ratio = f"{a['tok_per_s'] / b['tok_per_s']:.2f}x" if a and b else "n/a"
         print(f"| {label} | {g} | {fmt3(a)} | {fmt3(b)} | {ratio} |")
 print()
+fmts = [("f32", "f32"), ("bf16", "bf16"), ("q8", "q8_0")]
 print("| peak RSS, MiB | " + " | ".join(f"{g}: ghostline {rss('ghostline-' + g)} / llama.cpp {rss('llama.cpp-' + l)}"
-                                        for g, l in [("f32", "f32"), ("bf16", "bf16"), ("q8", "q8_0")]) + " |")
+                                        for g, l in fmts) + " |")
+print("| same, with batches 8 and 32 (llama.cpp: llama-batched-bench) | "
+      + " | ".join(f"{g}: ghostline {rss('ghostline-' + g + '-batched')} / llama.cpp {rss('llama.cpp-' + l + '-batched')}"
+                   for g, l in fmts) + " |")
 print()
 for r in rows:
     if r.get("engine") == "ghostline" and "ms" in r:

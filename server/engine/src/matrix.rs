@@ -12,7 +12,8 @@
 //!   per thread) into an f32 scratch and multiplied with the blocked GEMM, so the cost of the
 //!   widening is shared by every input row and no full f32 copy is ever held. Where native bf16
 //!   products are switched on, bf16 weights instead meet inputs rounded to bf16 and packed in
-//!   column pairs, in a register-tiled `vdpbf16ps` GEMM.
+//!   column pairs, in a register-tiled `vdpbf16ps` GEMM; on AVX-512 VNNI, q8 weights meet
+//!   inputs quantized per group and packed four columns at a time, in a `vpdpbusd` GEMM.
 //!
 //! SIMD variants are chosen at run time (AVX2 + FMA + F16C on x86-64), with a portable
 //! fallback that computes the same sums, so one binary runs on any x86-64 and on ARM.
@@ -177,6 +178,7 @@ impl Matrix {
         match (&self.data, m >= GEMM_MIN_ROWS) {
             (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
             (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
+            (Data::Q8(w), true) if kernels().gemm_q8_vnni.is_some() => self.matmul_q8_gemm(w, x, y, m),
             (_, true) => self.matmul_panels(x, y, m),
             (_, false) => self.matmul_few_rows(x, y, m),
         }
@@ -252,6 +254,28 @@ impl Matrix {
         });
     }
 
+    /// Prefill-shaped q8 product on AVX-512 VNNI: the input rows are quantized per group of 32
+    /// as for the decode kernels and packed in blocks of 16 rows, four columns at a time
+    /// (`Q8Rows`), so one 512-bit load holds the same four columns of 16 rows; each weight row's
+    /// four int8 values are broadcast against it, biased to u8, and `vpdpbusd` adds the four
+    /// products to 16 integer sums, one per input row, scaled into f32 once per group. The
+    /// weights are read as stored.
+    fn matmul_q8_gemm(&self, w: &[BlockQ8], x: &[f32], y: &mut [f32], m: usize) {
+        let (k, n) = (self.cols, self.rows);
+        let Some(gemm) = kernels().gemm_q8_vnni else {
+            return self.matmul_panels(x, y, m);
+        };
+        let g = k / Q8_GROUP;
+        let xq = Q8Rows::new(&x[..m * k], m, k);
+        let out = SyncPtr(y.as_mut_ptr());
+        pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
+            let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
+            // SAFETY: task c alone writes columns j0..j1 of the m x n output, which `matmul_t`
+            // checked holds m * n floats; `w` holds rows j0..j1 of g groups each.
+            unsafe { gemm(&xq, &w[j0 * g..j1 * g], j1 - j0, out.at(j0), n) };
+        });
+    }
+
     /// Prefill-shaped product: per task, widen a panel of weight rows to f32 and run the
     /// blocked GEMM on it for every input row.
     fn matmul_panels(&self, x: &[f32], y: &mut [f32], m: usize) {
@@ -300,6 +324,17 @@ impl Matrix {
                     static BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
                 }
                 let g = k / Q8_GROUP;
+                if m == 1 {
+                    // One input row: the task's outputs are y[r0..r1] itself.
+                    // SAFETY: task c alone writes y[r0..r1], inside the m * n floats `matmul_t`
+                    // checked.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
+                    match xq {
+                        QuantRows::Vnni(xv, vnni) => vnni(xv, 1, &w[r0 * g..r1 * g], g, o),
+                        QuantRows::Blocks(xb) => (kern.dots_q8)(xb, 1, &w[r0 * g..r1 * g], g, o),
+                    }
+                    return;
+                }
                 BUF.with(|b| {
                     let mut b = b.borrow_mut();
                     // Every element the kernel reads back it writes first: no zeroing per call.
@@ -437,6 +472,46 @@ impl BfPairs {
     }
 }
 
+/// Input rows quantized as [`quantize_rows`] does, packed for the q8 GEMM in blocks of 16 rows
+/// (the last padded with zero rows). A block is `16 * (quads + 2 * groups)` words: word
+/// `t * 16 + l` holds columns 4t..4t+3 of its row l as four i8; then per group the 16 rows'
+/// scales (f32 bits); then per group 128 · Σq of each row (what biasing the weights to u8 adds
+/// to each integer sum).
+struct Q8Rows {
+    words: Vec<u32>,
+    m: usize,
+    groups: usize,
+}
+
+impl Q8Rows {
+    fn new(x: &[f32], m: usize, k: usize) -> Q8Rows {
+        let groups = k / Q8_GROUP;
+        let quads = k / 4;
+        let stride = 16 * (quads + 2 * groups);
+        let mut words = vec![0u32; m.div_ceil(16) * stride];
+        pool().for_chunks(&mut words, stride, |b, blk| {
+            let (q, rest) = blk.split_at_mut(quads * 16);
+            let (d, corr) = rest.split_at_mut(groups * 16);
+            for (l, row) in x.chunks_exact(k).skip(b * 16).take(16.min(m - b * 16)).enumerate() {
+                for (gi, grp) in row.chunks_exact(Q8_GROUP).enumerate() {
+                    let mut bytes = [0u8; Q8_GROUP];
+                    let mut sum = 0i32;
+                    let scale = quantize_input_group(grp, |t, v| {
+                        bytes[t] = v as u8;
+                        sum += i32::from(v);
+                    });
+                    for (t, four) in bytes.chunks_exact(4).enumerate() {
+                        q[(gi * 8 + t) * 16 + l] = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
+                    }
+                    d[gi * 16 + l] = scale.to_bits();
+                    corr[gi * 16 + l] = (128 * sum) as u32;
+                }
+            }
+        });
+        Q8Rows { words, m, groups }
+    }
+}
+
 /// `bf16::from_f32(v).to_bits()` (round to nearest even, NaN kept quiet), without branches so
 /// that loops over it vectorize.
 #[inline]
@@ -566,6 +641,9 @@ type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], &mut [f32])
 /// `dst` must be valid for writes at `i * ldc + j` for every `i < x.m`, `j < rows`, with no
 /// other thread touching those elements meanwhile.
 type GemmBf16Native = unsafe fn(&BfPairs, &[u16], usize, *mut f32, usize);
+/// [`GemmBf16Native`] for q8: quantized input rows against `rows` q8 weight rows of
+/// `x.groups` groups each.
+type GemmQ8 = unsafe fn(&Q8Rows, &[BlockQ8], usize, *mut f32, usize);
 
 struct Kernels {
     dots_f32: DotsF32,
@@ -578,6 +656,8 @@ struct Kernels {
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     dots2_bf16_native: Option<Dots2Bf16Native>,
     gemm_bf16_native: Option<GemmBf16Native>,
+    /// Where the CPU has AVX-512 VNNI: many-row q8 products.
+    gemm_q8_vnni: Option<GemmQ8>,
 }
 
 fn kernels() -> &'static Kernels {
@@ -626,6 +706,7 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                         None
                     },
                     gemm_bf16_native: if has!("avx512bf16") { Some(x86v4::gemm_bf16_native) } else { None },
+                    gemm_q8_vnni: if has!("avx512vnni") { Some(x86v4::gemm_q8_vnni) } else { None },
                 },
             ));
         }
@@ -641,6 +722,7 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     dots_q8_vnni: None,
                     dots2_bf16_native: None,
                     gemm_bf16_native: None,
+                    gemm_q8_vnni: None,
                 },
             ));
         }
@@ -665,6 +747,7 @@ fn portable_kernels() -> Kernels {
         dots_q8_vnni: None,
         dots2_bf16_native: None,
         gemm_bf16_native: None,
+        gemm_q8_vnni: None,
     }
 }
 
@@ -909,7 +992,7 @@ mod x86 {
 mod x86v4 {
     use std::arch::x86_64::*;
 
-    use super::{BfPairs, BlockQ8, VnniRows, Q8_GROUP};
+    use super::{BfPairs, BlockQ8, Q8Rows, VnniRows, Q8_GROUP};
 
     /// A weight element type widened to sixteen f32 lanes.
     trait Lanes16: super::Weight {
@@ -1114,6 +1197,91 @@ mod x86v4 {
             }
         }
     }
+
+    /// See [`super::GemmQ8`]. Register tile: up to 4 blocks of 16 input rows by up to 3 weight
+    /// rows, 12 integer and 12 f32 accumulators; per four columns 4 loads of inputs, 3
+    /// broadcasts of weights (biased to u8 by flipping their sign bits) and 12 `vpdpbusd`; per
+    /// group of 32 columns the integer sums, less 128 · Σq, go into f32 with both scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn gemm_q8_vnni(x: &Q8Rows, w: &[BlockQ8], rows: usize, dst: *mut f32, ldc: usize) {
+        const NC: usize = super::NATIVE_GEMM_COLS;
+        let g = x.groups;
+        assert!(w.len() >= rows * g && x.words.len() >= x.m.div_ceil(16) * 16 * (g * 8 + 2 * g));
+        let blocks = x.m.div_ceil(16);
+        let mut buf = [0f32; 64 * NC];
+        for j0 in (0..rows).step_by(NC) {
+            let nc = (rows - j0).min(NC);
+            let mut b = 0;
+            while b < blocks {
+                let rb = (blocks - b).min(4);
+                let mut j = 0;
+                while j < nc {
+                    let cj = (nc - j).min(3);
+                    let (wj, out) = (w.as_ptr().add((j0 + j) * g), buf.as_mut_ptr().add(j));
+                    macro_rules! tile {
+                        ($($r:literal),*) => {
+                            match (rb, cj) {
+                                $( (r, 3) if r == $r => q8_tile::<$r, 3>(x, b, wj, out, NC),
+                                   (r, 2) if r == $r => q8_tile::<$r, 2>(x, b, wj, out, NC),
+                                   (r, 1) if r == $r => q8_tile::<$r, 1>(x, b, wj, out, NC), )*
+                                _ => unreachable!("tile {rb} x {cj}"),
+                            }
+                        };
+                    }
+                    tile!(1, 2, 3, 4);
+                    j += cj;
+                }
+                let i0 = b * 16;
+                for (r, row) in buf.chunks_exact(NC).take((rb * 16).min(x.m - i0)).enumerate() {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add((i0 + r) * ldc + j0), nc);
+                }
+                b += rb;
+            }
+        }
+    }
+
+    /// Blocks `b0..b0 + R` of the packed inputs against `C` q8 weight rows from `w` (`x.groups`
+    /// groups apart), into rows `0..16 R` of `dst` (`ldc` apart).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_tile<const R: usize, const C: usize>(x: &Q8Rows, b0: usize, w: *const BlockQ8, dst: *mut f32, ldc: usize) {
+        let g = x.groups;
+        let (quads, stride) = (g * 8, 16 * (g * 8 + 2 * g));
+        let base: [*const u32; R] = std::array::from_fn(|r| x.words.as_ptr().add((b0 + r) * stride));
+        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        let mut acc = [[_mm512_setzero_ps(); R]; C];
+        for gi in 0..g {
+            let mut sums = [[_mm512_setzero_si512(); R]; C];
+            for t in 0..8 {
+                let xv: [__m512i; R] = std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((gi * 8 + t) * 16) as *const _));
+                for (c, s) in sums.iter_mut().enumerate() {
+                    let quad = ((*w.add(c * g + gi)).q.as_ptr().add(4 * t) as *const i32).read_unaligned();
+                    let wv = _mm512_xor_si512(_mm512_set1_epi32(quad), flip);
+                    for r in 0..R {
+                        s[r] = _mm512_dpbusd_epi32(s[r], wv, xv[r]);
+                    }
+                }
+            }
+            let sx: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(base[r].add((quads + gi) * 16) as *const f32));
+            let corr: [__m512i; R] = std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _));
+            for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+                let dw = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
+                for r in 0..R {
+                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], corr[r]));
+                    a[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(sx[r], dw), a[r]);
+                }
+            }
+        }
+        let mut col = [0f32; 16];
+        for (c, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                _mm512_storeu_ps(col.as_mut_ptr(), *v);
+                for (l, &s) in col.iter().enumerate() {
+                    *dst.add((r * 16 + l) * ldc + c) = s;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1157,9 +1325,10 @@ mod tests {
                         r[i * n + j] += b[j];
                     }
                 }
-                let tol = |streaming: bool| if fmt == WeightFormat::Q8 && streaming { 1e-2 } else { 1e-5 };
+                let tol = |quantized: bool| if fmt == WeightFormat::Q8 && quantized { 1e-2 } else { 1e-5 };
                 let e = rel_err(&y, &r);
-                assert!(e < tol(m < GEMM_MIN_ROWS), "{fmt} m={m} k={k} n={n}: relative error {e}");
+                let quantized = m < GEMM_MIN_ROWS || kernels().gemm_q8_vnni.is_some();
+                assert!(e < tol(quantized), "{fmt} m={m} k={k} n={n}: relative error {e}");
                 // Both paths, whichever matmul_t chose.
                 let r = naive(&x, &stored(&mat), m, k, n);
                 if m <= FEW_ROWS_MAX {
@@ -1273,6 +1442,24 @@ mod tests {
             let xr: Vec<f32> = x.iter().map(|&v| if rounded { bf16::from_f32(v).to_f32() } else { v }).collect();
             let r = naive(&xr, &stored(&mat), m, k, n);
             let e = rel_err(&y, &r);
+            assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
+        }
+    }
+
+    #[test]
+    fn q8_gemm_equals_the_product_of_the_quantized_inputs() {
+        if kernels().gemm_q8_vnni.is_none() {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
+            return;
+        }
+        for &(m, k, n) in &[(16, 32, 7), (17, 64, 70), (33, 96, 49), (64, 384, 100), (100, 1024, 13), (130, 160, 48), (200, 64, 131)] {
+            let x: Vec<f32> = data(m * k, 31).into_iter().enumerate().map(|(i, v)| if i % 97 == 0 { 0.0 } else { v }).collect();
+            let mat = Matrix::new(data(n * k, 32), n, k, WeightFormat::Q8);
+            let Data::Q8(w) = &mat.data else { unreachable!() };
+            let mut y = vec![f32::NAN; m * n];
+            mat.matmul_q8_gemm(w, &x, &mut y, m);
+            let xq: Vec<f32> = quantize_rows(&x).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)).collect();
+            let e = rel_err(&y, &naive(&xq, &stored(&mat), m, k, n));
             assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
         }
     }
