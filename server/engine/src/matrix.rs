@@ -33,15 +33,16 @@ pub const Q8_GROUP: usize = 32;
 const GEMM_MIN_ROWS: usize = 16;
 /// Most input rows the streaming kernels take (their stack buffers' size).
 const FEW_ROWS_MAX: usize = GEMM_MIN_ROWS;
-/// Input rows from which q8 products use the AVX-512 VNNI kernel where the CPU has it: with
-/// fewer, preparing each pair of weight groups costs more than the kernel saves (BENCHMARKS.md).
-const VNNI_MIN_ROWS: usize = 8;
 
 /// Input rows from which a bf16 product goes to the native bf16 kernels (AVX-512 BF16) when
 /// they are switched on (`GHOSTLINE_BF16_NATIVE=1`; one row measured slower than the widening
 /// kernels): the streaming kernel up to `NATIVE_BF16_ROWS_MAX` rows, the packed GEMM above.
 const NATIVE_BF16_MIN_ROWS: usize = 8;
 const NATIVE_BF16_ROWS_MAX: usize = 15;
+/// Input rows from which q8 products go to the VNNI GEMM where the CPU has it (in blocks of 8
+/// rows up to 8, of 16 above; from 8 rows it measured at least as fast as the streaming VNNI
+/// kernel it replaced, BENCHMARKS.md); fewer go to the streaming kernels.
+const Q8_GEMM_MIN_ROWS: usize = 8;
 /// Weight rows per task of the packed native bf16 GEMM (a multiple of its tile's 6).
 const NATIVE_GEMM_COLS: usize = 48;
 
@@ -178,7 +179,7 @@ impl Matrix {
         match (&self.data, m >= GEMM_MIN_ROWS) {
             (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
             (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
-            (Data::Q8(w), true) if kernels().gemm_q8_vnni.is_some() => self.matmul_q8_gemm(w, x, y, m),
+            (Data::Q8(w), _) if m >= Q8_GEMM_MIN_ROWS && kernels().gemm_q8_vnni.is_some() => self.matmul_q8_gemm(w, x, y, m),
             (_, true) => self.matmul_panels(x, y, m),
             (_, false) => self.matmul_few_rows(x, y, m),
         }
@@ -254,9 +255,10 @@ impl Matrix {
         });
     }
 
-    /// Prefill-shaped q8 product on AVX-512 VNNI: the input rows are quantized per group of 32
-    /// as for the decode kernels and packed in blocks of 16 rows, four columns at a time
-    /// (`Q8Rows`), so one 512-bit load holds the same four columns of 16 rows; each weight row's
+    /// q8 product of `Q8_GEMM_MIN_ROWS` rows or more on AVX-512 VNNI: the input rows are
+    /// quantized per group of 32 as for the streaming kernels and packed in blocks of 16 rows
+    /// (8 for up to 8 rows), four columns at a time (`Q8Rows`), so one load holds the same four
+    /// columns of a block's rows; each weight row's
     /// four int8 values are broadcast against it, biased to u8, and `vpdpbusd` adds the four
     /// products to 16 integer sums, one per input row, scaled into f32 once per group. The
     /// weights are read as stored.
@@ -266,7 +268,7 @@ impl Matrix {
             return self.matmul_panels(x, y, m);
         };
         let g = k / Q8_GROUP;
-        let xq = Q8Rows::new(&x[..m * k], m, k);
+        let xq = Q8Rows::new(&x[..m * k], m, k, if m <= 8 { 8 } else { 16 });
         let out = SyncPtr(y.as_mut_ptr());
         pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
             let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
@@ -305,10 +307,7 @@ impl Matrix {
         assert!(m <= FEW_ROWS_MAX, "matmul_few_rows: {m} rows");
         let kern = kernels();
         let xq = match &self.data {
-            Data::Q8(_) => Some(match kern.dots_q8_vnni.filter(|_| m >= VNNI_MIN_ROWS) {
-                Some(vnni) => QuantRows::Vnni(VnniRows::new(&x[..m * k], k), vnni),
-                None => QuantRows::Blocks(quantize_rows(&x[..m * k])),
-            }),
+            Data::Q8(_) => Some(quantize_rows(&x[..m * k])),
             _ => None,
         };
         let out = SyncPtr(y.as_mut_ptr());
@@ -329,10 +328,7 @@ impl Matrix {
                     // SAFETY: task c alone writes y[r0..r1], inside the m * n floats `matmul_t`
                     // checked.
                     let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
-                    match xq {
-                        QuantRows::Vnni(xv, vnni) => vnni(xv, 1, &w[r0 * g..r1 * g], g, o),
-                        QuantRows::Blocks(xb) => (kern.dots_q8)(xb, 1, &w[r0 * g..r1 * g], g, o),
-                    }
+                    (kern.dots_q8)(xq, 1, &w[r0 * g..r1 * g], g, o);
                     return;
                 }
                 BUF.with(|b| {
@@ -343,10 +339,7 @@ impl Matrix {
                     }
                     let buf = &mut b[..(r1 - r0) * m];
                     let w = &w[r0 * g..r1 * g];
-                    match xq {
-                        QuantRows::Vnni(xv, vnni) => vnni(xv, m, w, g, buf),
-                        QuantRows::Blocks(xb) => (kern.dots_q8)(xb, m, w, g, buf),
-                    }
+                    (kern.dots_q8)(xq, m, w, g, buf);
                     for (r, o) in buf.chunks_exact(m).enumerate() {
                         // SAFETY: as below.
                         unsafe { out.write_column(n, r0 + r, o) };
@@ -472,27 +465,28 @@ impl BfPairs {
     }
 }
 
-/// Input rows quantized as [`quantize_rows`] does, packed for the q8 GEMM in blocks of 16 rows
-/// (the last padded with zero rows). A block is `16 * (quads + 2 * groups)` words: word
-/// `t * 16 + l` holds columns 4t..4t+3 of its row l as four i8; then per group the 16 rows'
-/// scales (f32 bits); then per group 128 · Σq of each row (what biasing the weights to u8 adds
-/// to each integer sum).
+/// Input rows quantized as [`quantize_rows`] does, packed for the q8 GEMM in blocks of `lanes`
+/// rows (16, or 8 for a product of at most 8 rows; the last block padded with zero rows). A
+/// block is `lanes * (quads + 2 * groups)` words: word `t * lanes + l` holds columns 4t..4t+3
+/// of its row l as four i8; then per group the rows' scales (f32 bits); then per group
+/// 128 · Σq of each row (what biasing the weights to u8 adds to each integer sum).
 struct Q8Rows {
     words: Vec<u32>,
     m: usize,
     groups: usize,
+    lanes: usize,
 }
 
 impl Q8Rows {
-    fn new(x: &[f32], m: usize, k: usize) -> Q8Rows {
+    fn new(x: &[f32], m: usize, k: usize, lanes: usize) -> Q8Rows {
         let groups = k / Q8_GROUP;
         let quads = k / 4;
-        let stride = 16 * (quads + 2 * groups);
-        let mut words = vec![0u32; m.div_ceil(16) * stride];
+        let stride = lanes * (quads + 2 * groups);
+        let mut words = vec![0u32; m.div_ceil(lanes) * stride];
         pool().for_chunks(&mut words, stride, |b, blk| {
-            let (q, rest) = blk.split_at_mut(quads * 16);
-            let (d, corr) = rest.split_at_mut(groups * 16);
-            for (l, row) in x.chunks_exact(k).skip(b * 16).take(16.min(m - b * 16)).enumerate() {
+            let (q, rest) = blk.split_at_mut(quads * lanes);
+            let (d, corr) = rest.split_at_mut(groups * lanes);
+            for (l, row) in x.chunks_exact(k).skip(b * lanes).take(lanes.min(m - b * lanes)).enumerate() {
                 for (gi, grp) in row.chunks_exact(Q8_GROUP).enumerate() {
                     let mut bytes = [0u8; Q8_GROUP];
                     let mut sum = 0i32;
@@ -501,14 +495,14 @@ impl Q8Rows {
                         sum += i32::from(v);
                     });
                     for (t, four) in bytes.chunks_exact(4).enumerate() {
-                        q[(gi * 8 + t) * 16 + l] = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
+                        q[(gi * 8 + t) * lanes + l] = u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
                     }
-                    d[gi * 16 + l] = scale.to_bits();
-                    corr[gi * 16 + l] = (128 * sum) as u32;
+                    d[gi * lanes + l] = scale.to_bits();
+                    corr[gi * lanes + l] = (128 * sum) as u32;
                 }
             }
         });
-        Q8Rows { words, m, groups }
+        Q8Rows { words, m, groups, lanes }
     }
 }
 
@@ -544,7 +538,7 @@ fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
 }
 
 /// Quantizes one group of 32 inputs symmetrically to i8, handing each value to `put`; returns
-/// the group's scale. Both input layouts ([`BlockQ8A`], [`VnniRows`]) quantize through here.
+/// the group's scale. Both input layouts ([`BlockQ8A`], [`Q8Rows`]) quantize through here.
 #[inline]
 fn quantize_input_group(g: &[f32], mut put: impl FnMut(usize, i8)) -> f32 {
     let amax = g.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -553,41 +547,6 @@ fn quantize_input_group(g: &[f32], mut put: impl FnMut(usize, i8)) -> f32 {
         put(t, round_i8(v * inv));
     }
     amax / 127.0
-}
-
-/// Input rows quantized for a q8 product, in the layout of the kernel that will take them.
-enum QuantRows {
-    Blocks(Vec<BlockQ8A>),
-    Vnni(VnniRows, DotsQ8Vnni),
-}
-
-/// Input rows prepared for the AVX-512 VNNI q8 kernel: the values quantized exactly as
-/// [`quantize_rows`] does, stored biased to u8 (`q + 128`, what `vpdpbusd` multiplies), and each
-/// pair of groups' two scales spread over the 8 lanes that hold that group's sums.
-pub(crate) struct VnniRows {
-    q: Vec<u8>,
-    d: Vec<f32>,
-    k: usize,
-    pairs: usize,
-}
-
-impl VnniRows {
-    fn new(x: &[f32], k: usize) -> VnniRows {
-        let (m, g) = (x.len() / k, k / Q8_GROUP);
-        let pairs = g.div_ceil(2);
-        // 64 bytes of padding: an odd last group is read as a whole pair (its weights are zero).
-        let mut q = vec![128u8; m * k + 64];
-        let mut d = vec![0f32; m * pairs * 16];
-        for (i, row) in x.chunks_exact(k).enumerate() {
-            for (b, grp) in row.chunks_exact(Q8_GROUP).enumerate() {
-                let qg = &mut q[i * k + b * Q8_GROUP..][..Q8_GROUP];
-                let scale = quantize_input_group(grp, |t, v| qg[t] = (v as i16 + 128) as u8);
-                let at = (i * pairs + b / 2) * 16 + (b % 2) * 8;
-                d[at..at + 8].fill(scale);
-            }
-        }
-        VnniRows { q, d, k, pairs }
-    }
 }
 
 /// A stored weight element as f32 (the scalar tails of the SIMD kernels).
@@ -630,8 +589,6 @@ type Dots2Bf16 = fn(&[f32], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
 /// `out[r * m + i] = xq_i · w_r` for `m` quantized rows and each weight row `w_r` of `w`, all
 /// of `g` groups.
 type DotsQ8 = fn(&[BlockQ8A], usize, &[BlockQ8], usize, &mut [f32]);
-/// [`DotsQ8`] on input rows prepared for AVX-512 VNNI.
-type DotsQ8Vnni = fn(&VnniRows, usize, &[BlockQ8], usize, &mut [f32]);
 /// Like [`Dots2Bf16`] with the input rows in bf16 too.
 type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], &mut [f32]);
 /// `dst[i * ldc + j] = x_i · w_j` for every packed input row `i` and each of the `rows` weight
@@ -651,8 +608,6 @@ struct Kernels {
     dots2_f32: Dots2F32,
     dots2_bf16: Dots2Bf16,
     dots_q8: DotsQ8,
-    /// Where the CPU has AVX-512 VNNI: q8 products two groups per instruction.
-    dots_q8_vnni: Option<DotsQ8Vnni>,
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     dots2_bf16_native: Option<Dots2Bf16Native>,
     gemm_bf16_native: Option<GemmBf16Native>,
@@ -695,11 +650,6 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     // The AVX2 q8 kernel: the same loop on 256-bit VNNI (`vpdpbusd` in place of
                     // `maddubs` + `madd`) measured 8-13 % slower here (BENCHMARKS.md).
                     dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
-                    dots_q8_vnni: if has!("avx512vnni") {
-                        Some(|x, m, w, g, o| unsafe { x86v4::dots_q8_vnni(x, m, w, g, o) })
-                    } else {
-                        None
-                    },
                     dots2_bf16_native: if has!("avx512bf16") {
                         Some(|x, m, w0, w1, o0, o1| unsafe { x86v4::dots2_bf16_native(x, m, w0, w1, o0, o1) })
                     } else {
@@ -719,7 +669,6 @@ fn kernel_sets() -> Vec<(&'static str, Kernels)> {
                     dots2_f32: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_f32(x, m, w0, w1, o0, o1) },
                     dots2_bf16: |x, m, w0, w1, o0, o1| unsafe { x86::dots2_bf16(x, m, w0, w1, o0, o1) },
                     dots_q8: |x, m, w, g, o| unsafe { x86::dots_q8(x, m, w, g, o) },
-                    dots_q8_vnni: None,
                     dots2_bf16_native: None,
                     gemm_bf16_native: None,
                     gemm_q8_vnni: None,
@@ -744,7 +693,6 @@ fn portable_kernels() -> Kernels {
             portable::dots_bf16(x, m, w1, o1);
         },
         dots_q8: portable::dots_q8,
-        dots_q8_vnni: None,
         dots2_bf16_native: None,
         gemm_bf16_native: None,
         gemm_q8_vnni: None,
@@ -992,7 +940,7 @@ mod x86 {
 mod x86v4 {
     use std::arch::x86_64::*;
 
-    use super::{BfPairs, BlockQ8, Q8Rows, VnniRows, Q8_GROUP};
+    use super::{BfPairs, BlockQ8, Q8Rows};
 
     /// A weight element type widened to sixteen f32 lanes.
     trait Lanes16: super::Weight {
@@ -1019,67 +967,6 @@ mod x86v4 {
         "avx512f,avx512bw,avx512vl,avx2,fma,f16c", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
         _mm512_add_ps, _mm512_reduce_add_ps, Lanes16
     );
-
-    /// q8 weight rows against input rows prepared by [`VnniRows`], a pair of weight rows and up
-    /// to four input rows at a time: per pair of groups (64 bytes), `vpdpbusd` multiplies the
-    /// biased u8 inputs by the i8 weights into 16 i32 sums, starting from -128 · Σw (which takes
-    /// the bias back out); then to f32, times both groups' scales, into the f32 sums.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dots_q8_vnni(x: &VnniRows, m: usize, w: &[BlockQ8], g: usize, out: &mut [f32]) {
-        let rows = w.len() / g;
-        assert!(x.k == g * Q8_GROUP && x.q.len() >= m * x.k + 64 && x.d.len() >= m * x.pairs * 16);
-        assert!(out.len() >= m * rows);
-        for r in (0..rows).step_by(2) {
-            // An odd last row goes through as both rows of the pair and is written once.
-            let r1 = (r + 1).min(rows - 1);
-            let (w0, w1) = (&w[r * g..(r + 1) * g], &w[r1 * g..(r1 + 1) * g]);
-            by_fours!(m, q8_vnni_r, x, w0, w1, m, &mut out[r * m..(r1 + 1) * m]);
-        }
-    }
-
-    /// One weight row's pair of groups `b`, `b + 1` (the second zero past the row's end): the
-    /// 64 weights, their two scales spread over 8 lanes each, and -128 · Σw per lane.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_pair(w: &[BlockQ8], b: usize) -> (__m512i, __m512, __m512i) {
-        let lo = _mm256_loadu_si256(w[b].q.as_ptr() as *const __m256i);
-        let (hi, d1) = match w.get(b + 1) {
-            Some(n) => (_mm256_loadu_si256(n.q.as_ptr() as *const __m256i), n.d),
-            None => (_mm256_setzero_si256(), 0),
-        };
-        let wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        let dh = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(w[b].d as i16)), _mm_set1_epi16(d1 as i16), 1);
-        let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), wv);
-        (wv, _mm512_cvtph_ps(dh), _mm512_sub_epi32(_mm512_setzero_si512(), bias))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_vnni_r<const R: usize>(i: usize, x: &VnniRows, w0: &[BlockQ8], w1: &[BlockQ8], m: usize, out: &mut [f32]) {
-        let (k, pairs) = (x.k, x.pairs);
-        let mut a0 = [_mm512_setzero_ps(); R];
-        let mut a1 = [_mm512_setzero_ps(); R];
-        for p in 0..pairs {
-            let (wv0, sw0, nb0) = q8_pair(w0, 2 * p);
-            let (wv1, sw1, nb1) = q8_pair(w1, 2 * p);
-            for l in 0..R {
-                let row = i + l;
-                let xv = _mm512_loadu_si512(x.q.as_ptr().add(row * k + 2 * p * Q8_GROUP) as *const _);
-                let sx = _mm512_loadu_ps(x.d.as_ptr().add((row * pairs + p) * 16));
-                let d0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nb0, xv, wv0));
-                let d1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nb1, xv, wv1));
-                a0[l] = _mm512_fmadd_ps(d0, _mm512_mul_ps(sw0, sx), a0[l]);
-                a1[l] = _mm512_fmadd_ps(d1, _mm512_mul_ps(sw1, sx), a1[l]);
-            }
-        }
-        let two = out.len() >= 2 * m;
-        for l in 0..R {
-            out[i + l] = _mm512_reduce_add_ps(a0[l]);
-            if two {
-                out[m + i + l] = _mm512_reduce_add_ps(a1[l]);
-            }
-        }
-    }
 
     /// bf16 input rows against two bf16 weight rows: `vdpbf16ps` multiplies 32 bf16 pairs per
     /// instruction into 16 f32 sums; the tail of a row is read with a mask (zeros past the end).
@@ -1132,7 +1019,9 @@ mod x86v4 {
         let k = 2 * x.pairs;
         assert!(w.len() >= rows * k && x.words.len() >= x.m.div_ceil(16) * 16 * x.pairs);
         let blocks = x.m.div_ceil(16);
-        let mut buf = [0f32; 64 * NC];
+        // Not zeroed: every element copied out below was written by a tile first.
+        let mut buf = std::mem::MaybeUninit::<[f32; 64 * NC]>::uninit();
+        let buf = buf.as_mut_ptr() as *mut f32;
         for j0 in (0..rows).step_by(NC) {
             let nc = (rows - j0).min(NC);
             let mut b = 0;
@@ -1141,7 +1030,7 @@ mod x86v4 {
                 let mut j = 0;
                 while j < nc {
                     let cj = (nc - j).min(6);
-                    let (wj, out) = (w.as_ptr().add((j0 + j) * k), buf.as_mut_ptr().add(j));
+                    let (wj, out) = (w.as_ptr().add((j0 + j) * k), buf.add(j));
                     macro_rules! tile {
                         ($($r:literal),*) => {
                             match (rb, cj) {
@@ -1159,8 +1048,8 @@ mod x86v4 {
                     j += cj;
                 }
                 let i0 = b * 16;
-                for (r, row) in buf.chunks_exact(NC).take((rb * 16).min(x.m - i0)).enumerate() {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add((i0 + r) * ldc + j0), nc);
+                for r in 0..(rb * 16).min(x.m - i0) {
+                    std::ptr::copy_nonoverlapping(buf.add(r * NC), dst.add((i0 + r) * ldc + j0), nc);
                 }
                 b += rb;
             }
@@ -1198,26 +1087,35 @@ mod x86v4 {
         }
     }
 
-    /// See [`super::GemmQ8`]. Register tile: up to 4 blocks of 16 input rows by up to 3 weight
+    /// How many q8 groups (34 bytes each) ahead of the one in use the GEMM prefetches.
+    const PREFETCH_GROUPS: usize = 4;
+
+    /// See [`super::GemmQ8`]. Register tile, 16-row blocks: up to 4 blocks by up to 3 weight
     /// rows, 12 integer and 12 f32 accumulators; per four columns 4 loads of inputs, 3
     /// broadcasts of weights (biased to u8 by flipping their sign bits) and 12 `vpdpbusd`; per
     /// group of 32 columns the integer sums, less 128 · Σq, go into f32 with both scales.
+    /// 8-row blocks (products of at most 8 rows) run the same on 256-bit registers, one block
+    /// by up to 8 weight rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn gemm_q8_vnni(x: &Q8Rows, w: &[BlockQ8], rows: usize, dst: *mut f32, ldc: usize) {
         const NC: usize = super::NATIVE_GEMM_COLS;
-        let g = x.groups;
-        assert!(w.len() >= rows * g && x.words.len() >= x.m.div_ceil(16) * 16 * (g * 8 + 2 * g));
-        let blocks = x.m.div_ceil(16);
-        let mut buf = [0f32; 64 * NC];
+        let (g, lanes) = (x.groups, x.lanes);
+        assert!(lanes == 8 || lanes == 16);
+        assert!(w.len() >= rows * g && x.words.len() >= x.m.div_ceil(lanes) * lanes * (g * 8 + 2 * g));
+        let blocks = x.m.div_ceil(lanes);
+        let (max_rb, max_cj) = if lanes == 16 { (4, 3) } else { (1, 8) };
+        // Not zeroed: every element copied out below was written by a tile first.
+        let mut buf = std::mem::MaybeUninit::<[f32; 64 * NC]>::uninit();
+        let buf = buf.as_mut_ptr() as *mut f32;
         for j0 in (0..rows).step_by(NC) {
             let nc = (rows - j0).min(NC);
             let mut b = 0;
             while b < blocks {
-                let rb = (blocks - b).min(4);
+                let rb = (blocks - b).min(max_rb);
                 let mut j = 0;
                 while j < nc {
-                    let cj = (nc - j).min(3);
-                    let (wj, out) = (w.as_ptr().add((j0 + j) * g), buf.as_mut_ptr().add(j));
+                    let cj = (nc - j).min(max_cj);
+                    let (wj, out) = (w.as_ptr().add((j0 + j) * g), buf.add(j));
                     macro_rules! tile {
                         ($($r:literal),*) => {
                             match (rb, cj) {
@@ -1228,14 +1126,67 @@ mod x86v4 {
                             }
                         };
                     }
-                    tile!(1, 2, 3, 4);
+                    if lanes == 16 {
+                        tile!(1, 2, 3, 4);
+                    } else {
+                        match cj {
+                            8 => q8_tile8::<8>(x, b, wj, out, NC),
+                            7 => q8_tile8::<7>(x, b, wj, out, NC),
+                            6 => q8_tile8::<6>(x, b, wj, out, NC),
+                            5 => q8_tile8::<5>(x, b, wj, out, NC),
+                            4 => q8_tile8::<4>(x, b, wj, out, NC),
+                            3 => q8_tile8::<3>(x, b, wj, out, NC),
+                            2 => q8_tile8::<2>(x, b, wj, out, NC),
+                            _ => q8_tile8::<1>(x, b, wj, out, NC),
+                        }
+                    }
                     j += cj;
                 }
-                let i0 = b * 16;
-                for (r, row) in buf.chunks_exact(NC).take((rb * 16).min(x.m - i0)).enumerate() {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add((i0 + r) * ldc + j0), nc);
+                let i0 = b * lanes;
+                for r in 0..(rb * lanes).min(x.m - i0) {
+                    std::ptr::copy_nonoverlapping(buf.add(r * NC), dst.add((i0 + r) * ldc + j0), nc);
                 }
                 b += rb;
+            }
+        }
+    }
+
+    /// Block `b0` of 8-row packed inputs against `C` q8 weight rows, as [`q8_tile`] on 256-bit
+    /// registers, into rows `0..8` of `dst` (`ldc` apart).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_tile8<const C: usize>(x: &Q8Rows, b0: usize, w: *const BlockQ8, dst: *mut f32, ldc: usize) {
+        let g = x.groups;
+        let (quads, stride) = (g * 8, 8 * (g * 8 + 2 * g));
+        let base = x.words.as_ptr().add(b0 * stride);
+        let flip = _mm256_set1_epi32(0x8080_8080u32 as i32);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for gi in 0..g {
+            let neg = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_loadu_si256(base.add((quads + g + gi) * 8) as *const __m256i));
+            let mut sums = [neg; C];
+            for c in 0..C {
+                // The weights are read four bytes at a time from C rows at once, a pattern the
+                // hardware prefetchers follow too late: ask for a few groups ahead.
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * g + gi + PREFETCH_GROUPS) as *const i8);
+            }
+            for t in 0..8 {
+                let xv = _mm256_loadu_si256(base.add((gi * 8 + t) * 8) as *const __m256i);
+                for (c, s) in sums.iter_mut().enumerate() {
+                    let quad = ((*w.add(c * g + gi)).q.as_ptr().add(4 * t) as *const i32).read_unaligned();
+                    *s = _mm256_dpbusd_epi32(*s, _mm256_xor_si256(_mm256_set1_epi32(quad), flip), xv);
+                }
+            }
+            let sx = _mm256_loadu_ps(base.add((quads + gi) * 8) as *const f32);
+            for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+                let dw = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), _mm256_mul_ps(sx, dw), *a);
+            }
+        }
+        let mut col = [0f32; 8];
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(col.as_mut_ptr(), *a);
+            for (l, &s) in col.iter().enumerate() {
+                *dst.add(l * ldc + c) = s;
             }
         }
     }
@@ -1251,7 +1202,13 @@ mod x86v4 {
         let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
         let mut acc = [[_mm512_setzero_ps(); R]; C];
         for gi in 0..g {
-            let mut sums = [[_mm512_setzero_si512(); R]; C];
+            // The sums start at -128 · Σq, taking the weights' bias back out up front.
+            let neg: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _)));
+            let mut sums = [neg; C];
+            for c in 0..C {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * g + gi + PREFETCH_GROUPS) as *const i8);
+            }
             for t in 0..8 {
                 let xv: [__m512i; R] = std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((gi * 8 + t) * 16) as *const _));
                 for (c, s) in sums.iter_mut().enumerate() {
@@ -1263,12 +1220,10 @@ mod x86v4 {
                 }
             }
             let sx: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(base[r].add((quads + gi) * 16) as *const f32));
-            let corr: [__m512i; R] = std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _));
             for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
                 let dw = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
                 for r in 0..R {
-                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], corr[r]));
-                    a[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(sx[r], dw), a[r]);
+                    a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(sx[r], dw), a[r]);
                 }
             }
         }
@@ -1392,17 +1347,6 @@ mod tests {
                     (kern.dots_q8)(&xq, m, &wq2, g, &mut a2);
                     portable::dots_q8(&xq, m, &wq2, g, &mut b2);
                     assert!(rel_err(&a2, &b2) < 1e-6, "q8 two rows {m_name}");
-                    if let Some(vnni) = kern.dots_q8_vnni {
-                        // Odd and even numbers of weight rows and of groups.
-                        let xv = VnniRows::new(&x, k);
-                        let wq3: Vec<BlockQ8> = wq2.iter().chain(&wq).copied().collect();
-                        let (mut a3, mut b3) = (vec![0f32; 3 * m], vec![0f32; 3 * m]);
-                        vnni(&xv, m, &wq3, g, &mut a3);
-                        portable::dots_q8(&xq, m, &wq3, g, &mut b3);
-                        assert!(rel_err(&a3, &b3) < 1e-6, "q8 vnni three rows {m_name}");
-                        vnni(&xv, m, &wq2, g, &mut a2);
-                        assert!(rel_err(&a2, &b2) < 1e-6, "q8 vnni two rows {m_name}");
-                    }
                     (kern.dots_q8)(&xq, m, &wq, g, &mut a);
                     portable::dots_q8(&xq, m, &wq, g, &mut b);
                     assert!(rel_err(&a, &b) < 1e-6, "q8 {m_name}");
@@ -1452,7 +1396,18 @@ mod tests {
             eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
             return;
         }
-        for &(m, k, n) in &[(16, 32, 7), (17, 64, 70), (33, 96, 49), (64, 384, 100), (100, 1024, 13), (130, 160, 48), (200, 64, 131)] {
+        for &(m, k, n) in &[
+            (8, 32, 7),
+            (8, 384, 100),
+            (5, 64, 53),
+            (16, 32, 7),
+            (17, 64, 70),
+            (33, 96, 49),
+            (64, 384, 100),
+            (100, 1024, 13),
+            (130, 160, 48),
+            (200, 64, 131),
+        ] {
             let x: Vec<f32> = data(m * k, 31).into_iter().enumerate().map(|(i, v)| if i % 97 == 0 { 0.0 } else { v }).collect();
             let mat = Matrix::new(data(n * k, 32), n, k, WeightFormat::Q8);
             let Data::Q8(w) = &mat.data else { unreachable!() };
