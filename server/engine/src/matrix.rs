@@ -18,7 +18,7 @@
 //! SIMD variants are chosen at run time (AVX2 + FMA + F16C on x86-64), with a portable
 //! fallback that computes the same sums, so one binary runs on any x86-64 and on ARM.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -217,7 +217,9 @@ impl Matrix {
                 None => self.matmul_panels(x, y, m),
             };
         }
-        let xb: Vec<u16> = x[..m * k].iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let mut xb = INPUT_BF16.take();
+        xb.clear();
+        xb.extend(x[..m * k].iter().map(|&v| bf16_bits(v)));
         let out = SyncPtr(y.as_mut_ptr());
         pool().run(n.div_ceil(COLS), &|c| {
             let mut acc = [[0f32; NATIVE_BF16_ROWS_MAX]; 2];
@@ -235,6 +237,7 @@ impl Matrix {
                 }
             }
         });
+        INPUT_BF16.set(xb);
     }
 
     /// Prefill-shaped bf16 product on the native bf16 instructions. The input rows are rounded
@@ -245,7 +248,7 @@ impl Matrix {
     /// `NATIVE_GEMM_COLS` neighbouring weight rows for every input row.
     fn matmul_native_bf16_gemm(&self, gemm: GemmBf16Native, w: &[u16], x: &[f32], y: &mut [f32], m: usize) {
         let (k, n) = (self.cols, self.rows);
-        let xp = BfPairs::new(&x[..m * k], m, k);
+        let xp = BfPairs::new(&x[..m * k], m, k, INPUT_WORDS.take());
         let out = SyncPtr(y.as_mut_ptr());
         pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
             let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
@@ -253,6 +256,7 @@ impl Matrix {
             // checked holds m * n floats; `w` holds rows j0..j1 of k elements each.
             unsafe { gemm(&xp, &w[j0 * k..j1 * k], j1 - j0, out.at(j0), n) };
         });
+        INPUT_WORDS.set(xp.words);
     }
 
     /// q8 product of `Q8_GEMM_MIN_ROWS` rows or more on AVX-512 VNNI: the input rows are
@@ -268,7 +272,7 @@ impl Matrix {
             return self.matmul_panels(x, y, m);
         };
         let g = k / Q8_GROUP;
-        let xq = Q8Rows::new(&x[..m * k], m, k, if m <= 8 { 8 } else { 16 });
+        let xq = Q8Rows::new(&x[..m * k], m, k, if m <= 8 { 8 } else { 16 }, INPUT_WORDS.take());
         let out = SyncPtr(y.as_mut_ptr());
         pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
             let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
@@ -276,6 +280,7 @@ impl Matrix {
             // checked holds m * n floats; `w` holds rows j0..j1 of g groups each.
             unsafe { gemm(&xq, &w[j0 * g..j1 * g], j1 - j0, out.at(j0), n) };
         });
+        INPUT_WORDS.set(xq.words);
     }
 
     /// Prefill-shaped product: per task, widen a panel of weight rows to f32 and run the
@@ -307,7 +312,7 @@ impl Matrix {
         assert!(m <= FEW_ROWS_MAX, "matmul_few_rows: {m} rows");
         let kern = kernels();
         let xq = match &self.data {
-            Data::Q8(_) => Some(quantize_rows(&x[..m * k])),
+            Data::Q8(_) => Some(quantize_rows(&x[..m * k], QUANT_ROWS.take())),
             _ => None,
         };
         let out = SyncPtr(y.as_mut_ptr());
@@ -369,6 +374,9 @@ impl Matrix {
                 row += if two { 2 } else { 1 };
             }
         });
+        if let Some(v) = xq {
+            QUANT_ROWS.set(v);
+        }
     }
 }
 
@@ -450,10 +458,12 @@ struct BfPairs {
 }
 
 impl BfPairs {
-    /// `x` is `m` rows of `k` (even) columns. One block of 16 rows per task.
-    fn new(x: &[f32], m: usize, k: usize) -> BfPairs {
+    /// `x` is `m` rows of `k` (even) columns, packed into `words`' allocation. One block of 16
+    /// rows per task.
+    fn new(x: &[f32], m: usize, k: usize, mut words: Vec<u32>) -> BfPairs {
         let pairs = k / 2;
-        let mut words = vec![0u32; m.div_ceil(16) * pairs * 16];
+        words.clear();
+        words.resize(m.div_ceil(16) * pairs * 16, 0);
         pool().for_chunks(&mut words, pairs * 16, |b, dst| {
             for (l, row) in x.chunks_exact(k).skip(b * 16).take(16.min(m - b * 16)).enumerate() {
                 for (p, two) in row.chunks_exact(2).enumerate() {
@@ -478,11 +488,13 @@ struct Q8Rows {
 }
 
 impl Q8Rows {
-    fn new(x: &[f32], m: usize, k: usize, lanes: usize) -> Q8Rows {
+    /// `x` is `m` rows of `k` columns, packed into `words`' allocation.
+    fn new(x: &[f32], m: usize, k: usize, lanes: usize, mut words: Vec<u32>) -> Q8Rows {
         let groups = k / Q8_GROUP;
         let quads = k / 4;
         let stride = lanes * (quads + 2 * groups);
-        let mut words = vec![0u32; m.div_ceil(lanes) * stride];
+        words.clear();
+        words.resize(m.div_ceil(lanes) * stride, 0);
         pool().for_chunks(&mut words, stride, |b, blk| {
             let (q, rest) = blk.split_at_mut(quads * lanes);
             let (d, corr) = rest.split_at_mut(groups * lanes);
@@ -528,13 +540,23 @@ fn quantize_group(g: &[f32]) -> BlockQ8 {
     BlockQ8 { d: d.to_bits(), q }
 }
 
-/// Quantizes input rows (a multiple of 32 floats) into groups with f32 scales.
-fn quantize_rows(x: &[f32]) -> Vec<BlockQ8A> {
-    let mut out = vec![BLOCK_A_ZERO; x.len() / Q8_GROUP];
+/// Quantizes input rows (a multiple of 32 floats) into groups with f32 scales, in `out`'s
+/// allocation.
+fn quantize_rows(x: &[f32], mut out: Vec<BlockQ8A>) -> Vec<BlockQ8A> {
+    out.clear();
+    out.resize(x.len() / Q8_GROUP, BLOCK_A_ZERO);
     for (b, g) in out.iter_mut().zip(x.chunks_exact(Q8_GROUP)) {
         b.d = quantize_input_group(g, |t, q| b.q[t] = q);
     }
     out
+}
+
+// The calling thread's input buffers of its last product of each kind, taken for the next one
+// and put back after it, so that a decode step allocates nothing once they have grown.
+thread_local! {
+    static QUANT_ROWS: Cell<Vec<BlockQ8A>> = const { Cell::new(Vec::new()) };
+    static INPUT_WORDS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static INPUT_BF16: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
 }
 
 /// Quantizes one group of 32 inputs symmetrically to i8, handing each value to `put`; returns
@@ -1317,7 +1339,7 @@ mod tests {
             let w = data(k, 5);
             let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
             let wq: Vec<BlockQ8> = w.chunks_exact(Q8_GROUP).map(quantize_group).collect();
-            let xq = quantize_rows(&x);
+            let xq = quantize_rows(&x, Vec::new());
             for (name, kern) in kernel_sets() {
                 let m_name = format!("{name} m={m} k={k}");
                 let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
@@ -1413,7 +1435,7 @@ mod tests {
             let Data::Q8(w) = &mat.data else { unreachable!() };
             let mut y = vec![f32::NAN; m * n];
             mat.matmul_q8_gemm(w, &x, &mut y, m);
-            let xq: Vec<f32> = quantize_rows(&x).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)).collect();
+            let xq: Vec<f32> = quantize_rows(&x, Vec::new()).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)).collect();
             let e = rel_err(&y, &naive(&xq, &stored(&mat), m, k, n));
             assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
         }

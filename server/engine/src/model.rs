@@ -7,7 +7,9 @@
 //! stacked into one matrix for every projection, and only attention is done per sequence,
 //! over that sequence's KV blocks.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -54,6 +56,42 @@ pub struct Model {
     pub stored_dtype: Option<DType>,
     /// The format the weight matrices are held in.
     pub format: WeightFormat,
+    /// Activation buffers kept between forwards of up to `SCRATCH_KEEP_ROWS` tokens, so that a
+    /// decode step allocates nothing but the logits it returns.
+    scratch: Mutex<Scratch>,
+}
+
+/// The buffers of one forward pass (see `Model::forward_reserved`).
+#[derive(Default)]
+struct Scratch {
+    positions: Vec<usize>,
+    starts: Vec<usize>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    tasks: Vec<(usize, usize, usize)>,
+    rows: Vec<usize>,
+    sel: Vec<f32>,
+    seln: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Forwards of more new tokens than this free their buffers afterwards (a prompt's activations
+/// are not worth keeping; a decode step's are).
+const SCRATCH_KEEP_ROWS: usize = 64;
+
+/// `v[..n]`, grown (never shrunk) as needed; what it held before is not cleared.
+fn grown<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
 }
 
 /// Which logits a batch item wants back.
@@ -169,6 +207,7 @@ impl Model {
             stored_dtype: w.main_dtype(),
             format,
             config,
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -258,6 +297,22 @@ impl Model {
 
     /// The forward of a batch whose KV blocks `reserve_batch` has reserved, in one pass.
     fn forward_reserved(&self, pool: &mut KvPool, items: &mut [BatchItem<'_>]) -> Result<Vec<Vec<f32>>> {
+        let t: usize = items.iter().map(|it| it.tokens.len()).sum();
+        if t == 0 {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
+        }
+        // The model's buffers, or (another thread in a forward of this model) fresh ones.
+        let mut held = self.scratch.try_lock().ok();
+        let mut own = Scratch::default();
+        let s: &mut Scratch = held.as_deref_mut().unwrap_or(&mut own);
+        let out = self.forward_in(s, pool, items, t);
+        if t > SCRATCH_KEEP_ROWS {
+            *s = Scratch::default();
+        }
+        out
+    }
+
+    fn forward_in(&self, s: &mut Scratch, pool: &mut KvPool, items: &mut [BatchItem<'_>], t: usize) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let (q_dim, kv_dim) = (nh * hd, nkv * hd);
@@ -265,22 +320,23 @@ impl Model {
         let inter = c.intermediate_size;
 
         // Row layout: item i's new tokens occupy rows starts[i]..starts[i] + n_i.
-        let mut starts = Vec::with_capacity(items.len());
-        let mut t = 0;
+        let starts = &mut s.starts;
+        starts.clear();
+        let mut r = 0;
         for it in items.iter() {
-            starts.push(t);
-            t += it.tokens.len();
+            starts.push(r);
+            r += it.tokens.len();
         }
-        if t == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
-        }
-        let positions: Vec<usize> =
-            items.iter().flat_map(|it| (0..it.tokens.len()).map(move |j| it.kv.len + j)).collect();
+        let starts: &[usize] = starts;
+        let positions = &mut s.positions;
+        positions.clear();
+        positions.extend(items.iter().flat_map(|it| (0..it.tokens.len()).map(move |j| it.kv.len + j)));
+        let positions: &[usize] = positions;
 
         // Rotary tables for every row: cos/sin of position · inv_freq, in f32 as transformers.
         let half = hd / 2;
-        let mut cos = vec![0f32; t * half];
-        let mut sin = vec![0f32; t * half];
+        let cos = grown(&mut s.cos, t * half);
+        let sin = grown(&mut s.sin, t * half);
         for (r, &p) in positions.iter().enumerate() {
             for i in 0..half {
                 let f = p as f32 * self.inv_freq[i];
@@ -288,25 +344,27 @@ impl Model {
                 sin[r * half + i] = f.sin();
             }
         }
+        let (cos, sin): (&[f32], &[f32]) = (cos, sin);
 
-        let mut x = vec![0f32; t * h];
+        let x = grown(&mut s.x, t * h);
         for (r, tok) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
             let tok = *tok as usize;
             self.embed_tokens.rows_into(tok, &mut x[r * h..(r + 1) * h]);
         }
-        let mut xn = vec![0f32; t * h];
-        let mut qkv = vec![0f32; t * qkv_dim];
-        let mut attn = vec![0f32; t * q_dim];
-        let mut proj = vec![0f32; t * h];
-        let mut gu = vec![0f32; t * 2 * inter];
-        let mut act = vec![0f32; t * inter];
+        // Every one of these is written in full before it is read, at every layer.
+        let xn = grown(&mut s.xn, t * h);
+        let qkv = grown(&mut s.qkv, t * qkv_dim);
+        let attn = grown(&mut s.attn, t * q_dim);
+        let proj = grown(&mut s.proj, t * h);
+        let gu = grown(&mut s.gu, t * 2 * inter);
+        let act = grown(&mut s.act, t * inter);
         let shape = pool.shape();
         let bs = shape.block_size;
         let scale = 1.0 / (hd as f32).sqrt();
 
         for (li, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut xn, h);
-            layer.qkv_proj.forward(&xn, t, &mut qkv);
+            ops::rms_norm(x, &layer.input_layernorm, c.rms_norm_eps, xn, h);
+            layer.qkv_proj.forward(xn, t, qkv);
 
             // Rotate q and k, then store k and v into the sequences' blocks.
             for r in 0..t {
@@ -338,15 +396,17 @@ impl Model {
             // KV head) for decode steps, whose query heads then read each KV block once.
             let pool_ref: &KvPool = pool;
             let group = nh / nkv;
-            let tasks: Vec<(usize, usize, usize)> = (0..items.len())
-                .filter(|&i| !items[i].tokens.is_empty())
-                .flat_map(|i| {
-                    let per = if items[i].tokens.len() >= PREFILL_GEMM_MIN { 1 } else { group };
-                    (0..nh).step_by(per).map(move |h0| (i, h0, per))
-                })
-                .collect();
+            let tasks = &mut s.tasks;
+            tasks.clear();
+            tasks.extend((0..items.len()).filter(|&i| !items[i].tokens.is_empty()).flat_map(|i| {
+                let per = if items[i].tokens.len() >= PREFILL_GEMM_MIN { 1 } else { group };
+                (0..nh).step_by(per).map(move |h0| (i, h0, per))
+            }));
+            let tasks: &[(usize, usize, usize)] = tasks;
             let items_ref: &[BatchItem<'_>] = items;
-            let outs: Vec<Vec<f32>> = threads().map(tasks.len(), |ti| {
+            let qkv_ref: &[f32] = qkv;
+            let attn_out = RowsOut(attn.as_mut_ptr());
+            threads().run(tasks.len(), &|ti| {
                 let (i, h0, heads) = tasks[ti];
                 let it = &items_ref[i];
                 let a = Attn {
@@ -354,7 +414,7 @@ impl Model {
                     blocks: &it.kv.blocks,
                     li,
                     g: h0 / group,
-                    qkv: &qkv,
+                    qkv: qkv_ref,
                     row0: starts[i],
                     n: it.tokens.len(),
                     p0: it.kv.len,
@@ -363,33 +423,44 @@ impl Model {
                     qkv_dim,
                     scale,
                 };
-                match (a.n >= PREFILL_GEMM_MIN, pool_ref.host_dtype()) {
-                    (true, Some(KvDtype::F16)) => attend_prefill::<f16>(&a),
-                    (true, _) => attend_prefill::<f32>(&a),
-                    (false, Some(KvDtype::F16)) => attend_decode::<f16>(&a),
-                    (false, _) => attend_decode::<f32>(&a),
+                // The task's heads, per head per token, into their rows and columns of `attn`.
+                let put = |out: &[f32]| {
+                    for k in 0..heads {
+                        for j in 0..a.n {
+                            let src = &out[(k * a.n + j) * hd..(k * a.n + j + 1) * hd];
+                            // SAFETY: task (i, h0) alone writes heads h0..h0 + heads of item i's
+                            // rows, inside the t x q_dim `attn`, which outlives the region.
+                            unsafe { attn_out.put((starts[i] + j) * q_dim + (h0 + k) * hd, src) };
+                        }
+                    }
+                };
+                let f16_kv = pool_ref.host_dtype() == Some(KvDtype::F16);
+                if a.n >= PREFILL_GEMM_MIN {
+                    put(&if f16_kv { attend_prefill::<f16>(&a) } else { attend_prefill::<f32>(&a) });
+                } else {
+                    thread_local! {
+                        static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+                    }
+                    BUFS.with(|b| {
+                        let (scores, out) = &mut *b.borrow_mut();
+                        if f16_kv {
+                            attend_decode::<f16>(&a, scores, out);
+                        } else {
+                            attend_decode::<f32>(&a, scores, out);
+                        }
+                        put(out);
+                    });
                 }
             });
-            for (&(i, h0, heads), out) in tasks.iter().zip(&outs) {
-                let n = items[i].tokens.len();
-                for k in 0..heads {
-                    let hh = h0 + k;
-                    for j in 0..n {
-                        let r = starts[i] + j;
-                        attn[r * q_dim + hh * hd..r * q_dim + (hh + 1) * hd]
-                            .copy_from_slice(&out[(k * n + j) * hd..(k * n + j + 1) * hd]);
-                    }
-                }
-            }
 
-            layer.o_proj.forward(&attn, t, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            layer.o_proj.forward(attn, t, proj);
+            x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
 
-            ops::rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, &mut xn, h);
-            layer.gate_up_proj.forward(&xn, t, &mut gu);
-            ops::swiglu(&gu, &mut act, inter);
-            layer.down_proj.forward(&act, t, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            ops::rms_norm(x, &layer.post_attention_layernorm, c.rms_norm_eps, xn, h);
+            layer.gate_up_proj.forward(xn, t, gu);
+            ops::swiglu(gu, act, inter);
+            layer.down_proj.forward(act, t, proj);
+            x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
         }
 
         for it in items.iter_mut() {
@@ -397,7 +468,8 @@ impl Model {
         }
 
         // Final norm and lm_head, only for the rows whose logits are wanted.
-        let mut rows = Vec::new();
+        let rows = &mut s.rows;
+        rows.clear();
         for (i, it) in items.iter().enumerate() {
             let n = it.tokens.len();
             match it.logits {
@@ -407,16 +479,17 @@ impl Model {
                 Logits::All => rows.extend(starts[i]..starts[i] + n),
             }
         }
-        let mut sel = vec![0f32; rows.len() * h];
+        let rows: &[usize] = rows;
+        let sel = grown(&mut s.sel, rows.len() * h);
         for (k, &r) in rows.iter().enumerate() {
             sel[k * h..(k + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
         }
-        let mut seln = vec![0f32; rows.len() * h];
-        ops::rms_norm(&sel, &self.norm, c.rms_norm_eps, &mut seln, h);
+        let seln = grown(&mut s.seln, rows.len() * h);
+        ops::rms_norm(sel, &self.norm, c.rms_norm_eps, seln, h);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let v = c.vocab_size;
-        let mut logits = vec![0f32; rows.len() * v];
-        head.matmul_t(&seln, None, &mut logits, rows.len());
+        let logits = grown(&mut s.logits, rows.len() * v);
+        head.matmul_t(seln, None, logits, rows.len());
 
         let mut out = Vec::with_capacity(items.len());
         let mut k = 0;
@@ -514,12 +587,14 @@ struct Attn<'a> {
 /// Causal attention of a few new tokens (decode): dot products straight from the KV blocks, no
 /// copies; the task's query heads take turns on each block while it is in L1. Output: per head,
 /// per token, `head_dim` values.
-fn attend_decode<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
+fn attend_decode<T: HostElem>(a: &Attn<'_>, scores: &mut Vec<f32>, out: &mut Vec<f32>) {
     let (n, p0, heads) = (a.n, a.p0, a.heads);
     let hd = a.pool.shape().head_dim;
     let stride = p0 + n;
-    let mut out = vec![0f32; heads * n * hd];
-    let mut scores = vec![0f32; heads * stride];
+    // Sums accumulate into `out`: zeroed (within its capacity, no allocation once grown).
+    out.clear();
+    out.resize(heads * n * hd, 0.0);
+    let scores = grown(scores, heads * stride);
     for j in 0..n {
         let r = (a.row0 + j) * a.qkv_dim;
         let total = p0 + j + 1;
@@ -541,7 +616,6 @@ fn attend_decode<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 /// Causal attention of one query head for many new tokens (prefill): gather the head's keys
@@ -582,6 +656,17 @@ fn attend_prefill<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
         ops::matmul_single(sc, &v[..vis * hd], &mut out[j0 * hd..j1 * hd], rows, vis, hd, false);
     }
     out
+}
+
+/// Rows of `attn` that attention tasks write into, each its own heads' columns.
+struct RowsOut(*mut f32);
+// SAFETY: tasks write disjoint ranges (see `put`), and the buffer outlives the region.
+unsafe impl Sync for RowsOut {}
+impl RowsOut {
+    /// # Safety: `at..at + src.len()` is inside the buffer and no other thread touches it.
+    unsafe fn put(&self, at: usize, src: &[f32]) {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len());
+    }
 }
 
 /// Query rows per tile of prefill attention.
