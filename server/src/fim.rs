@@ -1,6 +1,8 @@
 //! Prompt templates: fill-in-the-middle per model family, repository-level context, and the
 //! token budget that decides what is kept when everything does not fit.
 
+use std::sync::Arc;
+
 use ghostline_api::ContextSnippet;
 use ghostline_engine::Tokenizer;
 
@@ -115,6 +117,94 @@ pub struct Prompt {
     pub trimmed_prefix_tokens: usize,
     pub trimmed_suffix_tokens: usize,
     pub dropped_snippets: usize,
+    /// The prefix's last token, taken off for token healing (see [`HealIndex`]).
+    pub heal: Option<Heal>,
+}
+
+/// Token healing. A prefix that ends where the editor's cursor is often ends in the middle of
+/// what the model would write as one token (`file_size = ` ends in a lone space, which the
+/// tokenizer normally merges into the next word: `= os`); conditioned on such an unusual last
+/// token, a small model tends to start a new line instead of finishing this one. So the
+/// prefix's last token is taken off the prompt, and the first generated token must begin with
+/// its text, which is then cut from the completion: the model chooses the token boundary.
+pub struct HealIndex {
+    /// Per token id, its text when it is an ordinary token that decodes to whole characters.
+    text: Vec<Option<String>>,
+    /// Those texts with their ids, in byte order of the text.
+    sorted: Vec<(String, u32)>,
+}
+
+/// The text taken off a prompt's end, and the tokens that may come first in its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heal {
+    pub text: String,
+    pub allowed: Arc<[u32]>,
+}
+
+impl HealIndex {
+    pub fn new(tok: &Tokenizer) -> HealIndex {
+        let special: std::collections::HashSet<u32> = tok.special_tokens().values().copied().collect();
+        // A token's text as it reads after other text: decoded behind an anchor token, since
+        // SentencePiece decoders drop the leading space of a decode's first token.
+        let anchor = tok.encode("a", false).ok().filter(|v| v.len() == 1).map(|v| v[0]);
+        let base = anchor.and_then(|a| tok.decode(&[a], false).ok()).unwrap_or_default();
+        let n = tok.vocab_size();
+        let mut text = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let t = if special.contains(&id) {
+                None
+            } else {
+                let decoded = match anchor {
+                    Some(a) => tok.decode(&[a, id], false).ok().and_then(|s| s.strip_prefix(&base).map(str::to_string)),
+                    None => tok.decode(&[id], false).ok(),
+                };
+                decoded.filter(|s| !s.is_empty() && !s.contains('\u{FFFD}'))
+            };
+            text.push(t);
+        }
+        let mut sorted: Vec<(String, u32)> =
+            text.iter().enumerate().filter_map(|(id, t)| t.clone().map(|t| (t, id as u32))).collect();
+        sorted.sort_unstable();
+        HealIndex { text, sorted }
+    }
+
+    /// The ids of the tokens whose text begins with `prefix`.
+    pub fn starting_with(&self, prefix: &str) -> Vec<u32> {
+        let from = self.sorted.partition_point(|(t, _)| t.as_str() < prefix);
+        self.sorted[from..].iter().take_while(|(t, _)| t.starts_with(prefix)).map(|&(_, id)| id).collect()
+    }
+
+    /// Takes the last of `prefix_ids` (the tokens of `prefix`) off for healing, if it is an
+    /// ordinary token whose text ends the prefix and the cursor is inside a line (after code:
+    /// in a line's indentation, or at its start, no token is cut short).
+    fn heal(&self, prefix: &str, prefix_ids: &mut Vec<u32>) -> Option<Heal> {
+        let line = prefix.rsplit('\n').next().unwrap_or(prefix);
+        if line.trim().is_empty() {
+            return None;
+        }
+        let &last = prefix_ids.last()?;
+        let text = self.text.get(last as usize)?.as_deref()?;
+        if !prefix.ends_with(text) {
+            return None;
+        }
+        let mut allowed = self.starting_with(text);
+        if !allowed.contains(&last) {
+            return None;
+        }
+        if text.chars().all(|c| c == ' ' || c == '\t') {
+            // Spaces after code on the same line (`x = `): the line goes on with code, not with
+            // more spaces (a run of them is how a new line's indentation starts).
+            allowed.retain(|&id| {
+                let t = self.text[id as usize].as_deref().unwrap_or_default();
+                t[text.len()..].chars().next().is_some_and(|c| !c.is_whitespace())
+            });
+            if allowed.is_empty() {
+                return None;
+            }
+        }
+        prefix_ids.pop();
+        Some(Heal { text: text.to_string(), allowed: allowed.into() })
+    }
 }
 
 /// Why a prompt could not be built.
@@ -126,7 +216,9 @@ pub enum PromptError {
 
 /// Builds the token ids of a FIM prompt within `budget` tokens. Context snippets are dropped
 /// first (the last ones, which rank lowest), then, when `truncate` allows it, the far end of the
-/// suffix and the far start of the prefix, keeping twice as much prefix as suffix.
+/// suffix and the far start of the prefix, keeping twice as much prefix as suffix. With `heal`,
+/// the prefix's last token is taken off for token healing.
+#[allow(clippy::too_many_arguments)]
 pub fn build_fim(
     tok: &Tokenizer,
     t: &FimTemplate,
@@ -135,6 +227,7 @@ pub fn build_fim(
     context: &[ContextSnippet],
     budget: usize,
     truncate: bool,
+    heal: Option<&HealIndex>,
 ) -> Result<Prompt, PromptError> {
     let enc = |s: &str| tok.encode(s, false).map_err(|e| PromptError::Tokenize(e.to_string()));
     let special = |s: &str| tok.token_id(s).ok_or_else(|| PromptError::Tokenize(format!("missing token {s}")));
@@ -165,6 +258,10 @@ pub fn build_fim(
         s_ids.truncate(s_keep);
         p_ids.drain(..p_ids.len() - p_keep);
     }
+    let heal = match heal {
+        Some(ix) if !prefix.is_empty() => ix.heal(prefix, &mut p_ids),
+        _ => None,
+    };
     let core = fixed + p_ids.len() + s_ids.len();
 
     // Repository-level context: each snippet as `<sep>path\ntext\n`, while it fits.
@@ -196,7 +293,7 @@ pub fn build_fim(
     ids.push(suf_id);
     ids.extend(s_ids);
     ids.push(mid_id);
-    Ok(Prompt { ids, trimmed_prefix_tokens, trimmed_suffix_tokens, dropped_snippets })
+    Ok(Prompt { ids, trimmed_prefix_tokens, trimmed_suffix_tokens, dropped_snippets, heal })
 }
 
 /// Builds a plain left-to-right prompt within `budget`, dropping the oldest tokens when
@@ -222,7 +319,7 @@ pub fn build_plain(tok: &Tokenizer, prompt: &str, budget: usize, truncate: bool)
             ids.push(b);
         }
     }
-    Ok(Prompt { ids, trimmed_prefix_tokens: trimmed, trimmed_suffix_tokens: 0, dropped_snippets: 0 })
+    Ok(Prompt { ids, trimmed_prefix_tokens: trimmed, trimmed_suffix_tokens: 0, dropped_snippets: 0, heal: None })
 }
 
 #[cfg(test)]
@@ -240,7 +337,7 @@ mod tests {
         let tok = qwen_tok();
         let t = detect(&tok, None).unwrap().unwrap();
         assert_eq!(t.family, "qwen");
-        let p = build_fim(&tok, &t, "def f(", "):\n", &[], 1000, false).unwrap();
+        let p = build_fim(&tok, &t, "def f(", "):\n", &[], 1000, false, None).unwrap();
         let direct = tok.encode("<|fim_prefix|>def f(<|fim_suffix|>):\n<|fim_middle|>", false).unwrap();
         assert_eq!(p.ids, direct);
     }
@@ -250,7 +347,7 @@ mod tests {
         let tok = qwen_tok();
         let t = detect(&tok, None).unwrap().unwrap();
         let ctx = vec![ContextSnippet { path: "a.py".into(), text: "x = 1".into() }];
-        let p = build_fim(&tok, &t, "y = ", "", &ctx, 1000, false).unwrap();
+        let p = build_fim(&tok, &t, "y = ", "", &ctx, 1000, false, None).unwrap();
         let direct = tok
             .encode("<|file_sep|>a.py\nx = 1\n<|file_sep|><|fim_prefix|>y = <|fim_suffix|><|fim_middle|>", false)
             .unwrap();
@@ -264,17 +361,51 @@ mod tests {
         let ctx = vec![ContextSnippet { path: "a.py".into(), text: "import os\n".repeat(20) }];
         let prefix = "line one\n".repeat(30);
         let suffix = "tail\n".repeat(30);
-        let full = build_fim(&tok, &t, &prefix, &suffix, &[], 10_000, false).unwrap().ids.len();
-        let p = build_fim(&tok, &t, &prefix, &suffix, &ctx, full, false).unwrap();
+        let full = build_fim(&tok, &t, &prefix, &suffix, &[], 10_000, false, None).unwrap().ids.len();
+        let p = build_fim(&tok, &t, &prefix, &suffix, &ctx, full, false, None).unwrap();
         assert_eq!((p.dropped_snippets, p.ids.len()), (1, full));
-        let e = build_fim(&tok, &t, &prefix, &suffix, &ctx, full - 10, false).unwrap_err();
+        let e = build_fim(&tok, &t, &prefix, &suffix, &ctx, full - 10, false, None).unwrap_err();
         assert!(matches!(e, PromptError::TooLong { .. }));
-        let p = build_fim(&tok, &t, &prefix, &suffix, &ctx, 60, true).unwrap();
+        let p = build_fim(&tok, &t, &prefix, &suffix, &ctx, 60, true, None).unwrap();
         assert!(p.ids.len() <= 60);
         assert!(p.trimmed_prefix_tokens > 0 && p.trimmed_suffix_tokens > 0);
         // What is kept is the text nearest the cursor.
         let text = tok.decode(&p.ids, false).unwrap();
         assert!(text.contains("line one\n<|fim_suffix|>tail\n"), "{text}");
+    }
+
+    #[test]
+    fn healing_takes_the_last_prefix_token_off_and_allows_what_begins_with_it() {
+        let tok = qwen_tok();
+        let t = detect(&tok, None).unwrap().unwrap();
+        let ix = HealIndex::new(&tok);
+        for prefix in ["    size = ", "x = os.pa", "def f(", "for w in words:\n        total += "] {
+            let plain = build_fim(&tok, &t, prefix, "\n", &[], 1000, false, None).unwrap();
+            let p = build_fim(&tok, &t, prefix, "\n", &[], 1000, false, Some(&ix)).unwrap();
+            let h = p.heal.clone().unwrap_or_else(|| panic!("{prefix:?}: not healed"));
+            assert!(prefix.ends_with(&h.text) && !h.text.is_empty(), "{prefix:?}: {h:?}");
+            assert_eq!(p.ids.len() + 1, plain.ids.len(), "{prefix:?}: one token fewer");
+            // The prompt is the plain one less that token, and it may come first again.
+            let pre = plain.ids.iter().position(|&i| Some(i) == tok.token_id("<|fim_suffix|>")).unwrap();
+            let taken = plain.ids[pre - 1];
+            assert_eq!([&plain.ids[..pre - 1], &plain.ids[pre..]].concat(), p.ids);
+            // (After code, a healed space must be followed by code: the lone space itself and
+            // longer runs of spaces are not allowed then.)
+            assert_eq!(h.allowed.contains(&taken), !h.text.trim().is_empty() || !prefix.trim_end().ends_with('='), "{prefix:?}");
+            // Every allowed token's text begins with the healed text, and others are allowed too.
+            for &id in h.allowed.iter() {
+                let text = tok.decode(&[tok.encode("a", false).unwrap()[0], id], false).unwrap();
+                assert!(text[1..].starts_with(&h.text), "{prefix:?}: {text:?}");
+            }
+            assert!(h.allowed.len() > 1, "{prefix:?}: only the token itself");
+        }
+        // Nothing to heal: an empty prefix, a cursor at a line's start or in its indentation;
+        // and special tokens are never allowed.
+        for prefix in ["", "x = 1\n", "def f():\n    "] {
+            assert_eq!(build_fim(&tok, &t, prefix, "x", &[], 1000, false, Some(&ix)).unwrap().heal, None, "{prefix:?}");
+        }
+        let fim_middle = tok.token_id("<|fim_middle|>").unwrap();
+        assert!(!ix.starting_with("<").contains(&fim_middle));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<FimTemplate>,
+    /// Token healing of FIM prompts (`--token-healing`), when on.
+    pub heal: Option<Arc<fim::HealIndex>>,
     /// EOS ids, plus the FIM markers for FIM requests.
     pub eos_ids: Vec<u32>,
     pub fim_stop_ids: Vec<u32>,
@@ -309,6 +311,7 @@ struct Plan {
     sampling: SamplingParams,
     stop: Vec<String>,
     stop_ids: Vec<u32>,
+    heal: Option<fim::Heal>,
     stream: bool,
     typeahead_key: u64,
     editor: Option<String>,
@@ -399,12 +402,13 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
                 ));
             };
             let ctx = req.context.clone().unwrap_or_default();
-            (fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate), st.fim_stop_ids.clone())
+            let heal = st.heal.as_deref();
+            (fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate, heal), st.fim_stop_ids.clone())
         }
         None => (fim::build_plain(&st.tokenizer, &req.prompt, budget, extras.truncate), st.eos_ids.clone()),
     };
-    let ids = match prompt {
-        Ok(p) => p.ids,
+    let (ids, heal) = match prompt {
+        Ok(p) => (p.ids, p.heal),
         Err(PromptError::TooLong { tokens, budget }) => {
             return Err(ApiError::bad(
                 format!(
@@ -434,6 +438,7 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
         sampling: SamplingParams { temperature, top_k, top_p, seed: req.seed },
         stop,
         stop_ids,
+        heal,
         stream,
         typeahead_key: h.finish(),
         editor: extras.editor.map(|e| e.chars().take(64).collect()),
@@ -568,6 +573,7 @@ async fn complete(st: &Arc<AppState>, who: Principal, t0: Instant, body: Body) -
         sampling: plan.sampling,
         stop: plan.stop,
         stop_ids: plan.stop_ids,
+        heal: plan.heal,
         supersede_key: key,
         events: tx,
         submitted: t0,

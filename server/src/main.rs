@@ -165,6 +165,11 @@ struct ServeArgs {
     /// FIM template: qwen, starcoder, deepseek, codellama or none (default: detected).
     #[arg(long, env = "GHOSTLINE_FIM_TEMPLATE")]
     fim_template: Option<String>,
+    /// Token healing of FIM prompts with the cursor inside a line: the prefix's last token is
+    /// left for the model to choose again, so that a completion can start inside it
+    /// (true/false; default false).
+    #[arg(long, env = "GHOSTLINE_TOKEN_HEALING")]
+    token_healing: Option<bool>,
     /// Largest request body in bytes.
     #[arg(long, env = "GHOSTLINE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -247,6 +252,7 @@ struct FileConfig {
     prefix_cache: Option<bool>,
     typeahead_entries: Option<usize>,
     fim_template: Option<String>,
+    token_healing: Option<bool>,
     max_body_bytes: Option<usize>,
     max_tokens_limit: Option<u32>,
     threads: Option<usize>,
@@ -278,7 +284,7 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
         ($($field:ident),*) => { $( if a.$field.is_none() { a.$field = f.$field; } )* };
     }
     fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
-        prefix_cache, typeahead_entries, fim_template, max_body_bytes, max_tokens_limit, threads,
+        prefix_cache, typeahead_entries, fim_template, token_healing, max_body_bytes, max_tokens_limit, threads,
         weights, kv_cache, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
         rate_limit_burst_secs, redact_secrets, telemetry_backlog);
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
@@ -447,6 +453,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     fim_stop_ids.sort_unstable();
     fim_stop_ids.dedup();
+    let heal = (template.is_some() && a.token_healing.unwrap_or(false)).then(|| Arc::new(fim::HealIndex::new(&tokenizer)));
     let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
     let pool = backend.kv_pool_as(kv_bytes, kv_dtype.unwrap_or_default()).context("allocating the KV cache")?;
     let kv_name = pool.host_dtype().map_or("device", KvDtype::name);
@@ -492,10 +499,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Outputs depend on the weights' format and the device too, so cached answers do.
     let model_identity =
         format!(
-        "{model_name}@{}/{}/kv-{}",
+        "{model_name}@{}/{}/kv-{}{}",
         cache::model_digest(&dir).context("hashing the model files")?,
         backend_desc,
-        kv_name
+        kv_name,
+        if heal.is_some() { "/healed" } else { "" }
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -532,6 +540,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         scheduler: sched,
         tokenizer,
         template,
+        heal,
         eos_ids,
         fim_stop_ids,
         limits,

@@ -30,6 +30,9 @@ pub struct Request {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub stop_ids: Vec<u32>,
+    /// Token healing: the text taken off the prompt's end, which the first token must begin
+    /// with (and which is cut from the completion).
+    pub heal: Option<crate::fim::Heal>,
     /// (user, path): a newer request with the same key cancels this one.
     pub supersede_key: Option<(String, String)>,
     pub events: UnboundedSender<Event>,
@@ -139,6 +142,8 @@ struct Cand {
     kv: SeqKv,
     picker: Picker,
     decoder: StreamDecoder,
+    /// What is left to cut of the healed text at the completion's start.
+    heal_left: String,
     stops: StopMatcher,
     generated: usize,
     next: Option<u32>,
@@ -382,7 +387,11 @@ impl Loop {
                         .map(|i| {
                             let mut sp = g.req.sampling.clone();
                             sp.seed = sp.seed.map(|s| s.wrapping_add(i as u64));
-                            Picker::new(sp)
+                            let mut picker = Picker::new(sp);
+                            if let Some(h) = &g.req.heal {
+                                picker.restrict_next(h.allowed.clone());
+                            }
+                            picker
                         })
                         .collect();
                     fresh.push((k, pickers));
@@ -475,6 +484,7 @@ impl Loop {
                             kv,
                             picker,
                             decoder: StreamDecoder::new(&g.req.prompt),
+                            heal_left: g.req.heal.as_ref().map(|h| h.text.clone()).unwrap_or_default(),
                             stops: StopMatcher::new(&g.req.stop),
                             generated: 0,
                             next: None,
@@ -505,7 +515,10 @@ impl Loop {
         g.completion_tokens += 1;
         let c = &mut g.cands[ci];
         c.generated += 1;
-        let piece = c.decoder.push(&self.tok, tok).unwrap_or_default();
+        let mut piece = c.decoder.push(&self.tok, tok).unwrap_or_default();
+        if !c.heal_left.is_empty() {
+            piece = cut_healed(&mut c.heal_left, piece);
+        }
         let (out, hit) = c.stops.push(&piece);
         let at_limit = c.generated >= g.req.max_tokens;
         let mut text = out;
@@ -588,5 +601,20 @@ impl Loop {
             };
             let _ = g.req.events.send(Event::Finished(summary));
         }
+    }
+}
+
+/// Cuts what is left of the healed text (already in the editor) off the start of a piece.
+fn cut_healed(left: &mut String, piece: String) -> String {
+    if let Some(rest) = piece.strip_prefix(left.as_str()) {
+        left.clear();
+        rest.to_string()
+    } else if let Some(more) = left.strip_prefix(piece.as_str()) {
+        *left = more.to_string();
+        String::new()
+    } else {
+        // Not what the first token was held to (cannot happen with a healed first token).
+        left.clear();
+        piece
     }
 }

@@ -236,6 +236,30 @@ fn every_weight_format_serves_and_an_unknown_one_is_refused() {
     assert!(err.contains("q4") && err.contains("bf16"), "{err}");
 }
 
+#[test]
+fn token_healing_gives_the_prompts_last_token_back_to_the_model() {
+    let plain = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
+    let healed = start("qwen2-tied-bf16", &["--cache-mb", "0", "--token-healing", "true"]);
+    let ask = |s: &Server, prefix: &str| {
+        s.complete(json!({"prompt": prefix, "suffix": "\n    return total\n", "max_tokens": 6, "temperature": 0.0}))
+    };
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    for prefix in ["def f(xs):\n    total = ", "def f(xs):\n    total = su", "def f(xs):\n    total += xs[0] + "] {
+        let (a, b) = (ask(&plain, prefix), ask(&healed, prefix));
+        // Inside a line: the last token goes back to the model.
+        assert_eq!(tokens(&b) + 1, tokens(&a), "{prefix:?}: {a} {b}");
+        let text = b["choices"][0]["text"].as_str().unwrap();
+        if prefix.ends_with(' ') {
+            // After code and a space, the first token had to be code: no run of spaces.
+            assert!(!text.starts_with(char::is_whitespace), "{prefix:?}: {text:?}");
+        }
+    }
+    // At a line's start or in its indentation nothing is cut short: the prompt is unchanged.
+    for prefix in ["def f(xs):\n", "def f(xs):\n    "] {
+        assert_eq!(tokens(&ask(&healed, prefix)), tokens(&ask(&plain, prefix)), "{prefix:?}");
+    }
+}
+
 /// Starts the server on the bf16 fixture with extra flags that must stop it; its stderr.
 fn refused_startup(flags: &[&str]) -> String {
     let data = TempDir::new("data");

@@ -8,6 +8,7 @@
 //! the device and brings back only token ids.
 
 use std::fmt;
+use std::sync::Arc;
 use std::path::Path;
 
 use crate::config::ModelConfig;
@@ -54,6 +55,8 @@ impl fmt::Display for Device {
 pub struct Picker {
     sampler: Sampler,
     draws: Rng,
+    /// Token ids the next choice is limited to (once), if any.
+    next_only: Option<Arc<[u32]>>,
 }
 
 impl Picker {
@@ -64,7 +67,19 @@ impl Picker {
             t.as_nanos() as u64 ^ (std::process::id() as u64).rotate_left(32)
         });
         params.seed = Some(seed);
-        Picker { sampler: Sampler::new(params), draws: Rng::new(seed) }
+        Picker { sampler: Sampler::new(params), draws: Rng::new(seed), next_only: None }
+    }
+
+    /// Limits the next choice (only that one) to the token ids in `allowed`, e.g. for token
+    /// healing, where the first token must begin with the text taken off the prompt's end. An
+    /// empty set limits nothing.
+    pub fn restrict_next(&mut self, allowed: Arc<[u32]>) {
+        self.next_only = (!allowed.is_empty()).then_some(allowed);
+    }
+
+    /// Whether the next choice is limited (such a choice is made on the host).
+    pub fn is_restricted(&self) -> bool {
+        self.next_only.is_some()
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -73,7 +88,18 @@ impl Picker {
 
     /// Chooses from logits on the host.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        self.sampler.sample(logits)
+        match self.next_only.take() {
+            Some(allowed) => {
+                let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+                for &id in allowed.iter() {
+                    if let Some(&l) = logits.get(id as usize) {
+                        masked[id as usize] = l;
+                    }
+                }
+                self.sampler.sample(&masked)
+            }
+            None => self.sampler.sample(logits),
+        }
     }
 
     /// The next uniform draw for a device-side choice (greedy choices draw nothing, as on the host).
@@ -256,6 +282,24 @@ impl Backend {
                     })
                     .collect())
             }
+            // A limited choice needs the whole row on the host: the step brings back logits.
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(m) if picks.iter().any(|p| p.picker.is_restricted()) => {
+                let logits = match m.step(pool, items, None)? {
+                    crate::cuda::StepOutput::Logits(l) => l,
+                    crate::cuda::StepOutput::Tokens(_) => {
+                        return Err(EngineError::Device("a logits step returned tokens".into()))
+                    }
+                };
+                let v = m.config.vocab_size;
+                Ok(picks
+                    .iter_mut()
+                    .map(|p| {
+                        let l = &logits[p.item];
+                        p.picker.sample(&l[l.len() - v..])
+                    })
+                    .collect())
+            }
             #[cfg(feature = "cuda")]
             Inner::Cuda(m) => {
                 let uniforms: Vec<f64> = picks.iter_mut().map(|p| p.picker.uniform()).collect();
@@ -306,6 +350,24 @@ mod tests {
         assert!(Device::parse("cuda:x").unwrap_err().contains("cuda:N"));
         assert!(Device::parse("tpu").is_err());
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn a_restricted_choice_picks_among_the_allowed_tokens_once() {
+        let mut p = Picker::new(SamplingParams::default());
+        let logits = [0.0, 5.0, 1.0, 3.0, -2.0];
+        p.restrict_next(Arc::from(vec![0u32, 3, 4, 99]));
+        assert!(p.is_restricted());
+        assert_eq!(p.sample(&logits), 3, "the best of the allowed ids");
+        assert!(!p.is_restricted());
+        assert_eq!(p.sample(&logits), 1, "the next choice is free again");
+        p.restrict_next(Arc::from(Vec::<u32>::new()));
+        assert!(!p.is_restricted(), "an empty set limits nothing");
+        let mut t = Picker::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: Some(5) });
+        for _ in 0..50 {
+            t.restrict_next(Arc::from(vec![2u32, 4]));
+            assert!(matches!(t.sample(&logits), 2 | 4));
+        }
     }
 
     #[test]

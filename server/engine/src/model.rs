@@ -594,6 +594,9 @@ fn attend_decode<T: HostElem>(a: &Attn<'_>, scores: &mut Vec<f32>, out: &mut Vec
     // Sums accumulate into `out`: zeroed (within its capacity, no allocation once grown).
     out.clear();
     out.resize(heads * n * hd, 0.0);
+    // Room for contexts up to the next power of two, so that the buffer grows a handful of
+    // times in a sequence's life, not once per step.
+    scores.reserve((heads * stride.next_power_of_two()).saturating_sub(scores.len()));
     let scores = grown(scores, heads * stride);
     for j in 0..n {
         let r = (a.row0 + j) * a.qkv_dim;
