@@ -273,14 +273,7 @@ impl Backend {
             Inner::Cpu(m) => {
                 check_host_pool(pool)?;
                 let logits = m.forward(pool, items)?;
-                let v = m.config.vocab_size;
-                Ok(picks
-                    .iter_mut()
-                    .map(|p| {
-                        let l = &logits[p.item];
-                        p.picker.sample(&l[l.len() - v..])
-                    })
-                    .collect())
+                Ok(pick_on_host(&logits, m.config.vocab_size, picks))
             }
             // A limited choice needs the whole row on the host: the step brings back logits.
             #[cfg(feature = "cuda")]
@@ -291,14 +284,7 @@ impl Backend {
                         return Err(EngineError::Device("a logits step returned tokens".into()))
                     }
                 };
-                let v = m.config.vocab_size;
-                Ok(picks
-                    .iter_mut()
-                    .map(|p| {
-                        let l = &logits[p.item];
-                        p.picker.sample(&l[l.len() - v..])
-                    })
-                    .collect())
+                Ok(pick_on_host(&logits, m.config.vocab_size, picks))
             }
             #[cfg(feature = "cuda")]
             Inner::Cuda(m) => {
@@ -327,6 +313,17 @@ impl Backend {
             }
         }
     }
+}
+
+/// Each pick's token from the last `vocab` logits of its item, on the host.
+fn pick_on_host(logits: &[Vec<f32>], vocab: usize, picks: &mut [Pick<'_>]) -> Vec<u32> {
+    picks
+        .iter_mut()
+        .map(|p| {
+            let l = &logits[p.item];
+            p.picker.sample(&l[l.len() - vocab..])
+        })
+        .collect()
 }
 
 /// The CPU model reads its blocks from host memory; a device pool is refused, not indexed.
