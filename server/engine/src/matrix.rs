@@ -249,13 +249,8 @@ impl Matrix {
     fn matmul_native_bf16_gemm(&self, gemm: GemmBf16Native, w: &[u16], x: &[f32], y: &mut [f32], m: usize) {
         let (k, n) = (self.cols, self.rows);
         let xp = BfPairs::new(&x[..m * k], m, k, INPUT_WORDS.take());
-        let out = SyncPtr(y.as_mut_ptr());
-        pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
-            let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
-            // SAFETY: task c alone writes columns j0..j1 of the m x n output, which `matmul_t`
-            // checked holds m * n floats; `w` holds rows j0..j1 of k elements each.
-            unsafe { gemm(&xp, &w[j0 * k..j1 * k], j1 - j0, out.at(j0), n) };
-        });
+        // SAFETY: `w` holds the n rows of k elements each, `y` the m x n output.
+        gemm_tasks(w, k, y, n, |w, rows, dst| unsafe { gemm(&xp, w, rows, dst, n) });
         INPUT_WORDS.set(xp.words);
     }
 
@@ -273,13 +268,8 @@ impl Matrix {
         };
         let g = k / Q8_GROUP;
         let xq = Q8Rows::new(&x[..m * k], m, k, if m <= 8 { 8 } else { 16 }, INPUT_WORDS.take());
-        let out = SyncPtr(y.as_mut_ptr());
-        pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
-            let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
-            // SAFETY: task c alone writes columns j0..j1 of the m x n output, which `matmul_t`
-            // checked holds m * n floats; `w` holds rows j0..j1 of g groups each.
-            unsafe { gemm(&xq, &w[j0 * g..j1 * g], j1 - j0, out.at(j0), n) };
-        });
+        // SAFETY: `w` holds the n rows of g groups each, `y` the m x n output.
+        gemm_tasks(w, g, y, n, |w, rows, dst| unsafe { gemm(&xq, w, rows, dst, n) });
         INPUT_WORDS.set(xq.words);
     }
 
@@ -447,6 +437,18 @@ impl SyncPtr {
 // SAFETY: used only to hand disjoint parts of one output buffer to parallel tasks.
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
+
+/// Runs a packed GEMM over tasks of `NATIVE_GEMM_COLS` neighbouring weight rows (`per_row`
+/// stored elements each): `gemm(rows' weights, row count, output at their first column)`, the
+/// output `y` having `n` columns. The GEMM must write only those columns of its rows.
+fn gemm_tasks<W: Sync>(w: &[W], per_row: usize, y: &mut [f32], n: usize, gemm: impl Fn(&[W], usize, *mut f32) + Sync) {
+    let out = SyncPtr(y.as_mut_ptr());
+    pool().run(n.div_ceil(NATIVE_GEMM_COLS), &|c| {
+        let (j0, j1) = (c * NATIVE_GEMM_COLS, ((c + 1) * NATIVE_GEMM_COLS).min(n));
+        // SAFETY: task c alone writes columns j0..j1, inside `y`; `matmul_t` checked its size.
+        gemm(&w[j0 * per_row..j1 * per_row], j1 - j0, unsafe { out.at(j0) });
+    });
+}
 
 /// Input rows rounded to bf16 and packed for the native bf16 GEMM: in blocks of 16 rows (the
 /// last padded with zero rows), pair by pair: word `(b * pairs + p) * 16 + l` holds columns
@@ -1030,17 +1032,27 @@ mod x86v4 {
         }
     }
 
-    /// See [`super::GemmBf16Native`]. Register tile: up to 4 blocks of 16 input rows by up to 6
-    /// weight rows, 24 accumulators; per pair of columns 4 loads of inputs, 6 broadcasts of
-    /// weight pairs and 24 `vdpbf16ps`. Tiles land in an L1-sized buffer of up to 64 rows by
-    /// `NATIVE_GEMM_COLS` columns, copied out row by row (an accumulator is a column of the
-    /// output: written straight to it, each of its 16 elements would touch a different line).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-    pub unsafe fn gemm_bf16_native(x: &BfPairs, w: &[u16], rows: usize, dst: *mut f32, ldc: usize) {
+    /// The blocking both packed GEMMs share. For every `NC` weight rows and every run of up to
+    /// `max_rb` blocks of `lanes` input rows, `tile(b, rb, j, cj, out)` computes blocks
+    /// `b..b + rb` against weight rows `j..j + cj` (at most `max_cj`) into rows `0..rb * lanes`
+    /// of `out` (`NC` apart), an L1-sized buffer copied out row by row: an accumulator is a
+    /// column of the output, and written straight to it each of its elements would touch a
+    /// different cache line.
+    ///
+    /// # Safety
+    /// As the GEMMs': `dst` takes `m` rows of `rows` columns, `ldc` apart; `rb * lanes <= 64`.
+    #[inline]
+    unsafe fn blocked(
+        m: usize,
+        rows: usize,
+        (lanes, max_rb, max_cj): (usize, usize, usize),
+        dst: *mut f32,
+        ldc: usize,
+        mut tile: impl FnMut(usize, usize, usize, usize, *mut f32),
+    ) {
         const NC: usize = super::NATIVE_GEMM_COLS;
-        let k = 2 * x.pairs;
-        assert!(w.len() >= rows * k && x.words.len() >= x.m.div_ceil(16) * 16 * x.pairs);
-        let blocks = x.m.div_ceil(16);
+        assert!(max_rb * lanes <= 64);
+        let blocks = m.div_ceil(lanes);
         // Not zeroed: every element copied out below was written by a tile first.
         let mut buf = std::mem::MaybeUninit::<[f32; 64 * NC]>::uninit();
         let buf = buf.as_mut_ptr() as *mut f32;
@@ -1048,34 +1060,47 @@ mod x86v4 {
             let nc = (rows - j0).min(NC);
             let mut b = 0;
             while b < blocks {
-                let rb = (blocks - b).min(4);
+                let rb = (blocks - b).min(max_rb);
                 let mut j = 0;
                 while j < nc {
-                    let cj = (nc - j).min(6);
-                    let (wj, out) = (w.as_ptr().add((j0 + j) * k), buf.add(j));
-                    macro_rules! tile {
-                        ($($r:literal),*) => {
-                            match (rb, cj) {
-                                $( (r, 6) if r == $r => bf16_tile::<$r, 6>(x, b, wj, k, out, NC),
-                                   (r, 5) if r == $r => bf16_tile::<$r, 5>(x, b, wj, k, out, NC),
-                                   (r, 4) if r == $r => bf16_tile::<$r, 4>(x, b, wj, k, out, NC),
-                                   (r, 3) if r == $r => bf16_tile::<$r, 3>(x, b, wj, k, out, NC),
-                                   (r, 2) if r == $r => bf16_tile::<$r, 2>(x, b, wj, k, out, NC),
-                                   (r, 1) if r == $r => bf16_tile::<$r, 1>(x, b, wj, k, out, NC), )*
-                                _ => unreachable!("tile {rb} x {cj}"),
-                            }
-                        };
-                    }
-                    tile!(1, 2, 3, 4);
+                    let cj = (nc - j).min(max_cj);
+                    tile(b, rb, j0 + j, cj, buf.add(j));
                     j += cj;
                 }
-                let i0 = b * 16;
-                for r in 0..(rb * 16).min(x.m - i0) {
+                let i0 = b * lanes;
+                for r in 0..(rb * lanes).min(m - i0) {
                     std::ptr::copy_nonoverlapping(buf.add(r * NC), dst.add((i0 + r) * ldc + j0), nc);
                 }
                 b += rb;
             }
         }
+    }
+
+    /// See [`super::GemmBf16Native`]. Register tile: up to 4 blocks of 16 input rows by up to 6
+    /// weight rows, 24 accumulators; per pair of columns 4 loads of inputs, 6 broadcasts of
+    /// weight pairs and 24 `vdpbf16ps`; tiles through [`blocked`]'s buffer.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+    pub unsafe fn gemm_bf16_native(x: &BfPairs, w: &[u16], rows: usize, dst: *mut f32, ldc: usize) {
+        const NC: usize = super::NATIVE_GEMM_COLS;
+        let k = 2 * x.pairs;
+        assert!(w.len() >= rows * k && x.words.len() >= x.m.div_ceil(16) * 16 * x.pairs);
+        blocked(x.m, rows, (16, 4, 6), dst, ldc, |b, rb, j, cj, out| {
+            let wj = w.as_ptr().add(j * k);
+            macro_rules! tile {
+                ($($r:literal),*) => {
+                    match (rb, cj) {
+                        $( (r, 6) if r == $r => bf16_tile::<$r, 6>(x, b, wj, k, out, NC),
+                           (r, 5) if r == $r => bf16_tile::<$r, 5>(x, b, wj, k, out, NC),
+                           (r, 4) if r == $r => bf16_tile::<$r, 4>(x, b, wj, k, out, NC),
+                           (r, 3) if r == $r => bf16_tile::<$r, 3>(x, b, wj, k, out, NC),
+                           (r, 2) if r == $r => bf16_tile::<$r, 2>(x, b, wj, k, out, NC),
+                           (r, 1) if r == $r => bf16_tile::<$r, 1>(x, b, wj, k, out, NC), )*
+                        _ => unreachable!("tile {rb} x {cj}"),
+                    }
+                };
+            }
+            tile!(1, 2, 3, 4);
+        });
     }
 
     /// Blocks `b0..b0 + R` of the packed inputs against `C` weight rows from `w` (`k` apart),
@@ -1117,60 +1142,41 @@ mod x86v4 {
     /// broadcasts of weights (biased to u8 by flipping their sign bits) and 12 `vpdpbusd`; per
     /// group of 32 columns the integer sums, less 128 · Σq, go into f32 with both scales.
     /// 8-row blocks (products of at most 8 rows) run the same on 256-bit registers, one block
-    /// by up to 8 weight rows.
+    /// by up to 8 weight rows. Tiles through [`blocked`]'s buffer.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn gemm_q8_vnni(x: &Q8Rows, w: &[BlockQ8], rows: usize, dst: *mut f32, ldc: usize) {
         const NC: usize = super::NATIVE_GEMM_COLS;
         let (g, lanes) = (x.groups, x.lanes);
         assert!(lanes == 8 || lanes == 16);
         assert!(w.len() >= rows * g && x.words.len() >= x.m.div_ceil(lanes) * lanes * (g * 8 + 2 * g));
-        let blocks = x.m.div_ceil(lanes);
-        let (max_rb, max_cj) = if lanes == 16 { (4, 3) } else { (1, 8) };
-        // Not zeroed: every element copied out below was written by a tile first.
-        let mut buf = std::mem::MaybeUninit::<[f32; 64 * NC]>::uninit();
-        let buf = buf.as_mut_ptr() as *mut f32;
-        for j0 in (0..rows).step_by(NC) {
-            let nc = (rows - j0).min(NC);
-            let mut b = 0;
-            while b < blocks {
-                let rb = (blocks - b).min(max_rb);
-                let mut j = 0;
-                while j < nc {
-                    let cj = (nc - j).min(max_cj);
-                    let (wj, out) = (w.as_ptr().add((j0 + j) * g), buf.add(j));
-                    macro_rules! tile {
-                        ($($r:literal),*) => {
-                            match (rb, cj) {
-                                $( (r, 3) if r == $r => q8_tile::<$r, 3>(x, b, wj, out, NC),
-                                   (r, 2) if r == $r => q8_tile::<$r, 2>(x, b, wj, out, NC),
-                                   (r, 1) if r == $r => q8_tile::<$r, 1>(x, b, wj, out, NC), )*
-                                _ => unreachable!("tile {rb} x {cj}"),
-                            }
-                        };
+        let shape = if lanes == 16 { (16, 4, 3) } else { (8, 1, 8) };
+        blocked(x.m, rows, shape, dst, ldc, |b, rb, j, cj, out| {
+            let wj = w.as_ptr().add(j * g);
+            macro_rules! tile {
+                ($($r:literal),*) => {
+                    match (rb, cj) {
+                        $( (r, 3) if r == $r => q8_tile::<$r, 3>(x, b, wj, out, NC),
+                           (r, 2) if r == $r => q8_tile::<$r, 2>(x, b, wj, out, NC),
+                           (r, 1) if r == $r => q8_tile::<$r, 1>(x, b, wj, out, NC), )*
+                        _ => unreachable!("tile {rb} x {cj}"),
                     }
-                    if lanes == 16 {
-                        tile!(1, 2, 3, 4);
-                    } else {
-                        match cj {
-                            8 => q8_tile8::<8>(x, b, wj, out, NC),
-                            7 => q8_tile8::<7>(x, b, wj, out, NC),
-                            6 => q8_tile8::<6>(x, b, wj, out, NC),
-                            5 => q8_tile8::<5>(x, b, wj, out, NC),
-                            4 => q8_tile8::<4>(x, b, wj, out, NC),
-                            3 => q8_tile8::<3>(x, b, wj, out, NC),
-                            2 => q8_tile8::<2>(x, b, wj, out, NC),
-                            _ => q8_tile8::<1>(x, b, wj, out, NC),
-                        }
-                    }
-                    j += cj;
-                }
-                let i0 = b * lanes;
-                for r in 0..(rb * lanes).min(x.m - i0) {
-                    std::ptr::copy_nonoverlapping(buf.add(r * NC), dst.add((i0 + r) * ldc + j0), nc);
-                }
-                b += rb;
+                };
             }
-        }
+            if lanes == 16 {
+                tile!(1, 2, 3, 4);
+            } else {
+                match cj {
+                    8 => q8_tile8::<8>(x, b, wj, out, NC),
+                    7 => q8_tile8::<7>(x, b, wj, out, NC),
+                    6 => q8_tile8::<6>(x, b, wj, out, NC),
+                    5 => q8_tile8::<5>(x, b, wj, out, NC),
+                    4 => q8_tile8::<4>(x, b, wj, out, NC),
+                    3 => q8_tile8::<3>(x, b, wj, out, NC),
+                    2 => q8_tile8::<2>(x, b, wj, out, NC),
+                    _ => q8_tile8::<1>(x, b, wj, out, NC),
+                }
+            }
+        });
     }
 
     /// Block `b0` of 8-row packed inputs against `C` q8 weight rows, as [`q8_tile`] on 256-bit
@@ -1383,8 +1389,8 @@ mod tests {
             eprintln!("no native bf16 on this CPU: nothing to check");
             return;
         }
-        // Up to 64 rows the streaming kernel, above it the packed GEMM (odd widths: the
-        // widened panels, exact for the unrounded inputs).
+        // Up to NATIVE_BF16_ROWS_MAX rows the streaming kernel, above it the packed GEMM (odd
+        // widths: the widened panels, exact for the unrounded inputs).
         for &(m, k, n) in &[
             (8, 64, 70),
             (9, 96, 33),
