@@ -18,7 +18,7 @@ use half::f16;
 use crate::kv::{HostElem, KvDtype, KvPool, KvShape, SeqKv};
 use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
 use crate::ops;
-use crate::pool::pool as threads;
+use crate::pool::{pool as threads, SendPtr};
 use crate::weights::{DType, WeightFiles};
 
 /// A linear layer, weights in the PyTorch `[out, in]` layout, stored in the model's format.
@@ -405,7 +405,7 @@ impl Model {
             let tasks: &[(usize, usize, usize)] = tasks;
             let items_ref: &[BatchItem<'_>] = items;
             let qkv_ref: &[f32] = qkv;
-            let attn_out = RowsOut(attn.as_mut_ptr());
+            let attn_out = SendPtr(attn.as_mut_ptr());
             threads().run(tasks.len(), &|ti| {
                 let (i, h0, heads) = tasks[ti];
                 let it = &items_ref[i];
@@ -430,7 +430,10 @@ impl Model {
                             let src = &out[(k * a.n + j) * hd..(k * a.n + j + 1) * hd];
                             // SAFETY: task (i, h0) alone writes heads h0..h0 + heads of item i's
                             // rows, inside the t x q_dim `attn`, which outlives the region.
-                            unsafe { attn_out.put((starts[i] + j) * q_dim + (h0 + k) * hd, src) };
+                            unsafe {
+                                let at = attn_out.at((starts[i] + j) * q_dim + (h0 + k) * hd);
+                                std::ptr::copy_nonoverlapping(src.as_ptr(), at, hd);
+                            }
                         }
                     }
                 };
@@ -659,17 +662,6 @@ fn attend_prefill<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
         ops::matmul_single(sc, &v[..vis * hd], &mut out[j0 * hd..j1 * hd], rows, vis, hd, false);
     }
     out
-}
-
-/// Rows of `attn` that attention tasks write into, each its own heads' columns.
-struct RowsOut(*mut f32);
-// SAFETY: tasks write disjoint ranges (see `put`), and the buffer outlives the region.
-unsafe impl Sync for RowsOut {}
-impl RowsOut {
-    /// # Safety: `at..at + src.len()` is inside the buffer and no other thread touches it.
-    unsafe fn put(&self, at: usize, src: &[f32]) {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len());
-    }
 }
 
 /// Query rows per tile of prefill attention.

@@ -191,13 +191,14 @@ impl Drop for ThreadPool {
     }
 }
 
-struct SendPtr<T>(*mut T);
+/// A buffer's start, shared with a region's tasks, which each write their own disjoint part.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: used only to hand disjoint parts of one buffer to the tasks of a region.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 impl<T> SendPtr<T> {
     /// # Safety: as `pointer::add`.
-    unsafe fn at(&self, i: usize) -> *mut T {
+    pub(crate) unsafe fn at(&self, i: usize) -> *mut T {
         self.0.add(i)
     }
 }
