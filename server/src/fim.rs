@@ -296,9 +296,61 @@ pub fn build_fim(
     Ok(Prompt { ids, trimmed_prefix_tokens, trimmed_suffix_tokens, dropped_snippets, heal })
 }
 
+/// How a FIM request is prompted when the cursor sits inside a line: code before it on its
+/// line, nothing but whitespace after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MidLine {
+    /// The FIM template, as everywhere else.
+    #[default]
+    Fim,
+    /// The prefix alone, completed left to right up to the end of the line. For small models
+    /// whose hand-off at the FIM middle marker barely looks at the end of the prefix: the
+    /// line's own text is then right before the first generated token.
+    Plain,
+}
+
+impl std::str::FromStr for MidLine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MidLine, String> {
+        match s {
+            "fim" => Ok(MidLine::Fim),
+            "plain" => Ok(MidLine::Plain),
+            _ => Err(format!("unknown mid-line prompt {s:?}: expected fim or plain")),
+        }
+    }
+}
+
+impl MidLine {
+    pub fn name(self) -> &'static str {
+        match self {
+            MidLine::Fim => "fim",
+            MidLine::Plain => "plain",
+        }
+    }
+}
+
+/// Whether the cursor between `prefix` and `suffix` is inside a line in the sense of
+/// [`MidLine`]: its line holds code before it and only whitespace after it.
+pub fn cursor_mid_line(prefix: &str, suffix: &str) -> bool {
+    let before = prefix.rsplit('\n').next().unwrap_or(prefix);
+    let after = suffix.split('\n').next().unwrap_or(suffix);
+    !before.trim().is_empty() && after.trim().is_empty()
+}
+
 /// Builds a plain left-to-right prompt within `budget`, dropping the oldest tokens when
 /// `truncate` allows it.
 pub fn build_plain(tok: &Tokenizer, prompt: &str, budget: usize, truncate: bool) -> Result<Prompt, PromptError> {
+    build_plain_healed(tok, prompt, budget, truncate, None)
+}
+
+/// [`build_plain`], and with `heal` the prompt's last token is taken off for token healing.
+pub fn build_plain_healed(
+    tok: &Tokenizer,
+    prompt: &str,
+    budget: usize,
+    truncate: bool,
+    heal: Option<&HealIndex>,
+) -> Result<Prompt, PromptError> {
     let mut ids = tok.encode(prompt, true).map_err(|e| PromptError::Tokenize(e.to_string()))?;
     let mut trimmed = 0;
     if ids.len() > budget {
@@ -319,7 +371,12 @@ pub fn build_plain(tok: &Tokenizer, prompt: &str, budget: usize, truncate: bool)
             ids.push(b);
         }
     }
-    Ok(Prompt { ids, trimmed_prefix_tokens: trimmed, trimmed_suffix_tokens: 0, dropped_snippets: 0, heal: None })
+    // Healing needs a token left to condition on.
+    let heal = match heal {
+        Some(ix) if ids.len() > 1 => ix.heal(prompt, &mut ids),
+        _ => None,
+    };
+    Ok(Prompt { ids, trimmed_prefix_tokens: trimmed, trimmed_suffix_tokens: 0, dropped_snippets: 0, heal })
 }
 
 #[cfg(test)]
@@ -406,6 +463,37 @@ mod tests {
         }
         let fim_middle = tok.token_id("<|fim_middle|>").unwrap();
         assert!(!ix.starting_with("<").contains(&fim_middle));
+    }
+
+    #[test]
+    fn the_cursor_is_mid_line_after_code_with_nothing_after_it() {
+        for (prefix, suffix) in [("x = ", "\n"), ("    x = f(", ""), ("a\nb", "  \r\nc"), ("if x", "\n    y\n")] {
+            assert!(cursor_mid_line(prefix, suffix), "{prefix:?} {suffix:?}");
+        }
+        for (prefix, suffix) in [("", "\n"), ("x = 1\n", "\n"), ("def f():\n    ", "\n"), ("f(", ")\n"), ("x = ", "y")] {
+            assert!(!cursor_mid_line(prefix, suffix), "{prefix:?} {suffix:?}");
+        }
+        assert_eq!("plain".parse(), Ok(MidLine::Plain));
+        assert_eq!("fim".parse(), Ok(MidLine::Fim));
+        assert!("Plain".parse::<MidLine>().unwrap_err().contains("fim or plain"));
+    }
+
+    #[test]
+    fn a_healed_plain_prompt_is_the_plain_one_less_its_last_token() {
+        let tok = qwen_tok();
+        let ix = HealIndex::new(&tok);
+        for prompt in ["    size = ", "x = os.pa", "def f("] {
+            let plain = build_plain(&tok, prompt, 1000, false).unwrap();
+            let p = build_plain_healed(&tok, prompt, 1000, false, Some(&ix)).unwrap();
+            let h = p.heal.clone().unwrap_or_else(|| panic!("{prompt:?}: not healed"));
+            assert_eq!(p.ids[..], plain.ids[..plain.ids.len() - 1], "{prompt:?}");
+            assert!(prompt.ends_with(&h.text), "{prompt:?}: {h:?}");
+        }
+        // Nothing to condition on, or a line's start: unchanged.
+        for prompt in ["x", "x = 1\n    "] {
+            let p = build_plain_healed(&tok, prompt, 1000, false, Some(&ix)).unwrap();
+            assert_eq!((p.ids, p.heal), (build_plain(&tok, prompt, 1000, false).unwrap().ids, None), "{prompt:?}");
+        }
     }
 
     #[test]

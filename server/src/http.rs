@@ -59,6 +59,8 @@ pub struct AppState {
     pub template: Option<FimTemplate>,
     /// Token healing of FIM prompts (`--token-healing`), when on.
     pub heal: Option<Arc<fim::HealIndex>>,
+    /// How FIM requests with the cursor inside a line are prompted (`--mid-line-prompt`).
+    pub mid_line: fim::MidLine,
     /// EOS ids, plus the FIM markers for FIM requests.
     pub eos_ids: Vec<u32>,
     pub fim_stop_ids: Vec<u32>,
@@ -376,7 +378,7 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
         return Err(ApiError::bad("top_p must be in (0, 1]", Some("top_p")));
     }
     let top_k = req.top_k.unwrap_or(0) as usize;
-    let stop = req.stop.clone().unwrap_or_default();
+    let mut stop = req.stop.clone().unwrap_or_default();
     if stop.len() > lim.max_stop {
         return Err(ApiError::bad(format!("at most {} stop sequences are allowed", lim.max_stop), Some("stop")));
     }
@@ -401,9 +403,17 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
                     Some("suffix"),
                 ));
             };
-            let ctx = req.context.clone().unwrap_or_default();
             let heal = st.heal.as_deref();
-            (fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate, heal), st.fim_stop_ids.clone())
+            if st.mid_line == fim::MidLine::Plain && fim::cursor_mid_line(&req.prompt, suffix) {
+                // The rest of the line, left to right: the prompt holds no suffix to stop at.
+                if !stop.iter().any(|s| s == "\n") {
+                    stop.push("\n".into());
+                }
+                (fim::build_plain_healed(&st.tokenizer, &req.prompt, budget, extras.truncate, heal), st.fim_stop_ids.clone())
+            } else {
+                let ctx = req.context.clone().unwrap_or_default();
+                (fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate, heal), st.fim_stop_ids.clone())
+            }
         }
         None => (fim::build_plain(&st.tokenizer, &req.prompt, budget, extras.truncate), st.eos_ids.clone()),
     };

@@ -167,9 +167,14 @@ struct ServeArgs {
     fim_template: Option<String>,
     /// Token healing of FIM prompts with the cursor inside a line: the prefix's last token is
     /// left for the model to choose again, so that a completion can start inside it
-    /// (true/false; default false).
+    /// (true/false; default: the model directory's `ghostline.json`, else false).
     #[arg(long, env = "GHOSTLINE_TOKEN_HEALING")]
     token_healing: Option<bool>,
+    /// How FIM requests with the cursor inside a line (code before it, nothing after it on the
+    /// line) are prompted: fim (the template) or plain (the prefix alone, completed to the end
+    /// of the line). Default: the model directory's `ghostline.json`, else fim.
+    #[arg(long, env = "GHOSTLINE_MID_LINE_PROMPT")]
+    mid_line_prompt: Option<String>,
     /// Largest request body in bytes.
     #[arg(long, env = "GHOSTLINE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -253,6 +258,7 @@ struct FileConfig {
     typeahead_entries: Option<usize>,
     fim_template: Option<String>,
     token_healing: Option<bool>,
+    mid_line_prompt: Option<String>,
     max_body_bytes: Option<usize>,
     max_tokens_limit: Option<u32>,
     threads: Option<usize>,
@@ -276,6 +282,32 @@ struct FileConfig {
     telemetry_backlog: Option<usize>,
 }
 
+/// Serving settings a model directory may carry for itself in `ghostline.json`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ModelServing {
+    /// `fim` or `plain`: see `--mid-line-prompt`.
+    #[serde(default, deserialize_with = "mid_line_setting")]
+    mid_line_prompt: Option<fim::MidLine>,
+    /// See `--token-healing`.
+    token_healing: Option<bool>,
+}
+
+fn mid_line_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<fim::MidLine>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// The model directory's `ghostline.json`, or the defaults when it has none.
+fn model_serving(dir: &Path) -> anyhow::Result<ModelServing> {
+    let path = dir.join("ghostline.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading the model's serving settings {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelServing::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     let Some(path) = a.config.clone() else { return Ok(a) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
@@ -284,7 +316,7 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
         ($($field:ident),*) => { $( if a.$field.is_none() { a.$field = f.$field; } )* };
     }
     fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
-        prefix_cache, typeahead_entries, fim_template, token_healing, max_body_bytes, max_tokens_limit, threads,
+        prefix_cache, typeahead_entries, fim_template, token_healing, mid_line_prompt, max_body_bytes, max_tokens_limit, threads,
         weights, kv_cache, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
         rate_limit_burst_secs, redact_secrets, telemetry_backlog);
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
@@ -453,7 +485,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     fim_stop_ids.sort_unstable();
     fim_stop_ids.dedup();
-    let heal = (template.is_some() && a.token_healing.unwrap_or(false)).then(|| Arc::new(fim::HealIndex::new(&tokenizer)));
+    let serving = model_serving(&dir)?;
+    let token_healing = a.token_healing.or(serving.token_healing).unwrap_or(false);
+    let heal = (template.is_some() && token_healing).then(|| Arc::new(fim::HealIndex::new(&tokenizer)));
+    let mid_line = match &a.mid_line_prompt {
+        Some(m) => m.parse::<fim::MidLine>().map_err(anyhow::Error::msg)?,
+        None => serving.mid_line_prompt.unwrap_or_default(),
+    };
+    let mid_line = if template.is_some() { mid_line } else { fim::MidLine::Fim };
     let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
     let pool = backend.kv_pool_as(kv_bytes, kv_dtype.unwrap_or_default()).context("allocating the KV cache")?;
     let kv_name = pool.host_dtype().map_or("device", KvDtype::name);
@@ -463,6 +502,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         device = %backend.describe(),
         params_m = backend.num_params() as f64 / 1e6,
         fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
+        mid_line = mid_line.name(),
         kv_blocks = pool.max_blocks(),
         kv_cache = kv_name,
         load_s = t0.elapsed().as_secs_f64(),
@@ -499,11 +539,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Outputs depend on the weights' format and the device too, so cached answers do.
     let model_identity =
         format!(
-        "{model_name}@{}/{}/kv-{}{}",
+        "{model_name}@{}/{}/kv-{}{}{}",
         cache::model_digest(&dir).context("hashing the model files")?,
         backend_desc,
         kv_name,
-        if heal.is_some() { "/healed" } else { "" }
+        if heal.is_some() { "/healed" } else { "" },
+        if mid_line == fim::MidLine::Plain { "/mid-line-plain" } else { "" }
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -541,6 +582,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tokenizer,
         template,
         heal,
+        mid_line,
         eos_ids,
         fim_stop_ids,
         limits,

@@ -260,6 +260,70 @@ fn token_healing_gives_the_prompts_last_token_back_to_the_model() {
     }
 }
 
+#[test]
+fn mid_line_plain_prompts_the_line_alone_and_ends_with_it() {
+    let fim = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
+    let plain = start("qwen2-tied-bf16", &["--cache-mb", "0", "--mid-line-prompt", "plain"]);
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let ask = |s: &Server, prefix: &str, suffix: Option<&str>| {
+        let mut body = json!({"prompt": prefix, "max_tokens": 24, "temperature": 0.0});
+        if let Some(suffix) = suffix {
+            body["suffix"] = json!(suffix);
+        }
+        s.complete(body)
+    };
+    let suffix = "\n    return total\n";
+    for prefix in ["def f(xs):\n    total = ", "def f(xs):\n    total = su", "x = ["] {
+        // Code before the cursor, nothing after it on the line: the prefix alone, as a request
+        // without a suffix would send it, and the answer ends with the line.
+        let v = ask(&plain, prefix, Some(suffix));
+        assert_eq!(tokens(&v), tokens(&ask(&fim, prefix, None)), "{prefix:?}: {v}");
+        assert!(tokens(&v) < tokens(&ask(&fim, prefix, Some(suffix))), "{prefix:?}");
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        assert!(!text.contains('\n'), "{prefix:?}: {text:?}");
+        // With a line break asked for as a stop already, the same answer.
+        let body = json!({"prompt": prefix, "suffix": suffix, "max_tokens": 24, "temperature": 0.0, "stop": ["\n"]});
+        assert_eq!(plain.complete(body)["choices"][0]["text"], v["choices"][0]["text"]);
+    }
+    // At a line's start, in its indentation, or with code after the cursor: the FIM template.
+    for (prefix, suffix) in [("def f(xs):\n", suffix), ("def f(xs):\n    ", suffix), ("def f(xs):\n    g(", ")\n")] {
+        let (a, b) = (ask(&fim, prefix, Some(suffix)), ask(&plain, prefix, Some(suffix)));
+        assert_eq!(tokens(&a), tokens(&b), "{prefix:?}");
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{prefix:?}");
+    }
+    // A model directory can ask for it (and for token healing) in its ghostline.json.
+    let dir = TempDir::new("model");
+    for e in std::fs::read_dir(fixture("qwen2-tied-bf16")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    std::fs::write(dir.path().join("ghostline.json"), r#"{"mid_line_prompt": "plain", "token_healing": true}"#).unwrap();
+    let own = start(dir.arg(), &["--cache-mb", "0"]);
+    let prefix = "def f(xs):\n    total = su";
+    let v = ask(&own, prefix, Some(suffix));
+    // Healed: one token fewer than the plain prompt.
+    assert_eq!(tokens(&v) + 1, tokens(&ask(&plain, prefix, Some(suffix))), "{v}");
+    // The command line overrides it.
+    let flag = start(dir.arg(), &["--cache-mb", "0", "--mid-line-prompt", "fim", "--token-healing", "false"]);
+    assert_eq!(tokens(&ask(&flag, prefix, Some(suffix))), tokens(&ask(&fim, prefix, Some(suffix))));
+    drop((own, flag));
+    // Settings it does not know, or cannot read, stop the server with the file's name.
+    for bad in [r#"{"mid_line_prompt": "sideways"}"#, r#"{"mid_line": "plain"}"#, "{not json"] {
+        std::fs::write(dir.path().join("ghostline.json"), bad).unwrap();
+        let data = TempDir::new("data");
+        let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
+            .env("GHOSTLINE_DATA_DIR", data.path())
+            .args(["serve", "--addr", "127.0.0.1:0", "--model", dir.arg()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ghostline.json"), "{bad}: {err}");
+    }
+    let err = refused_startup(&["--mid-line-prompt", "sideways"]);
+    assert!(err.contains("sideways") && err.contains("fim or plain"), "{err}");
+}
+
 /// Starts the server on the bf16 fixture with extra flags that must stop it; its stderr.
 fn refused_startup(flags: &[&str]) -> String {
     let data = TempDir::new("data");

@@ -14,7 +14,10 @@ Backends
                                   <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>;
                                   stops at EOS / FIM tokens, single-line cases at the first newline;
                                   the prompt is clipped (prefix from the left, suffix from the
-                                  right) to the model's context less max_new_tokens
+                                  right) to the model's context less max_new_tokens; mid-line
+                                  prompts and token healing as the server does them, by the
+                                  model directory's ghostline.json (or --mid-line-prompt,
+                                  --token-healing)
   --backend server --url URL      ghostline-server HTTP API v1: POST /v1/completions with
                                   prompt=prefix, suffix=suffix, temperature 0, stream false,
                                   stop ["\\n"] for single-line cases
@@ -78,8 +81,17 @@ class SyntaxChecker:
 
 
 # ---------------------------------------------------------------- backends
+def cursor_mid_line(prefix, suffix):
+    """As ghostline-server decides it: code before the cursor on its line, only whitespace after."""
+    return prefix.rsplit("\n", 1)[-1].strip() != "" and suffix.split("\n", 1)[0].strip() == ""
+
+
 class HFBackend:
-    def __init__(self, model_dir, threads, max_context=None):
+    """transformers, prompting as ghostline-server does: the model directory's ghostline.json
+    (or --mid-line-prompt / --token-healing) decides how mid-line cursors are prompted and
+    whether the prompt's last token is healed."""
+
+    def __init__(self, model_dir, threads, max_context=None, mid_line=None, healing=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.torch = torch
@@ -91,20 +103,72 @@ class HFBackend:
         ids = self.tok.convert_tokens_to_ids
         self.pre, self.suf, self.mid = ids("<|fim_prefix|>"), ids("<|fim_suffix|>"), ids("<|fim_middle|>")
         self.stop = {ids(t) for t in STOP_TOKENS}
+        serving = Path(model_dir) / "ghostline.json"
+        serving = json.loads(serving.read_text()) if serving.exists() else {}
+        self.mid_line = mid_line or serving.get("mid_line_prompt", "fim")
+        self.healing = serving.get("token_healing", False) if healing is None else healing
+        self.texts = self._token_texts() if self.healing else None
         self.name = f"hf:{Path(model_dir).name}"
+
+    def _token_texts(self):
+        """Per token id its text as it reads after other text (None for special tokens and
+        tokens that are not whole characters), as the server's HealIndex builds it."""
+        special = set(self.tok.all_special_ids) | {self.tok.convert_tokens_to_ids(t) for t in STOP_TOKENS}
+        anchor = self.tok("a", add_special_tokens=False).input_ids
+        anchor = anchor[0] if len(anchor) == 1 else None
+        base = self.tok.decode([anchor]) if anchor is not None else ""
+        texts = []
+        for i in range(len(self.tok)):
+            t = None
+            if i not in special:
+                d = self.tok.decode([anchor, i] if anchor is not None else [i])
+                if d.startswith(base):
+                    d = d[len(base):]
+                    if d and "\ufffd" not in d:
+                        t = d
+            texts.append(t)
+        return texts
+
+    def _heal(self, prefix, ids):
+        """Takes the prompt's last token off when the cursor is inside a line; returns its text
+        and the ids allowed first (those whose text begins with it)."""
+        if not self.healing or len(ids) < 2 or prefix.rsplit("\n", 1)[-1].strip() == "":
+            return None
+        last = ids[-1]
+        text = self.texts[last] if last < len(self.texts) else None
+        if not text or not prefix.endswith(text):
+            return None
+        allowed = [i for i, t in enumerate(self.texts) if t is not None and t.startswith(text)]
+        if last not in allowed:
+            return None
+        if all(c in " \t" for c in text):
+            allowed = [i for i in allowed if self.texts[i][len(text):][:1].strip() != ""]
+            if not allowed:
+                return None
+        ids.pop()
+        return text, allowed
 
     def complete(self, prefix, suffix, single_line, max_new_tokens):
         torch = self.torch
         enc = lambda s: self.tok(s, add_special_tokens=False).input_ids
-        p, s = enc(prefix), enc(suffix)
-        # Same trimming as ghostline-server's `truncate`: the suffix keeps up to a third of the
-        # room (more when the prefix is short), the prefix the rest, nearest the cursor.
-        room = self.ctx - max_new_tokens - 3
-        s_keep = min(max(min(len(s), room // 3), room - len(p)), len(s))
-        p_keep = min(room - s_keep, len(p))
-        s = s[:s_keep]
-        p = p[len(p) - p_keep:]
-        ids = [self.pre] + p + [self.suf] + s + [self.mid]
+        room = self.ctx - max_new_tokens
+        if suffix is not None and self.mid_line == "plain" and cursor_mid_line(prefix, suffix):
+            suffix, single_line = None, True
+        if suffix is None:
+            # Plain left-to-right: the prefix's last `room` tokens.
+            ids = enc(prefix)[-room:]
+            heal = self._heal(prefix, ids)
+        else:
+            p, s = enc(prefix), enc(suffix)
+            # Same trimming as ghostline-server's `truncate`: the suffix keeps up to a third of the
+            # room (more when the prefix is short), the prefix the rest, nearest the cursor.
+            room -= 3
+            s_keep = min(max(min(len(s), room // 3), room - len(p)), len(s))
+            p_keep = min(room - s_keep, len(p))
+            s = s[:s_keep]
+            p = p[len(p) - p_keep:]
+            heal = self._heal(prefix, p)
+            ids = [self.pre] + p + [self.suf] + s + [self.mid]
         out, past = [], None
         x = torch.tensor([ids])
         text = ""
@@ -112,11 +176,18 @@ class HFBackend:
             for _ in range(max_new_tokens):
                 o = self.model(input_ids=x, past_key_values=past, use_cache=True)
                 past = o.past_key_values
-                nxt = int(o.logits[0, -1].argmax())
+                logits = o.logits[0, -1]
+                if heal and not out:
+                    allowed = torch.tensor(heal[1])
+                    nxt = int(allowed[int(logits[allowed].argmax())])
+                else:
+                    nxt = int(logits.argmax())
                 if nxt in self.stop:
                     break
                 out.append(nxt)
                 text = self.tok.decode(out)
+                if heal:
+                    text = text[len(heal[0]):]
                 if single_line and "\n" in text:
                     break
                 x = torch.tensor([[nxt]])
@@ -136,8 +207,10 @@ class ServerBackend:
         self.name = f"server:{url}"
 
     def complete(self, prefix, suffix, single_line, max_new_tokens):
-        body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_new_tokens, "temperature": 0.0,
+        body = {"prompt": prefix, "max_tokens": max_new_tokens, "temperature": 0.0,
                 "top_p": 1.0, "n": 1, "stream": False, "truncate": True}
+        if suffix is not None:
+            body["suffix"] = suffix
         if single_line:
             body["stop"] = ["\n"]
         if self.model:
@@ -176,18 +249,26 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=48, help="single-line cases")
     ap.add_argument("--max-new-tokens-multi", type=int, default=96, help="multi-line cases")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mid-line-prompt", choices=["fim", "plain"], default=None,
+                    help="hf: as the server's option (default: the model directory's ghostline.json, else fim)")
+    ap.add_argument("--token-healing", choices=["true", "false"], default=None,
+                    help="hf: as the server's option (default: the model directory's ghostline.json, else false)")
+    ap.add_argument("--plain-kinds", default="",
+                    help="kinds sent as plain left-to-right prompts (the prefix alone, no suffix)")
     ap.add_argument("--out", help="write summary + per-case results as JSON")
     args = ap.parse_args()
 
     if args.backend == "hf":
         if not args.model:
             ap.error("--backend hf needs --model DIR")
-        backend = HFBackend(args.model, args.threads)
+        backend = HFBackend(args.model, args.threads, mid_line=args.mid_line_prompt,
+                            healing=None if args.token_healing is None else args.token_healing == "true")
     else:
         backend = ServerBackend(args.url, args.model, args.api_key)
     checker = SyntaxChecker()
     langs = args.languages.split(",")
     kinds = args.kinds.split(",")
+    plain_kinds = set(filter(None, args.plain_kinds.split(",")))
     results, summary = [], []
     for lang in langs:
         cases = [json.loads(l) for l in open(Path(args.data) / f"fim_{lang}.jsonl")]
@@ -200,7 +281,7 @@ def main():
             for c in sel:
                 single = kind in ("single", "mid")
                 t0 = time.time()
-                comp = backend.complete(c["prefix"], c["suffix"], single,
+                comp = backend.complete(c["prefix"], None if kind in plain_kinds else c["suffix"], single,
                                         args.max_new_tokens if single else args.max_new_tokens_multi)
                 lat.append(time.time() - t0)
                 ref = c["middle"]

@@ -65,12 +65,14 @@ def word_border(chunk, pos):
     return pos
 
 
-def choose_span(chunk, rng, word_rate=0.0):
+def choose_span(chunk, rng, word_rate=0.0, line_cols=None):
     """Return (start, end) character offsets of the middle.  With probability `word_rate` a
     start inside a line is moved back to a word border (no draw when it is 0, so data prepared
-    without it is unchanged)."""
+    without it is unchanged).  `line_cols` = (indent, zero, inside) weights makes every span a
+    line-level one whose first line starts at its indentation, at column 0 or inside the line
+    (None: 60 % line-level spans with weights 0.5 / 0.2 / 0.3, 40 % between random characters)."""
     snap = word_rate > 0 and rng.random() < word_rate
-    if rng.random() < 0.6:
+    if line_cols is not None or rng.random() < 0.6:
         lines = chunk.splitlines(keepends=True)
         starts, pos = [], 0
         for l in lines:
@@ -84,13 +86,22 @@ def choose_span(chunk, rng, word_rate=0.0):
             line = lines[i]
             body = line.rstrip("\r\n")
             indent = len(body) - len(body.lstrip())
-            u = rng.random()
-            if u < 0.5:
-                col = indent
-            elif u < 0.8:
-                col = rng.randint(indent, len(body))
+            if line_cols is not None:
+                where = rng.choices(["indent", "zero", "inside"], weights=line_cols)[0]
+                if where == "indent":
+                    col = indent
+                elif where == "zero":
+                    col = 0
+                else:
+                    col = rng.randint(indent, len(body))
             else:
-                col = 0
+                u = rng.random()
+                if u < 0.5:
+                    col = indent
+                elif u < 0.8:
+                    col = rng.randint(indent, len(body))
+                else:
+                    col = 0
             start = starts[i] + col
             if snap:
                 start = max(starts[i] + indent, word_border(chunk, start))
@@ -145,6 +156,10 @@ def main():
     ap.add_argument("--out", default=None, help="default: WORK/data")
     ap.add_argument("--word-border", type=float, default=0.0,
                     help="share of FIM spans whose start inside a line is moved back to a word border")
+    ap.add_argument("--line-cols", default=None,
+                    help="INDENT,ZERO,INSIDE: every middle a line-level span whose first line starts at its "
+                         "indentation, at column 0 or inside the line with these weights (default: the mixed "
+                         "spans of the shipped data)")
     ap.add_argument("--manifest", default=str(HERE.parent / "models" / "ghostline-tiny" / "DATA_MANIFEST.json"),
                     help="data manifest to record the token counts in (a path that does not exist: none)")
     args = ap.parse_args()
@@ -158,6 +173,14 @@ def main():
     chunk_lo, chunk_hi = (int(v) for v in args.chunk_chars.split(","))
     if not 0 < chunk_lo <= chunk_hi:
         raise SystemExit(f"--chunk-chars {args.chunk_chars}: want MIN,MAX with 0 < MIN <= MAX")
+    line_cols = None
+    if args.line_cols:
+        try:
+            line_cols = [float(v) for v in args.line_cols.split(",")]
+        except ValueError:
+            line_cols = []
+        if len(line_cols) != 3 or min(line_cols) < 0 or sum(line_cols) <= 0:
+            raise SystemExit(f"--line-cols {args.line_cols}: want three non-negative weights INDENT,ZERO,INSIDE")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.npy"):
         old.unlink()
@@ -185,7 +208,7 @@ def main():
                 items.append(("plain", [d["text"]], d["lang"]))
                 continue
             for c in chunk_lines(d["text"], frng, chunk_lo, chunk_hi):
-                a, b = choose_span(c, frng, args.word_border)
+                a, b = choose_span(c, frng, args.word_border, line_cols)
                 kind = "spm" if frng.random() < args.spm_rate else "psm"
                 items.append((kind, [c[:a], c[b:], c[a:b]], d["lang"]))
         # 2) tokenize in batches
@@ -267,7 +290,7 @@ def main():
     np.save(out / "val.npy", vrows)
     # language mix of the kept documents (bytes)
     meta = {"seq_len": args.seq_len, "rows": int(len(arr)), "tokens": int(arr.size), "shards": shards,
-            "val_rows": int(len(vrows)), "epochs": args.epochs, "fim_rate": args.fim_rate, "chunk_chars": [chunk_lo, chunk_hi], "word_border": args.word_border,
+            "val_rows": int(len(vrows)), "epochs": args.epochs, "fim_rate": args.fim_rate, "chunk_chars": [chunk_lo, chunk_hi], "word_border": args.word_border, "line_cols": line_cols,
             "spm_rate": args.spm_rate, "seed": args.seed, "py_test_keep": args.py_test_keep,
             "rust_keep": args.rust_keep, "per_epoch": all_stats, "vocab_size": tok.get_vocab_size()}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
