@@ -64,11 +64,14 @@ pub struct KeyParts<'a> {
     pub stop: &'a [String],
     pub top_k: usize,
     pub top_p: f32,
+    /// The text a healed prompt's first token must begin with: prompts that differ only in
+    /// it have the same ids (`x = ` and `x = os` both end at ` =`) but not the same answer.
+    pub heal: Option<&'a str>,
 }
 
 pub fn key(p: &KeyParts) -> Key {
     let mut h = Sha256::new();
-    h.update(b"ghostline-cache-v1\0");
+    h.update(b"ghostline-cache-v2\0");
     h.update(p.model.as_bytes());
     h.update([0]);
     h.update((p.prompt_ids.len() as u64).to_le_bytes());
@@ -87,6 +90,14 @@ pub fn key(p: &KeyParts) -> Key {
     }
     h.update((p.top_k as u64).to_le_bytes());
     h.update(p.top_p.to_bits().to_le_bytes());
+    match p.heal {
+        Some(t) => {
+            h.update([1]);
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        None => h.update([0]),
+    }
     h.finalize().into()
 }
 
@@ -182,7 +193,7 @@ mod tests {
     #[test]
     fn every_part_of_the_key_matters() {
         let stop = vec!["\n".to_string()];
-        let base = KeyParts { model: "m@abc", prompt_ids: &[1, 2, 3], stop_ids: &[0], max_tokens: 8, stop: &stop, top_k: 0, top_p: 1.0 };
+        let base = KeyParts { model: "m@abc", prompt_ids: &[1, 2, 3], stop_ids: &[0], max_tokens: 8, stop: &stop, top_k: 0, top_p: 1.0, heal: None };
         let k = key(&base);
         assert_eq!(k, key(&KeyParts { ..base }));
         let other_stop = vec!["\n\n".to_string()];
@@ -194,6 +205,8 @@ mod tests {
             KeyParts { stop: &other_stop, ..base },
             KeyParts { top_k: 5, ..base },
             KeyParts { top_p: 0.9, ..base },
+            KeyParts { heal: Some(" os"), ..base },
+            KeyParts { heal: Some(" "), ..base },
         ] {
             assert_ne!(key(&changed), k);
         }

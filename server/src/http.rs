@@ -520,6 +520,7 @@ async fn complete(st: &Arc<AppState>, who: Principal, t0: Instant, body: Body) -
             stop: &plan.stop,
             top_k: plan.sampling.top_k,
             top_p: plan.sampling.top_p,
+            heal: plan.heal.as_ref().map(|h| h.text.as_str()),
         })
     });
     let mut record = Recorder {

@@ -258,6 +258,14 @@ fn token_healing_gives_the_prompts_last_token_back_to_the_model() {
     for prefix in ["def f(xs):\n", "def f(xs):\n    "] {
         assert_eq!(tokens(&ask(&healed, prefix)), tokens(&ask(&plain, prefix)), "{prefix:?}");
     }
+    // `total = self` and `total = ` heal to the same prompt ids (both end at ` =`), but their
+    // answers differ by what was healed: the response cache keeps them apart.
+    let cached = start("qwen2-tied-bf16", &["--token-healing", "true"]);
+    for prefix in ["def f(xs):\n    total = self", "def f(xs):\n    total = "] {
+        let (a, b) = (ask(&cached, prefix), ask(&healed, prefix));
+        assert_eq!(tokens(&a), tokens(&b), "{prefix:?}");
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{prefix:?}");
+    }
 }
 
 #[test]
