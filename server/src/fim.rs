@@ -298,7 +298,8 @@ pub fn build_fim(
 
 /// How a FIM request is prompted when the cursor sits inside a line: code before it on its
 /// line, nothing but whitespace after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MidLine {
     /// The FIM template, as everywhere else.
     #[default]
@@ -338,13 +339,8 @@ pub fn cursor_mid_line(prefix: &str, suffix: &str) -> bool {
 }
 
 /// Builds a plain left-to-right prompt within `budget`, dropping the oldest tokens when
-/// `truncate` allows it.
-pub fn build_plain(tok: &Tokenizer, prompt: &str, budget: usize, truncate: bool) -> Result<Prompt, PromptError> {
-    build_plain_healed(tok, prompt, budget, truncate, None)
-}
-
-/// [`build_plain`], and with `heal` the prompt's last token is taken off for token healing.
-pub fn build_plain_healed(
+/// `truncate` allows it. With `heal`, the prompt's last token is taken off for token healing.
+pub fn build_plain(
     tok: &Tokenizer,
     prompt: &str,
     budget: usize,
@@ -483,16 +479,16 @@ mod tests {
         let tok = qwen_tok();
         let ix = HealIndex::new(&tok);
         for prompt in ["    size = ", "x = os.pa", "def f("] {
-            let plain = build_plain(&tok, prompt, 1000, false).unwrap();
-            let p = build_plain_healed(&tok, prompt, 1000, false, Some(&ix)).unwrap();
+            let plain = build_plain(&tok, prompt, 1000, false, None).unwrap();
+            let p = build_plain(&tok, prompt, 1000, false, Some(&ix)).unwrap();
             let h = p.heal.clone().unwrap_or_else(|| panic!("{prompt:?}: not healed"));
             assert_eq!(p.ids[..], plain.ids[..plain.ids.len() - 1], "{prompt:?}");
             assert!(prompt.ends_with(&h.text), "{prompt:?}: {h:?}");
         }
         // Nothing to condition on, or a line's start: unchanged.
         for prompt in ["x", "x = 1\n    "] {
-            let p = build_plain_healed(&tok, prompt, 1000, false, Some(&ix)).unwrap();
-            assert_eq!((p.ids, p.heal), (build_plain(&tok, prompt, 1000, false).unwrap().ids, None), "{prompt:?}");
+            let p = build_plain(&tok, prompt, 1000, false, Some(&ix)).unwrap();
+            assert_eq!((p.ids, p.heal), (build_plain(&tok, prompt, 1000, false, None).unwrap().ids, None), "{prompt:?}");
         }
     }
 

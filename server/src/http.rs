@@ -404,18 +404,19 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
                 ));
             };
             let heal = st.heal.as_deref();
-            if st.mid_line == fim::MidLine::Plain && fim::cursor_mid_line(&req.prompt, suffix) {
+            let prompt = if st.mid_line == fim::MidLine::Plain && fim::cursor_mid_line(&req.prompt, suffix) {
                 // The rest of the line, left to right: the prompt holds no suffix to stop at.
                 if !stop.iter().any(|s| s == "\n") {
                     stop.push("\n".into());
                 }
-                (fim::build_plain_healed(&st.tokenizer, &req.prompt, budget, extras.truncate, heal), st.fim_stop_ids.clone())
+                fim::build_plain(&st.tokenizer, &req.prompt, budget, extras.truncate, heal)
             } else {
                 let ctx = req.context.clone().unwrap_or_default();
-                (fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate, heal), st.fim_stop_ids.clone())
-            }
+                fim::build_fim(&st.tokenizer, t, &req.prompt, suffix, &ctx, budget, extras.truncate, heal)
+            };
+            (prompt, st.fim_stop_ids.clone())
         }
-        None => (fim::build_plain(&st.tokenizer, &req.prompt, budget, extras.truncate), st.eos_ids.clone()),
+        None => (fim::build_plain(&st.tokenizer, &req.prompt, budget, extras.truncate, None), st.eos_ids.clone()),
     };
     let (ids, heal) = match prompt {
         Ok(p) => (p.ids, p.heal),

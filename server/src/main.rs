@@ -287,15 +287,9 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct ModelServing {
     /// `fim` or `plain`: see `--mid-line-prompt`.
-    #[serde(default, deserialize_with = "mid_line_setting")]
     mid_line_prompt: Option<fim::MidLine>,
     /// See `--token-healing`.
     token_healing: Option<bool>,
-}
-
-fn mid_line_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<fim::MidLine>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// The model directory's `ghostline.json`, or the defaults when it has none.
@@ -536,16 +530,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = a.max_tokens_limit {
         limits.max_tokens = m.max(1);
     }
-    // Outputs depend on the weights' format and the device too, so cached answers do.
+    // Outputs depend on the weights' format and the device too, so cached answers do. (How a
+    // prompt was built, healed or not, is in the cache key itself: its ids, stops and healed text.)
     let model_identity =
-        format!(
-        "{model_name}@{}/{}/kv-{}{}{}",
-        cache::model_digest(&dir).context("hashing the model files")?,
-        backend_desc,
-        kv_name,
-        if heal.is_some() { "/healed" } else { "" },
-        if mid_line == fim::MidLine::Plain { "/mid-line-plain" } else { "" }
-    );
+        format!("{model_name}@{}/{}/kv-{}", cache::model_digest(&dir).context("hashing the model files")?, backend_desc, kv_name);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -318,14 +318,7 @@ fn mid_line_plain_prompts_the_line_alone_and_ends_with_it() {
     // Settings it does not know, or cannot read, stop the server with the file's name.
     for bad in [r#"{"mid_line_prompt": "sideways"}"#, r#"{"mid_line": "plain"}"#, "{not json"] {
         std::fs::write(dir.path().join("ghostline.json"), bad).unwrap();
-        let data = TempDir::new("data");
-        let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
-            .env("GHOSTLINE_DATA_DIR", data.path())
-            .args(["serve", "--addr", "127.0.0.1:0", "--model", dir.arg()])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{bad} started");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_startup_of(dir.path(), &[]);
         assert!(err.contains("ghostline.json"), "{bad}: {err}");
     }
     let err = refused_startup(&["--mid-line-prompt", "sideways"]);
@@ -334,13 +327,18 @@ fn mid_line_plain_prompts_the_line_alone_and_ends_with_it() {
 
 /// Starts the server on the bf16 fixture with extra flags that must stop it; its stderr.
 fn refused_startup(flags: &[&str]) -> String {
+    refused_startup_of(&fixture("qwen2-tied-bf16"), flags)
+}
+
+/// Starts the server on `model` with extra flags, which must stop it; its stderr.
+fn refused_startup_of(model: &Path, flags: &[&str]) -> String {
     let data = TempDir::new("data");
     let out = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
         .env("GHOSTLINE_DATA_DIR", data.path())
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(flags)
         .arg("--model")
-        .arg(fixture("qwen2-tied-bf16"))
+        .arg(model)
         .output()
         .unwrap();
     assert!(!out.status.success(), "{flags:?} started");
