@@ -155,8 +155,10 @@ fn a_disconnected_stream_frees_its_sequences() {
 fn a_newer_request_for_the_same_file_supersedes_the_older() {
     let s = std::sync::Arc::new(start("qwen2-tied-bf16", &["--max-tokens-limit", "480"]));
     let s2 = s.clone();
+    // Left to right, so that only EOS ends a candidate: with a suffix, every FIM marker stops
+    // one too, and all four ended within 8 ms (149 tokens), before the newer request came.
     let older = std::thread::spawn(move || {
-        s2.stream(json!({"prompt": "a", "suffix": "", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 2,
+        s2.stream(json!({"prompt": "a", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 2,
             "user": "dev1", "path": "src/a.py"}))
     });
     // Wait until the older one is running, then send the newer one.
