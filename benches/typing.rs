@@ -75,7 +75,9 @@ fn main() {
         let uri = format!("file:///replay/{path}");
         lsp.open(&uri, lang, &text);
         let lines: Vec<&str> = text.lines().collect();
-        let targets: Vec<usize> = (0..lines.len()).filter(|&i| (12..=70).contains(&lines[i].trim().len()) && !lines[i].trim().starts_with(['#', '/'])).collect();
+        let targets: Vec<usize> = (0..lines.len())
+            .filter(|&i| (12..=70).contains(&lines[i].trim().len()) && !lines[i].trim().starts_with(['#', '/']))
+            .collect();
         let mut version = 1;
         let mut typed_in_file = 0;
         let step = (targets.len() / 12).max(1);
@@ -99,7 +101,8 @@ fn main() {
                 for id in pending.keys().copied().collect::<Vec<_>>() {
                     lsp.notify("$/cancelRequest", json!({"id": id}));
                 }
-                let id = lsp.send_request("textDocument/inlineCompletion", inline_params(&uri, line as u32, col as u32, false));
+                let id = lsp
+                    .send_request("textDocument/inlineCompletion", inline_params(&uri, line as u32, col as u32, false));
                 pending.insert(id, Instant::now());
                 t.keys += 1;
                 typed_in_file += 1;
@@ -116,10 +119,26 @@ fn main() {
     lat.sort_by(|a, b| a.total_cmp(b));
     let without_server = stats["cache_hits"].as_u64().unwrap_or(0) + stats["reused"].as_u64().unwrap_or(0);
     println!("typing replay: {} keystrokes at {} ms intervals, debounce {debounce} ms", t.keys, interval.as_millis());
-    println!("  suggestions shown:            {} ({} empty, {} cancelled by the next keystroke)", lat.len(), t.empty, t.cancelled);
-    println!("  keystroke-to-suggestion ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}", percentile(&lat, 0.5), percentile(&lat, 0.9), percentile(&lat, 0.99));
+    println!(
+        "  suggestions shown:            {} ({} empty, {} cancelled by the next keystroke)",
+        lat.len(),
+        t.empty,
+        t.cancelled
+    );
+    println!(
+        "  keystroke-to-suggestion ms:   p50 {:.1}  p90 {:.1}  p99 {:.1}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99)
+    );
     println!("  server requests / 100 keys:   {:.1}", requests as f64 * 100.0 / t.keys.max(1) as f64);
-    println!("  answered without the server:  {} of {} answers (typed-ahead cache {}, shared stream {})", without_server, lat.len(), stats["cache_hits"], stats["reused"]);
+    println!(
+        "  answered without the server:  {} of {} answers (typed-ahead cache {}, shared stream {})",
+        without_server,
+        lat.len(),
+        stats["cache_hits"],
+        stats["reused"]
+    );
     println!("  lsp counters: {stats}");
     let r = lsp.request("shutdown", json!(null));
     assert!(r.is_null());

@@ -24,7 +24,12 @@ impl Anchor {
         let cursor = cursor.min(rope.len_chars());
         let a = cursor.saturating_sub(GUARD_CHARS);
         let b = (cursor + GUARD_CHARS).min(rope.len_chars());
-        Anchor { uri: uri.to_string(), cursor, before: rope.slice(a..cursor).to_string(), after: rope.slice(cursor..b).to_string() }
+        Anchor {
+            uri: uri.to_string(),
+            cursor,
+            before: rope.slice(a..cursor).to_string(),
+            after: rope.slice(cursor..b).to_string(),
+        }
     }
 
     /// The text typed since the anchor, if the document at `cursor` is the anchor's document
@@ -81,12 +86,19 @@ pub struct SuggestionCache {
 
 impl SuggestionCache {
     pub fn new(capacity: usize) -> Self {
-        SuggestionCache { entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)), next: 0 }
+        SuggestionCache {
+            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            next: 0,
+        }
     }
 
     pub fn insert(&mut self, entry: Entry) {
         // One entry per anchor position and document: a newer answer replaces the older.
-        let same = self.entries.iter().find(|(_, e)| e.anchor.uri == entry.anchor.uri && e.anchor.cursor == entry.anchor.cursor).map(|(k, _)| *k);
+        let same = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.anchor.uri == entry.anchor.uri && e.anchor.cursor == entry.anchor.cursor)
+            .map(|(k, _)| *k);
         if let Some(k) = same {
             self.entries.pop(&k);
         }
@@ -133,7 +145,11 @@ mod tests {
     use super::*;
 
     fn entry(uri: &str, rope: &Rope, cursor: usize, items: &[&str]) -> Entry {
-        Entry { anchor: Anchor::new(uri, rope, cursor), id: "cmpl-1".into(), items: items.iter().map(|s| s.to_string()).collect() }
+        Entry {
+            anchor: Anchor::new(uri, rope, cursor),
+            id: "cmpl-1".into(),
+            items: items.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

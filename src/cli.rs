@@ -130,9 +130,13 @@ pub async fn complete(mut settings: Settings, args: CompleteArgs) -> ExitCode {
     let pos = doc.position(c, PositionEncoding::Utf16);
     let url = settings.server_url.clone();
     let core = Core::new(settings);
-    let uri = format!("file://{}", std::path::absolute(&file).map(|p| p.to_string_lossy().into_owned()).unwrap_or(file.clone()));
+    let uri = format!(
+        "file://{}",
+        std::path::absolute(&file).map(|p| p.to_string_lossy().into_owned()).unwrap_or(file.clone())
+    );
     core.open(&uri, &language, 1, &text);
-    match core.suggest(&uri, Position::new(pos.line, pos.character), Ask { invoked: true, n: 1, debounce: false }).await {
+    match core.suggest(&uri, Position::new(pos.line, pos.character), Ask { invoked: true, n: 1, debounce: false }).await
+    {
         Ok(Some(s)) => {
             println!("{}", s.items[0].1);
             ExitCode::SUCCESS
@@ -142,7 +146,9 @@ pub async fn complete(mut settings: Settings, args: CompleteArgs) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("ghostline complete: {e} (server {url}; start it with `cargo run --release -p ghostline-server`)");
+            eprintln!(
+                "ghostline complete: {e} (server {url}; start it with `cargo run --release -p ghostline-server`)"
+            );
             ExitCode::from(3)
         }
     }

@@ -104,19 +104,31 @@ impl Api {
             Some(name) => models.iter().find(|m| m["id"] == name),
             None => models.first(),
         };
-        m.and_then(|m| m["context_length"].as_u64()).map(|n| n as usize).ok_or_else(|| ApiError::Protocol("no context_length in /v1/models".into()))
+        m.and_then(|m| m["context_length"].as_u64())
+            .map(|n| n as usize)
+            .ok_or_else(|| ApiError::Protocol("no context_length in /v1/models".into()))
     }
 
     /// Posts JSON to `path` and returns the status and body.
     pub async fn post_json(&self, path: &str, body: &Value, timeout: Duration) -> Result<(u16, String), ApiError> {
-        let resp = self.post(path).timeout(timeout).json(body).send().await.map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        let resp = self
+            .post(path)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.to_string()))?;
         let code = resp.status().as_u16();
         Ok((code, resp.text().await.unwrap_or_default()))
     }
 
     /// Streams a completion. `keep_reading(texts, finished)` sees the text so far per choice
     /// after every chunk; returning false ends the stream (dropping the connection).
-    pub async fn stream(&self, body: &Value, mut keep_reading: impl FnMut(&[String], &[bool]) -> bool) -> Result<Outcome, ApiError> {
+    pub async fn stream(
+        &self,
+        body: &Value,
+        mut keep_reading: impl FnMut(&[String], &[bool]) -> bool,
+    ) -> Result<Outcome, ApiError> {
         let resp = Self::check(self.post("/v1/completions").json(body).send().await).await?;
         let n = body["n"].as_u64().unwrap_or(1).clamp(1, 16) as usize;
         let mut texts = vec![String::new(); n];
@@ -128,7 +140,8 @@ impl Api {
             if ev.data.trim() == "[DONE]" {
                 return Ok(Outcome { id, texts, stopped_early: false });
             }
-            let chunk: CompletionChunk = serde_json::from_str(&ev.data).map_err(|e| ApiError::Protocol(format!("{e}: {}", ev.data.chars().take(120).collect::<String>())))?;
+            let chunk: CompletionChunk = serde_json::from_str(&ev.data)
+                .map_err(|e| ApiError::Protocol(format!("{e}: {}", ev.data.chars().take(120).collect::<String>())))?;
             if id.is_empty() {
                 id = chunk.id.clone();
             }
@@ -209,7 +222,11 @@ impl Fetch {
         let mut rx = self.rx.clone();
         let state = match rx.wait_for(|s| s.done).await {
             Ok(s) => s.clone(),
-            Err(_) => FetchState { done: true, error: Some(ApiError::Unreachable("the fetch was dropped".into())), ..Default::default() },
+            Err(_) => FetchState {
+                done: true,
+                error: Some(ApiError::Unreachable("the fetch was dropped".into())),
+                ..Default::default()
+            },
         };
         state
     }

@@ -185,7 +185,13 @@ mod tests {
         let w = build(&doc, cursor, syn.parts(), &cfg);
         let budget = cfg.budget_chars();
         assert!(w.prefix.len() + w.suffix.len() <= budget, "{}", w.prefix.len() + w.suffix.len());
-        assert!(w.prefix.starts_with("import os\nfrom sys import argv\nclass Big:\n    def method(self, items):\n        value_"), "{}", &w.prefix[..200]);
+        assert!(
+            w.prefix.starts_with(
+                "import os\nfrom sys import argv\nclass Big:\n    def method(self, items):\n        value_"
+            ),
+            "{}",
+            &w.prefix[..200]
+        );
         assert!(w.prefix.ends_with("        return "));
         assert!(w.suffix.starts_with("value_0\n# trailing line 0\n"));
         assert!(w.suffix.ends_with('\n'));
@@ -198,7 +204,12 @@ mod tests {
         let cfg = ContextConfig::default();
         let w = build(&doc, 500_000, syn.parts(), &cfg);
         let budget = cfg.budget_chars();
-        assert!(w.prefix.len() + w.suffix.len() <= budget && w.prefix.len() > budget / 2, "{} {}", w.prefix.len(), w.suffix.len());
+        assert!(
+            w.prefix.len() + w.suffix.len() <= budget && w.prefix.len() > budget / 2,
+            "{} {}",
+            w.prefix.len(),
+            w.suffix.len()
+        );
     }
 
     #[test]
@@ -211,6 +222,10 @@ mod tests {
         let (doc, syn) = parsed(&text, "rust");
         let cursor = text.find("        v0\n").unwrap() + 8;
         let w = build(&doc, cursor, syn.parts(), &ContextConfig::default());
-        assert!(w.prefix.starts_with("use std::fmt;\nimpl Thing {\n    fn run(&self) -> u32 {\n        let v"), "{}", &w.prefix[..120]);
+        assert!(
+            w.prefix.starts_with("use std::fmt;\nimpl Thing {\n    fn run(&self) -> u32 {\n        let v"),
+            "{}",
+            &w.prefix[..120]
+        );
     }
 }

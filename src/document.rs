@@ -139,7 +139,14 @@ impl Document {
         self.rope.remove(start..end);
         self.rope.insert(start, text);
         let new_end_byte = start_byte + text.len();
-        TextEdit { start_byte, old_end_byte, new_end_byte, start_point, old_end_point, new_end_point: self.point(new_end_byte) }
+        TextEdit {
+            start_byte,
+            old_end_byte,
+            new_end_byte,
+            start_point,
+            old_end_point,
+            new_end_point: self.point(new_end_byte),
+        }
     }
 }
 

@@ -55,14 +55,23 @@ impl Backend {
     }
 
     fn accept_command(id: &str, index: u32) -> Command {
-        Command { title: "ghostline: accepted".into(), command: ACCEPT_COMMAND.into(), arguments: Some(vec![json!(id), json!(index)]) }
+        Command {
+            title: "ghostline: accepted".into(),
+            command: ACCEPT_COMMAND.into(),
+            arguments: Some(vec![json!(id), json!(index)]),
+        }
     }
 
     /// `textDocument/inlineCompletion`.
     pub async fn inline_completion(&self, params: InlineCompletionParams) -> Result<Option<InlineCompletionResponse>> {
         let tdp = params.text_document_position;
         let invoked = params.context.trigger_kind == InlineCompletionTriggerKind::INVOKED;
-        tracing::debug!("inlineCompletion {} {}:{} invoked={invoked}", tdp.text_document.uri.as_str(), tdp.position.line, tdp.position.character);
+        tracing::debug!(
+            "inlineCompletion {} {}:{} invoked={invoked}",
+            tdp.text_document.uri.as_str(),
+            tdp.position.line,
+            tdp.position.character
+        );
         let ask = Ask { invoked, n: if invoked { 3 } else { 1 }, debounce: !invoked };
         let Some(s) = self.suggestion(&tdp.text_document.uri, tdp.position, ask).await else { return Ok(None) };
         let at = to_lsp(s.position);
@@ -135,11 +144,16 @@ fn server_capabilities(encoding: PositionEncoding) -> ServerCapabilities {
         })),
         completion_provider: Some(CompletionOptions {
             // Helix asks on these and after its idle timeout; together that is often enough.
-            trigger_characters: Some([".", "(", "[", "{", ",", ":", "=", " ", ">", "\n"].iter().map(|s| s.to_string()).collect()),
+            trigger_characters: Some(
+                [".", "(", "[", "{", ",", ":", "=", " ", ">", "\n"].iter().map(|s| s.to_string()).collect(),
+            ),
             resolve_provider: Some(false),
             ..Default::default()
         }),
-        execute_command_provider: Some(ExecuteCommandOptions { commands: vec![ACCEPT_COMMAND.into()], ..Default::default() }),
+        execute_command_provider: Some(ExecuteCommandOptions {
+            commands: vec![ACCEPT_COMMAND.into()],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     caps.inline_completion_provider = Some(OneOf::Left(true));
@@ -148,8 +162,13 @@ fn server_capabilities(encoding: PositionEncoding) -> ServerCapabilities {
 
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
-        let offered = params.capabilities.general.as_ref().and_then(|g| g.position_encodings.clone()).unwrap_or_default();
-        let encoding = if offered.contains(&PositionEncodingKind::UTF8) { PositionEncoding::Utf8 } else { PositionEncoding::Utf16 };
+        let offered =
+            params.capabilities.general.as_ref().and_then(|g| g.position_encodings.clone()).unwrap_or_default();
+        let encoding = if offered.contains(&PositionEncodingKind::UTF8) {
+            PositionEncoding::Utf8
+        } else {
+            PositionEncoding::Utf16
+        };
         if let Ok(mut e) = self.core.encoding.write() {
             *e = encoding;
         }
@@ -195,7 +214,11 @@ impl LanguageServer for Backend {
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
         tracing::trace!("change {} v{}", params.text_document.uri.as_str(), params.text_document.version);
-        let changes: Vec<_> = params.content_changes.into_iter().map(|c| (c.range.map(|r| (to_doc(r.start), to_doc(r.end))), c.text)).collect();
+        let changes: Vec<_> = params
+            .content_changes
+            .into_iter()
+            .map(|c| (c.range.map(|r| (to_doc(r.start), to_doc(r.end))), c.text))
+            .collect();
         let uri = params.text_document.uri;
         if !self.core.change(uri.as_str(), params.text_document.version, &changes) {
             tracing::warn!("didChange for a document that is not open: {}", uri.as_str());
@@ -221,7 +244,19 @@ impl LanguageServer for Backend {
         let ask = Ask { invoked: false, n: 1, debounce: false };
         let Some(s) = self.suggestion(&uri, tdp.position, ask).await else { return Ok(None) };
         // The item replaces the word before the cursor, so the menu's filter matches it.
-        let word = self.core.document_text_before(uri.as_str(), to_doc(tdp.position)).map(|b| b.chars().rev().take_while(|c| is_word_char(*c)).collect::<Vec<_>>().into_iter().rev().collect::<String>()).unwrap_or_default();
+        let word = self
+            .core
+            .document_text_before(uri.as_str(), to_doc(tdp.position))
+            .map(|b| {
+                b.chars()
+                    .rev()
+                    .take_while(|c| is_word_char(*c))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         let end = to_lsp(s.position);
         let start_char = end.character.saturating_sub(self.core.units(&word));
         let start = Position::new(end.line, start_char);
@@ -231,16 +266,26 @@ impl LanguageServer for Backend {
             .map(|(i, text)| {
                 let full = format!("{word}{text}");
                 let first = full.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-                let label: String = if first.chars().count() > 60 { format!("{}…", first.chars().take(60).collect::<String>()) } else { first.clone() };
+                let label: String = if first.chars().count() > 60 {
+                    format!("{}…", first.chars().take(60).collect::<String>())
+                } else {
+                    first.clone()
+                };
                 CompletionItem {
                     label,
                     kind: Some(CompletionItemKind::TEXT),
                     detail: Some("ghostline".into()),
-                    documentation: Some(Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: format!("```{}\n{}\n```", self.core.language_of(uri.as_str()).unwrap_or_default(), full) })),
+                    documentation: Some(Documentation::MarkupContent(MarkupContent {
+                        kind: MarkupKind::Markdown,
+                        value: format!("```{}\n{}\n```", self.core.language_of(uri.as_str()).unwrap_or_default(), full),
+                    })),
                     filter_text: Some(first),
                     sort_text: Some(format!("0{i}")),
                     preselect: Some(*i == 0),
-                    text_edit: Some(CompletionTextEdit::Edit(TextEdit { range: Range::new(start, end), new_text: full })),
+                    text_edit: Some(CompletionTextEdit::Edit(TextEdit {
+                        range: Range::new(start, end),
+                        new_text: full,
+                    })),
                     insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
                     command: Some(Self::accept_command(&s.id, *i)),
                     ..Default::default()
@@ -256,7 +301,11 @@ impl LanguageServer for Backend {
             let index = params.arguments.get(1).and_then(|a| a.as_u64()).unwrap_or(0) as u32;
             match id {
                 Some(id) => self.core.accepted(id, index),
-                None => return Err(tower_lsp_server::jsonrpc::Error::invalid_params("ghostline.accepted takes [completion id, candidate index]")),
+                None => {
+                    return Err(tower_lsp_server::jsonrpc::Error::invalid_params(
+                        "ghostline.accepted takes [completion id, candidate index]",
+                    ))
+                }
             }
             return Ok(None);
         }
@@ -284,11 +333,11 @@ pub async fn serve(settings: Settings) {
         });
         Backend { client, core }
     })
-        .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
-        .custom_method("ghostline/stats", Backend::stats)
-        .custom_method("textDocument/didShowCompletion", Backend::did_show_completion)
-        .custom_method("textDocument/didPartiallyAcceptCompletion", Backend::did_partially_accept_completion)
-        .finish();
+    .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
+    .custom_method("ghostline/stats", Backend::stats)
+    .custom_method("textDocument/didShowCompletion", Backend::did_show_completion)
+    .custom_method("textDocument/didPartiallyAcceptCompletion", Backend::did_partially_accept_completion)
+    .finish();
     // Requests wait on the network; a generous limit keeps them from holding up didChange.
     Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).concurrency_level(64).serve(service).await;
     // The editor went away without a shutdown: still send or spool what is queued.

@@ -12,7 +12,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG").unwrap_or_else(|_| "ghostline=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG").unwrap_or_else(|_| "ghostline=info".into()),
+        )
         .init();
     if let Err(e) = ghostline::lang::check_all() {
         eprintln!("ghostline: {e}");

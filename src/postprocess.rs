@@ -61,7 +61,11 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, mode: Mode
         text = text.trim_end().to_string();
     }
     text = strip_line_suffix(&text, &after);
-    if before.trim().is_empty() && !matches!(mode, Mode::SingleLine) && text.starts_with('\n') && after.trim().is_empty() {
+    if before.trim().is_empty()
+        && !matches!(mode, Mode::SingleLine)
+        && text.starts_with('\n')
+        && after.trim().is_empty()
+    {
         // Cursor on a blank line: a leading newline would leave it blank.
         text = text.trim_start_matches('\n').to_string();
     }
@@ -201,12 +205,23 @@ mod tests {
     #[test]
     fn multi_line_ends_with_the_block_it_started_in() {
         let py = "def f(x):\n    |\n\ndef g():\n    pass\n";
-        assert_eq!(run(py, "python", MULTI4, "y = x + 1\n    return y\n\ndef h():\n    pass\n").as_deref(), Some("y = x + 1\n    return y"));
+        assert_eq!(
+            run(py, "python", MULTI4, "y = x + 1\n    return y\n\ndef h():\n    pass\n").as_deref(),
+            Some("y = x + 1\n    return y")
+        );
         let py_opener = "class A:|\n";
-        let got = run(py_opener, "python", Mode::MultiLine { min_indent: 1 }, "\n    def run(self):\n        return 1\n\nx = A()\n");
+        let got = run(
+            py_opener,
+            "python",
+            Mode::MultiLine { min_indent: 1 },
+            "\n    def run(self):\n        return 1\n\nx = A()\n",
+        );
         assert_eq!(got.as_deref(), Some("\n    def run(self):\n        return 1"));
         let rs = "fn f() -> u32 {\n    |\n}\n";
-        assert_eq!(run(rs, "rust", MULTI4, "let x = 1;\n    x + 1\n}\n\nfn g() {}\n").as_deref(), Some("let x = 1;\n    x + 1"));
+        assert_eq!(
+            run(rs, "rust", MULTI4, "let x = 1;\n    x + 1\n}\n\nfn g() {}\n").as_deref(),
+            Some("let x = 1;\n    x + 1")
+        );
     }
 
     #[test]

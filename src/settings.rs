@@ -46,7 +46,12 @@ impl Default for Settings {
     }
 }
 
-fn take<T: DeserializeOwned>(obj: &serde_json::Map<String, Value>, key: &str, slot: &mut T, warnings: &mut Vec<String>) {
+fn take<T: DeserializeOwned>(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    slot: &mut T,
+    warnings: &mut Vec<String>,
+) {
     if let Some(v) = obj.get(key) {
         if v.is_null() {
             return;
@@ -98,7 +103,10 @@ impl Settings {
         take(obj, "snippetTokens", &mut self.snippet_tokens, &mut w);
         take(obj, "model", &mut self.model, &mut w);
         if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
-            w.push(format!("ghostline: serverUrl must start with http:// or https://, got {:?}; using {DEFAULT_SERVER_URL}", self.server_url));
+            w.push(format!(
+                "ghostline: serverUrl must start with http:// or https://, got {:?}; using {DEFAULT_SERVER_URL}",
+                self.server_url
+            ));
             self.server_url = DEFAULT_SERVER_URL.into();
         }
         self.server_url = self.server_url.trim_end_matches('/').to_string();

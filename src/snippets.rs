@@ -109,10 +109,20 @@ impl SnippetIndex {
     /// The best window of each candidate document, best first, within `budget_chars` in all.
     /// `candidates` are (uri, path to show, version, text); `query` the identifiers around
     /// the cursor.
-    pub fn rank<'a>(&mut self, query: &[u64], candidates: impl Iterator<Item = (&'a str, &'a str, i32, &'a Rope)>, budget_chars: usize, min_score: f32) -> Vec<Snippet> {
+    pub fn rank<'a>(
+        &mut self,
+        query: &[u64],
+        candidates: impl Iterator<Item = (&'a str, &'a str, i32, &'a Rope)>,
+        budget_chars: usize,
+        min_score: f32,
+    ) -> Vec<Snippet> {
         let mut best: Vec<(f32, String, &'a Rope, usize)> = Vec::new();
         for (uri, path, version, rope) in candidates {
-            let top = self.windows(uri, version, rope).iter().map(|(first, ids)| (jaccard(query, ids), *first)).max_by(|a, b| a.0.total_cmp(&b.0));
+            let top = self
+                .windows(uri, version, rope)
+                .iter()
+                .map(|(first, ids)| (jaccard(query, ids), *first))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
             if let Some((score, first)) = top {
                 if score >= min_score {
                     best.push((score, path.to_string(), rope, first));
@@ -145,7 +155,7 @@ mod tests {
         let a = identifiers("let total = price * count; 42 x".chars());
         let b = identifiers("fn price(count: u32) -> u32 { total }".chars());
         assert_eq!(a.len(), 4); // let total price count
-        // {total, price, count} shared of {let, total, price, count, fn, u32}.
+                                // {total, price, count} shared of {let, total, price, count, fn, u32}.
         assert!((jaccard(&a, &b) - 0.5).abs() < 1e-6, "{}", jaccard(&a, &b));
         assert_eq!(jaccard(&a, &a), 1.0);
         assert_eq!(jaccard(&[], &[]), 0.0);
@@ -162,10 +172,18 @@ mod tests {
         let weak = Rope::from_str("print('hello')\n");
         let query = identifiers("header = parse_header(buffer, offset)\nmagic".chars());
         let mut idx = SnippetIndex::default();
-        let got = idx.rank(&query, [("file:///a.py", "a.py", 1, &other), ("file:///b.py", "b.py", 1, &weak)].into_iter(), 2000, 0.05);
+        let got = idx.rank(
+            &query,
+            [("file:///a.py", "a.py", 1, &other), ("file:///b.py", "b.py", 1, &weak)].into_iter(),
+            2000,
+            0.05,
+        );
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].path, "a.py");
         assert!(got[0].text.contains("def parse_header(buffer, offset):"));
-        assert!(idx.rank(&query, [("file:///a.py", "a.py", 1, &other)].into_iter(), 10, 0.05).is_empty(), "over budget");
+        assert!(
+            idx.rank(&query, [("file:///a.py", "a.py", 1, &other)].into_iter(), 10, 0.05).is_empty(),
+            "over budget"
+        );
     }
 }

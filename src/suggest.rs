@@ -105,11 +105,16 @@ pub struct Notice {
 enum Health {
     Ok,
     /// Unreachable or failing: no request before `until`; the wait doubles up to 30 s.
-    Down { until: Instant, backoff: Duration },
+    Down {
+        until: Instant,
+        backoff: Duration,
+    },
     /// 401: nothing more until the settings change.
     Unauthorized,
     /// 429: nothing before `until` (Retry-After).
-    Limited { until: Instant },
+    Limited {
+        until: Instant,
+    },
 }
 
 pub struct Core {
@@ -305,7 +310,14 @@ impl Core {
     /// The editor reported a suggestion shown.
     pub fn shown(&self, id: &str, index: u32, language: &str) {
         self.client_reports_shown.store(true, Ordering::Relaxed);
-        self.record(&[Outcome { completion_id: id.into(), index, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: language.into() }]);
+        self.record(&[Outcome {
+            completion_id: id.into(),
+            index,
+            kind: TelemetryKind::Shown,
+            accepted_chars: None,
+            shown_ms: 0,
+            language: language.into(),
+        }]);
     }
 
     fn encoding(&self) -> PositionEncoding {
@@ -444,7 +456,13 @@ impl Core {
             let Ok(docs) = self.docs.lock() else { return Ok(None) };
             let Some(st) = docs.get(uri) else { return Ok(None) };
             let cursor = st.doc.char_index(pos, enc);
-            let mode = trigger::decide(&st.doc, cursor, st.syntax.as_ref().and_then(|s| s.parts()), settings.multiline, ask.invoked);
+            let mode = trigger::decide(
+                &st.doc,
+                cursor,
+                st.syntax.as_ref().and_then(|s| s.parts()),
+                settings.multiline,
+                ask.invoked,
+            );
             let mut rx = st.generation.subscribe();
             st.generation.send_modify(|g| *g += 1);
             rx.borrow_and_update();
@@ -470,7 +488,10 @@ impl Core {
                 }
             }
         }
-        let reuse = self.inflight.lock().ok().and_then(|f| f.get(uri).and_then(|f| fetch_serves(f, uri, doc.rope(), cursor).map(|t| (f.clone(), t))));
+        let reuse =
+            self.inflight.lock().ok().and_then(|f| {
+                f.get(uri).and_then(|f| fetch_serves(f, uri, doc.rope(), cursor).map(|t| (f.clone(), t)))
+            });
         let (fetch, typed, source) = match reuse {
             Some((f, typed)) => {
                 self.counters.reused.fetch_add(1, Ordering::Relaxed);
@@ -527,7 +548,11 @@ impl Core {
             return Ok(None);
         }
         if let Ok(mut c) = self.cache.lock() {
-            c.insert(Entry { anchor: Anchor::new(uri, doc.rope(), cursor), id: state.id.clone(), items: items.clone() });
+            c.insert(Entry {
+                anchor: Anchor::new(uri, doc.rope(), cursor),
+                id: state.id.clone(),
+                items: items.clone(),
+            });
         }
         let items: Vec<(u32, String)> = items.into_iter().enumerate().map(|(i, t)| (i as u32, t)).collect();
         self.track_shown(uri, doc.rope(), cursor, &state.id, &items[0].1, &doc.language, true);
@@ -537,10 +562,30 @@ impl Core {
     /// A suggestion goes on screen: earlier ones of the document are decided, and (unless the
     /// client reports it itself) a `shown` event is queued for a new completion.
     #[allow(clippy::too_many_arguments)]
-    fn track_shown(&self, uri: &str, rope: &ropey::Rope, cursor: usize, id: &str, text: &str, language: &str, new: bool) {
-        let mut out = self.outcomes.lock().map(|mut o| o.shown(Anchor::new(uri, rope, cursor), id, 0, text, language)).unwrap_or_default();
+    fn track_shown(
+        &self,
+        uri: &str,
+        rope: &ropey::Rope,
+        cursor: usize,
+        id: &str,
+        text: &str,
+        language: &str,
+        new: bool,
+    ) {
+        let mut out = self
+            .outcomes
+            .lock()
+            .map(|mut o| o.shown(Anchor::new(uri, rope, cursor), id, 0, text, language))
+            .unwrap_or_default();
         if new && !self.client_reports_shown.load(Ordering::Relaxed) {
-            out.push(Outcome { completion_id: id.into(), index: 0, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: language.into() });
+            out.push(Outcome {
+                completion_id: id.into(),
+                index: 0,
+                kind: TelemetryKind::Shown,
+                accepted_chars: None,
+                shown_ms: 0,
+                language: language.into(),
+            });
         }
         self.record(&out);
     }
@@ -548,14 +593,26 @@ impl Core {
     /// Forgets a finished or abandoned fetch (if it is still the document's current one).
     fn drop_fetch(&self, uri: &str, fetch: &Arc<Fetch>) {
         if let Ok(mut inflight) = self.inflight.lock() {
-            if inflight.get(uri).is_some_and(|f| Arc::ptr_eq(f, fetch)) && (fetch.rx.borrow().done || Arc::strong_count(fetch) <= 2) {
+            if inflight.get(uri).is_some_and(|f| Arc::ptr_eq(f, fetch))
+                && (fetch.rx.borrow().done || Arc::strong_count(fetch) <= 2)
+            {
                 inflight.remove(uri);
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn request_body(&self, doc: &Document, cursor: usize, syntax: Option<&Syntax>, path: &str, uri: &str, mode: Mode, ask: Ask, s: &Settings) -> Value {
+    async fn request_body(
+        &self,
+        doc: &Document,
+        cursor: usize,
+        syntax: Option<&Syntax>,
+        path: &str,
+        uri: &str,
+        mode: Mode,
+        ask: Ask,
+        s: &Settings,
+    ) -> Value {
         let max_tokens = match mode {
             Mode::SingleLine => s.max_tokens.min(48),
             _ => s.max_tokens,
@@ -615,10 +672,19 @@ impl Core {
         // Snapshot the other documents (cheap rope clones), then rank without the doc lock.
         let mut others: Vec<(String, String, i32, ropey::Rope)> = Vec::new();
         if let Ok(docs) = self.docs.lock() {
-            others.extend(docs.iter().filter(|(u, s)| u.as_str() != uri && s.doc.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES).map(|(u, s)| (u.clone(), s.path.clone(), s.doc.version, s.doc.rope().clone())));
+            others.extend(
+                docs.iter()
+                    .filter(|(u, s)| u.as_str() != uri && s.doc.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES)
+                    .map(|(u, s)| (u.clone(), s.path.clone(), s.doc.version, s.doc.rope().clone())),
+            );
         }
         if let Ok(closed) = self.closed.lock() {
-            others.extend(closed.iter().filter(|(_, (d, _))| d.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES).map(|(u, (d, p))| (u.clone(), p.clone(), d.version, d.rope().clone())));
+            others.extend(
+                closed
+                    .iter()
+                    .filter(|(_, (d, _))| d.len_bytes() <= MAX_SNIPPET_SOURCE_BYTES)
+                    .map(|(u, (d, p))| (u.clone(), p.clone(), d.version, d.rope().clone())),
+            );
         }
         let Ok(mut index) = self.snippets.lock() else { return vec![] };
         index.retain(|u| others.iter().any(|o| o.0 == u));
@@ -675,7 +741,14 @@ mod tests {
     #[tokio::test]
     async fn telemetry_off_starts_nothing_and_on_starts_the_sender() {
         let core = Core::new(Settings { telemetry: false, ..Settings::default() });
-        let o = Outcome { completion_id: "cmpl-1".into(), index: 0, kind: TelemetryKind::Shown, accepted_chars: None, shown_ms: 0, language: "python".into() };
+        let o = Outcome {
+            completion_id: "cmpl-1".into(),
+            index: 0,
+            kind: TelemetryKind::Shown,
+            accepted_chars: None,
+            shown_ms: 0,
+            language: "python".into(),
+        };
         core.record(std::slice::from_ref(&o));
         assert!(core.telemetry.lock().unwrap().is_none(), "telemetry: false must neither queue nor spool");
         core.update_settings(&serde_json::json!({"telemetry": true}));

@@ -111,8 +111,16 @@ mod tests {
     #[test]
     fn incremental_edits_give_the_tree_of_a_full_parse() {
         for (lang, text, edits) in [
-            ("python", "def f(a):\n    return a\n", vec![((1, 11), (1, 12), "a + 1"), ((0, 0), (0, 0), "import os\n"), ((2, 4), (2, 10), "pass  # 😀")]),
-            ("rust", "fn main() {\r\n    let x = 1;\r\n}\r\n", vec![((1, 12), (1, 13), "vec![1, 2]"), ((2, 0), (2, 0), "    x.len();\r\n"), ((0, 3), (0, 7), "run")]),
+            (
+                "python",
+                "def f(a):\n    return a\n",
+                vec![((1, 11), (1, 12), "a + 1"), ((0, 0), (0, 0), "import os\n"), ((2, 4), (2, 10), "pass  # 😀")],
+            ),
+            (
+                "rust",
+                "fn main() {\r\n    let x = 1;\r\n}\r\n",
+                vec![((1, 12), (1, 13), "vec![1, 2]"), ((2, 0), (2, 0), "    x.len();\r\n"), ((0, 3), (0, 7), "run")],
+            ),
         ] {
             let mut doc = Document::new(text, 1, lang);
             let mut syn = Syntax::new(lang).unwrap();
@@ -120,7 +128,12 @@ mod tests {
             for ((l0, c0), (l1, c1), new) in edits {
                 let e = doc.apply(Some((Position::new(l0, c0), Position::new(l1, c1))), new, Utf16);
                 syn.edit(&doc, &e);
-                assert_eq!(syn.tree().unwrap().root_node().to_sexp(), full(&doc).root_node().to_sexp(), "{lang}: {}", doc.text());
+                assert_eq!(
+                    syn.tree().unwrap().root_node().to_sexp(),
+                    full(&doc).root_node().to_sexp(),
+                    "{lang}: {}",
+                    doc.text()
+                );
             }
             assert!(!syn.tree().unwrap().root_node().has_error(), "{}", doc.text());
         }

@@ -73,12 +73,28 @@ pub struct Outcome {
 
 impl Outcomes {
     /// A suggestion was served at `anchor`. Any earlier one for the document is decided.
-    pub fn shown(&mut self, anchor: Anchor, completion_id: &str, index: u32, text: &str, language: &str) -> Vec<Outcome> {
+    pub fn shown(
+        &mut self,
+        anchor: Anchor,
+        completion_id: &str,
+        index: u32,
+        text: &str,
+        language: &str,
+    ) -> Vec<Outcome> {
         let uri = anchor.uri.clone();
         let mut out = self.close_doc(&uri);
         // The same suggestion seen again while typing along is the one already tracked.
         out.retain(|o| o.completion_id != completion_id || o.kind != TelemetryKind::Rejected);
-        self.open.push(Shown { anchor, completion_id: completion_id.into(), index, text: text.into(), at: Instant::now(), matched: 0, bulk_insert: false, language: language.into() });
+        self.open.push(Shown {
+            anchor,
+            completion_id: completion_id.into(),
+            index,
+            text: text.into(),
+            at: Instant::now(),
+            matched: 0,
+            bulk_insert: false,
+            language: language.into(),
+        });
         out
     }
 
@@ -271,7 +287,11 @@ fn jitter(base: Duration) -> Duration {
 
 impl Telemetry {
     /// Starts the sending task. `api` gives the current client (settings may change it).
-    pub fn start(session: &str, spool: Option<Arc<Spool>>, api: impl Fn() -> Arc<Api> + Send + 'static) -> Arc<Telemetry> {
+    pub fn start(
+        session: &str,
+        spool: Option<Arc<Spool>>,
+        api: impl Fn() -> Arc<Api> + Send + 'static,
+    ) -> Arc<Telemetry> {
         let (tx, mut rx) = mpsc::channel::<TelemetryEvent>(QUEUE_EVENTS);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
@@ -318,7 +338,11 @@ impl Telemetry {
                                 break;
                             }
                             Sent::Refused(why) => {
-                                tracing::warn!("telemetry batch of {} refused, dropped: {}", chunk.len(), why.chars().take(300).collect::<String>());
+                                tracing::warn!(
+                                    "telemetry batch of {} refused, dropped: {}",
+                                    chunk.len(),
+                                    why.chars().take(300).collect::<String>()
+                                );
                                 break;
                             }
                             Sent::Later(retry_after) => {
@@ -330,14 +354,17 @@ impl Telemetry {
                                                 tracing::warn!("telemetry spool {}: {e}", s.path().display());
                                             }
                                         }
-                                        None => tracing::debug!("telemetry: {} events dropped (no spool)", batch.len() - i),
+                                        None => {
+                                            tracing::debug!("telemetry: {} events dropped (no spool)", batch.len() - i)
+                                        }
                                     }
                                     spool_retry = Instant::now() + backoff;
                                     backoff = (backoff * 2).min(Duration::from_secs(60));
                                     i = batch.len();
                                     break;
                                 }
-                                let wait = retry_after.map(Duration::from_secs).unwrap_or_else(|| jitter(backoff * tries));
+                                let wait =
+                                    retry_after.map(Duration::from_secs).unwrap_or_else(|| jitter(backoff * tries));
                                 tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
                             }
                         }
@@ -346,7 +373,13 @@ impl Telemetry {
                 }
             }
         });
-        Arc::new(Telemetry { tx: std::sync::Mutex::new(Some(tx)), task: std::sync::Mutex::new(Some(task)), dropped: AtomicU64::new(0), next: AtomicU64::new(0), session: session.to_string() })
+        Arc::new(Telemetry {
+            tx: std::sync::Mutex::new(Some(tx)),
+            task: std::sync::Mutex::new(Some(task)),
+            dropped: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            session: session.to_string(),
+        })
     }
 
     /// Queues an outcome seen in `editor` (never waits; a full queue drops and counts).
@@ -409,7 +442,8 @@ mod tests {
         // Accepted in one insert (Neovim/Helix apply the whole text).
         assert_eq!(replay(doc, 4, "compute(1)", &[(4, "compute(1)")]), vec![(Accepted, Some(10))]);
         // Typed along to the end by hand: accepted.
-        let typed: Vec<(usize, String)> = "compute(1)".chars().enumerate().map(|(i, c)| (4 + i, c.to_string())).collect();
+        let typed: Vec<(usize, String)> =
+            "compute(1)".chars().enumerate().map(|(i, c)| (4 + i, c.to_string())).collect();
         let typed: Vec<(usize, &str)> = typed.iter().map(|(i, s)| (*i, s.as_str())).collect();
         assert_eq!(replay(doc, 4, "compute(1)", &typed), vec![(Accepted, Some(10))]);
         // Accept-word then typed something else: partially accepted, 8 chars.

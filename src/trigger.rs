@@ -63,7 +63,8 @@ pub fn line_around(doc: &Document, char_idx: usize) -> (String, String) {
     let end = rope.line_to_char((line + 1).min(rope.len_lines()));
     // At most LINE_CAP characters each side: a minified line must not be copied per keystroke.
     let before = rope.slice(start.max(char_idx.saturating_sub(LINE_CAP))..char_idx).to_string();
-    let after: String = rope.slice(char_idx..end).chars().take(LINE_CAP).take_while(|c| *c != '\n' && *c != '\r').collect();
+    let after: String =
+        rope.slice(char_idx..end).chars().take(LINE_CAP).take_while(|c| *c != '\n' && *c != '\r').collect();
     (before, after)
 }
 
@@ -98,7 +99,8 @@ fn empty_block_at(spec: &LangSpec, tree: &Tree, byte: usize) -> bool {
         if n.start_byte() < byte && byte < n.end_byte() && spec.is(n, Role::Block) {
             let mut walk = n.walk();
             let row = n.start_position().row;
-            let has_body = n.named_children(&mut walk).any(|c| c.start_position().row != row && !spec.is(c, Role::Comment));
+            let has_body =
+                n.named_children(&mut walk).any(|c| c.start_position().row != row && !spec.is(c, Role::Comment));
             return !has_body;
         }
         node = n.parent();
@@ -108,7 +110,13 @@ fn empty_block_at(spec: &LangSpec, tree: &Tree, byte: usize) -> bool {
 
 /// Decides what to ask for at char index `cursor`. `invoked` is an explicit request by the
 /// user, which is answered even in the middle of a word or inside a string.
-pub fn decide(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, setting: Multiline, invoked: bool) -> Mode {
+pub fn decide(
+    doc: &Document,
+    cursor: usize,
+    syntax: Option<(&LangSpec, &Tree)>,
+    setting: Multiline,
+    invoked: bool,
+) -> Mode {
     let (before, after) = line_around(doc, cursor);
     if !invoked {
         if after.chars().next().is_some_and(is_word_char) && before.chars().last().is_some_and(is_word_char) {
@@ -130,7 +138,8 @@ pub fn decide(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>,
         Multiline::Auto => {
             after_opener
                 || (blank_line && previous_line_opens(doc, cursor))
-                || (blank_line && syntax.is_some_and(|(spec, tree)| empty_block_at(spec, tree, doc.rope().char_to_byte(cursor))))
+                || (blank_line
+                    && syntax.is_some_and(|(spec, tree)| empty_block_at(spec, tree, doc.rope().char_to_byte(cursor))))
         }
     };
     if !multi {

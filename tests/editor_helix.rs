@@ -32,7 +32,8 @@ fn helix_menu_items_insert_exactly_the_suggestion_and_acceptance_is_inferred() {
                "initializationOptions": {"debounceMs": 0, "requestTimeoutMs": 30000}}),
     );
     lsp.notify("initialized", json!({}));
-    let triggers: Vec<String> = serde_json::from_value(init["capabilities"]["completionProvider"]["triggerCharacters"].clone()).unwrap();
+    let triggers: Vec<String> =
+        serde_json::from_value(init["capabilities"]["completionProvider"]["triggerCharacters"].clone()).unwrap();
     assert!(triggers.contains(&"(".to_string()) && triggers.contains(&".".to_string()));
     lsp.open(URI, "python", PY);
 

@@ -21,7 +21,17 @@ fn nvim(addr: &str, mode: &str) -> Value {
     let out = dir.join("result.json");
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new("nvim")
-        .args(["--headless", "-u", "NONE", "-i", "NONE", "--cmd", &format!("set rtp+={root}/editors/nvim"), "-c", &format!("luafile {root}/tests/nvim/accept.lua")])
+        .args([
+            "--headless",
+            "-u",
+            "NONE",
+            "-i",
+            "NONE",
+            "--cmd",
+            &format!("set rtp+={root}/editors/nvim"),
+            "-c",
+            &format!("luafile {root}/tests/nvim/accept.lua"),
+        ])
         .env("HOME", &dir)
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .env("GHOSTLINE_CACHE_DIR", dir.join("cache"))
@@ -60,7 +70,8 @@ fn neovim_shows_ghost_text_and_accepts_dismisses_and_partially_accepts() {
     let (_server, addr) = start_server(server_binary(BIN), &["--threads", "2", "--data-dir", data.to_str().unwrap()]);
 
     let v = nvim(&addr, "full");
-    let (before, after, sug) = (v["line_before"].as_str().unwrap(), v["line_after"].as_str().unwrap(), v["suggestion"].as_str().unwrap());
+    let (before, after, sug) =
+        (v["line_before"].as_str().unwrap(), v["line_after"].as_str().unwrap(), v["suggestion"].as_str().unwrap());
     assert!(!sug.is_empty(), "{v}");
     assert_eq!(before, "        size = len(");
     assert_eq!(after, format!("{before}{sug}"), "Tab inserts the suggestion: {v}");
@@ -71,7 +82,8 @@ fn neovim_shows_ghost_text_and_accepts_dismisses_and_partially_accepts() {
     assert_eq!(v["extmarks_after"], 0);
 
     let v = nvim(&addr, "word");
-    let (before, after, sug) = (v["line_before"].as_str().unwrap(), v["line_after"].as_str().unwrap(), v["suggestion"].as_str().unwrap());
+    let (before, after, sug) =
+        (v["line_before"].as_str().unwrap(), v["line_after"].as_str().unwrap(), v["suggestion"].as_str().unwrap());
     let word = &after[before.len()..];
     assert!(!word.is_empty() && sug.starts_with(word), "a word of {sug:?}, got {word:?}");
     wait_stat(&addr, "partially_accepted", 1);

@@ -29,7 +29,10 @@ fn accepted(addr: &str) -> u64 {
 #[test]
 #[ignore = "needs code-server, playwright-core, Chromium and the .vsix (see the file's header)"]
 fn vscode_shows_ghost_text_and_tab_accepts_it() {
-    let tools = std::path::PathBuf::from(std::env::var("GHOSTLINE_EDITOR_TOOLS").expect("GHOSTLINE_EDITOR_TOOLS: the folder tests/run installs code-server into"));
+    let tools = std::path::PathBuf::from(
+        std::env::var("GHOSTLINE_EDITOR_TOOLS")
+            .expect("GHOSTLINE_EDITOR_TOOLS: the folder tests/run installs code-server into"),
+    );
     let vsix = std::env::var("GHOSTLINE_VSIX").expect("GHOSTLINE_VSIX: the packaged extension");
     let code_server = tools.join("node_modules/.bin/code-server");
     let data = temp_dir("vscode-data");
@@ -43,7 +46,8 @@ fn vscode_shows_ghost_text_and_tab_accepts_it() {
     // The LSP's log goes to a file the failure message can show.
     let wrapper = home.join("ghostline-logged");
     let log = home.join("ghostline.log");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nGHOSTLINE_LOG=trace exec '{BIN}' \"$@\" 2>>'{}'\n", log.display())).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\nGHOSTLINE_LOG=trace exec '{BIN}' \"$@\" 2>>'{}'\n", log.display()))
+        .unwrap();
     std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
     let settings = serde_json::json!({
         "ghostline.path": wrapper, "ghostline.serverUrl": format!("http://{addr}"), "ghostline.debounceMs": 30,
@@ -52,7 +56,12 @@ fn vscode_shows_ghost_text_and_tab_accepts_it() {
     });
     std::fs::write(ud.join("User/settings.json"), settings.to_string()).unwrap();
     let common = |c: &mut Command| {
-        c.env("HOME", &home).env("GHOSTLINE_CACHE_DIR", home.join("cache")).arg("--user-data-dir").arg(&ud).arg("--extensions-dir").arg(&ed);
+        c.env("HOME", &home)
+            .env("GHOSTLINE_CACHE_DIR", home.join("cache"))
+            .arg("--user-data-dir")
+            .arg(&ud)
+            .arg("--extensions-dir")
+            .arg(&ed);
     };
     let mut install = Command::new(&code_server);
     common(&mut install);
@@ -63,7 +72,15 @@ fn vscode_shows_ghost_text_and_tab_accepts_it() {
     let mut serve = Command::new(&code_server);
     common(&mut serve);
     serve
-        .args(["--bind-addr", &format!("127.0.0.1:{port}"), "--auth", "none", "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust"])
+        .args([
+            "--bind-addr",
+            &format!("127.0.0.1:{port}"),
+            "--auth",
+            "none",
+            "--disable-telemetry",
+            "--disable-update-check",
+            "--disable-workspace-trust",
+        ])
         .arg(&ws)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -83,15 +100,25 @@ fn vscode_shows_ghost_text_and_tab_accepts_it() {
         .env("GHOSTLINE_SCREENSHOT", concat!(env!("CARGO_TARGET_TMPDIR"), "/vscode-ghost-text.png"))
         .output()
         .expect("run node");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
     let lsp_log = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: String = lsp_log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(report.get("error").is_none(), "{report}; the server answered {} completions; LSP log:\n{tail}", lsp_client::served(&addr));
+    let tail: String =
+        lsp_log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(
+        report.get("error").is_none(),
+        "{report}; the server answered {} completions; LSP log:\n{tail}",
+        lsp_client::served(&addr)
+    );
     let ghost = report["ghost"].as_str().unwrap_or("").trim().to_string();
     assert!(!ghost.is_empty(), "{report}");
     let saved = std::fs::read_to_string(ws.join("sizes.py")).unwrap();
     let line = saved.lines().nth(6).unwrap();
-    assert!(line.starts_with("        size = len(") && line.len() > "        size = len(".len(), "Tab inserted the suggestion: {line:?} ({report})");
+    assert!(
+        line.starts_with("        size = len(") && line.len() > "        size = len(".len(),
+        "Tab inserted the suggestion: {line:?} ({report})"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while accepted(&addr) < 1 {
         assert!(Instant::now() < deadline, "the acceptance never reached the server ({report})");

@@ -62,7 +62,10 @@ fn inline_completions_type_ahead_menu_completions_accept_and_cancel() {
 
     // Menu completion (Helix) in the Rust file: a text edit from the word start to the cursor.
     lsp.insert(RS_URI, 2, 5, 8, "*counts");
-    let r = lsp.request("textDocument/completion", json!({"textDocument": {"uri": RS_URI}, "position": {"line": 5, "character": 15}}));
+    let r = lsp.request(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": RS_URI}, "position": {"line": 5, "character": 15}}),
+    );
     assert_eq!(r["isIncomplete"], true);
     let item = &r["items"][0];
     let edit = &item["textEdit"];
@@ -109,16 +112,27 @@ fn a_missing_server_gives_empty_answers_promptly() {
     assert!(r.is_null(), "{r}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // Told once, with a status for plugins; more keystrokes do not repeat it.
-    lsp.wait_for("a message that the server is unreachable", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach"));
+    lsp.wait_for("a message that the server is unreachable", |m| {
+        m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")
+    });
     lsp.wait_for("an error status", |m| m["method"] == "$/ghostline/status" && m["params"]["state"] == "error");
     for _ in 0..3 {
         assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
     }
     // Bad settings are reported, not fatal.
     lsp.notify("workspace/didChangeConfiguration", json!({"settings": {"ghostline": {"debounceMs": "soon"}}}));
-    let told = lsp.seen.iter().filter(|m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")).count();
+    let told = lsp
+        .seen
+        .iter()
+        .filter(|m| {
+            m["method"] == "window/showMessage"
+                && m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")
+        })
+        .count();
     assert_eq!(told, 1, "{:?}", lsp.seen);
-    lsp.wait_for("a warning about debounceMs", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("debounceMs"));
+    lsp.wait_for("a warning about debounceMs", |m| {
+        m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("debounceMs")
+    });
     let r = lsp.inline(PY_URI, 6, 15, true);
     assert!(r.is_null());
 }
@@ -255,19 +269,36 @@ data: [DONE]
     // 401: one clear message, and no more requests until the settings change.
     lsp.insert(PY_URI, 2, 8, 15, " ");
     assert!(lsp.inline(PY_URI, 6, 16, true).is_null());
-    lsp.wait_for("a message about the API key", |m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey"));
+    lsp.wait_for("a message about the API key", |m| {
+        m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey")
+    });
     assert!(lsp.inline(PY_URI, 6, 15, true).is_null());
     assert!(lsp.inline(PY_URI, 8, 21, true).is_null());
-    let told = lsp.seen.iter().filter(|m| m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey")).count();
+    let told = lsp
+        .seen
+        .iter()
+        .filter(|m| {
+            m["method"] == "window/showMessage" && m["params"]["message"].as_str().unwrap_or("").contains("apiKey")
+        })
+        .count();
     assert_eq!(told, 1);
-    assert!(!lsp.seen.iter().any(|m| m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")), "no request after the 401: {:?}", lsp.seen);
+    assert!(
+        !lsp.seen.iter().any(|m| m["params"]["message"].as_str().unwrap_or("").contains("cannot reach")),
+        "no request after the 401: {:?}",
+        lsp.seen
+    );
     let r = lsp.request("shutdown", json!(null));
     assert!(r.is_null());
 }
 
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) / 1024
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
 }
 
 #[test]

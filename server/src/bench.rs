@@ -279,7 +279,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn throughput(client: &reqwest::Client, a: &BenchArgs, files: &[String], k: usize, model: &str) -> anyhow::Result<()> {
+async fn throughput(
+    client: &reqwest::Client,
+    a: &BenchArgs,
+    files: &[String],
+    k: usize,
+    model: &str,
+) -> anyhow::Result<()> {
     let bodies: Vec<Value> = (0..k)
         .map(|i| {
             let text = &files[i % files.len()];
@@ -322,11 +328,17 @@ async fn throughput(client: &reqwest::Client, a: &BenchArgs, files: &[String], k
 async fn gateway_quantiles(client: &reqwest::Client, url: &str, outcome: &str) -> anyhow::Result<Value> {
     let text = client.get(format!("{url}/metrics")).send().await?.error_for_status()?.text().await?;
     let mut out = serde_json::Map::new();
-    for l in text.lines().filter(|l| l.starts_with("ghostline_gateway_seconds{") && l.contains(&format!("outcome=\"{outcome}\""))) {
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("ghostline_gateway_seconds{") && l.contains(&format!("outcome=\"{outcome}\"")))
+    {
         let Some((labels, v)) = l.rsplit_once(' ') else { continue };
         let Some(q) = labels.split("quantile=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
         if let Ok(v) = v.parse::<f64>() {
-            out.insert(format!("p{}", (q.parse::<f64>().unwrap_or(0.0) * 100.0).round()), json!((v * 1e7).round() / 10.0));
+            out.insert(
+                format!("p{}", (q.parse::<f64>().unwrap_or(0.0) * 100.0).round()),
+                json!((v * 1e7).round() / 10.0),
+            );
         }
     }
     Ok(Value::Object(out))
@@ -335,7 +347,8 @@ async fn gateway_quantiles(client: &reqwest::Client, url: &str, outcome: &str) -
 async fn gateway(client: &reqwest::Client, url: &str, n: usize, model: &str) -> anyhow::Result<()> {
     let post = |body: Value| async move {
         let t = Instant::now();
-        let v: Value = client.post(format!("{url}/v1/completions")).json(&body).send().await?.error_for_status()?.json().await?;
+        let v: Value =
+            client.post(format!("{url}/v1/completions")).json(&body).send().await?.error_for_status()?.json().await?;
         anyhow::Ok((t.elapsed().as_secs_f64() * 1e6, v))
     };
     let hit = json!({"prompt": "def gateway_bench(x):\n    return", "max_tokens": 8, "temperature": 0.0});
@@ -350,10 +363,12 @@ async fn gateway(client: &reqwest::Client, url: &str, n: usize, model: &str) -> 
     }
     let mut misses = Vec::with_capacity(n);
     for i in 0..n {
-        let (us, _) = post(json!({"prompt": format!("v{i} = {}", i * 7919), "max_tokens": 1, "temperature": 0.0})).await?;
+        let (us, _) =
+            post(json!({"prompt": format!("v{i} = {}", i * 7919), "max_tokens": 1, "temperature": 0.0})).await?;
         misses.push(us);
     }
-    let us = |v: &mut Vec<f64>| json!({"p50": pct(v, 0.5).round(), "p90": pct(v, 0.9).round(), "p99": pct(v, 0.99).round()});
+    let us =
+        |v: &mut Vec<f64>| json!({"p50": pct(v, 0.5).round(), "p90": pct(v, 0.9).round(), "p99": pct(v, 0.99).round()});
     println!(
         "{}",
         json!({"model": model, "requests": n,

@@ -158,7 +158,8 @@ impl ResponseCache {
         }
         let link = self.redis.as_ref()?;
         let rk = redis_key(k);
-        let raw: Option<String> = link.run("cache_get", |mut c| async move { redis::cmd("GET").arg(rk).query_async(&mut c).await }).await?;
+        let raw: Option<String> =
+            link.run("cache_get", |mut c| async move { redis::cmd("GET").arg(rk).query_async(&mut c).await }).await?;
         let e: Entry = serde_json::from_str(&raw?).ok()?;
         let e = Arc::new(e);
         self.local().put(*k, e.clone());
@@ -193,7 +194,16 @@ mod tests {
     #[test]
     fn every_part_of_the_key_matters() {
         let stop = vec!["\n".to_string()];
-        let base = KeyParts { model: "m@abc", prompt_ids: &[1, 2, 3], stop_ids: &[0], max_tokens: 8, stop: &stop, top_k: 0, top_p: 1.0, heal: None };
+        let base = KeyParts {
+            model: "m@abc",
+            prompt_ids: &[1, 2, 3],
+            stop_ids: &[0],
+            max_tokens: 8,
+            stop: &stop,
+            top_k: 0,
+            top_p: 1.0,
+            heal: None,
+        };
         let k = key(&base);
         assert_eq!(k, key(&KeyParts { ..base }));
         let other_stop = vec!["\n\n".to_string()];

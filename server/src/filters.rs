@@ -61,7 +61,12 @@ pub struct Filters {
 }
 
 const DEFAULTS: &[(&str, &str, Span, bool)] = &[
-    ("private_key", r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)", Span::Whole, false),
+    (
+        "private_key",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+        Span::Whole,
+        false,
+    ),
     ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", Span::Whole, false),
     ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})", Span::Whole, false),
     ("slack_token", r"\bxox[baprs]-[A-Za-z0-9-]{10,}", Span::Whole, false),
@@ -105,7 +110,8 @@ impl Filters {
             }
         }
         for p in extra_secrets {
-            let re = Regex::new(p).with_context(|| format!("--secret-pattern {p:?} is not a valid regular expression"))?;
+            let re =
+                Regex::new(p).with_context(|| format!("--secret-pattern {p:?} is not a valid regular expression"))?;
             secrets.push(Pattern { kind: "custom", re, span: Span::Whole, entropy_check: false });
         }
         let blocklist = blocklist
@@ -322,8 +328,15 @@ mod tests {
 
     #[test]
     fn ordinary_code_streams_word_by_word() {
-        assert_eq!(stream(&["return", " a", " +", " b"]), (vec!["return ".into(), "a ".into(), "+ ".into(), "b".into()], false));
-        assert_eq!(stream(&["x = 'it", "s'", " + y"]).0, vec!["x = ", "'its' + ", "y"], "a string literal goes out closed");
+        assert_eq!(
+            stream(&["return", " a", " +", " b"]),
+            (vec!["return ".into(), "a ".into(), "+ ".into(), "b".into()], false)
+        );
+        assert_eq!(
+            stream(&["x = 'it", "s'", " + y"]).0,
+            vec!["x = ", "'its' + ", "y"],
+            "a string literal goes out closed"
+        );
     }
 
     #[test]

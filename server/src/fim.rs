@@ -76,10 +76,9 @@ pub fn detect(tok: &Tokenizer, name: Option<&str>) -> Result<Option<FimTemplate>
         if name == "none" {
             return Ok(None);
         }
-        let t = all
-            .into_iter()
-            .find(|t| t.family == name)
-            .ok_or_else(|| format!("unknown FIM template \"{name}\" (known: qwen, starcoder, deepseek, codellama, none)"))?;
+        let t = all.into_iter().find(|t| t.family == name).ok_or_else(|| {
+            format!("unknown FIM template \"{name}\" (known: qwen, starcoder, deepseek, codellama, none)")
+        })?;
         for m in [&t.prefix, &t.suffix, &t.middle] {
             if tok.token_id(m).is_none() {
                 return Err(format!("FIM template \"{name}\" needs the token {m}, which this tokenizer lacks"));
@@ -444,7 +443,11 @@ mod tests {
             assert_eq!([&plain.ids[..pre - 1], &plain.ids[pre..]].concat(), p.ids);
             // (After code, a healed space must be followed by code: the lone space itself and
             // longer runs of spaces are not allowed then.)
-            assert_eq!(h.allowed.contains(&taken), !h.text.trim().is_empty() || !prefix.trim_end().ends_with('='), "{prefix:?}");
+            assert_eq!(
+                h.allowed.contains(&taken),
+                !h.text.trim().is_empty() || !prefix.trim_end().ends_with('='),
+                "{prefix:?}"
+            );
             // Every allowed token's text begins with the healed text, and others are allowed too.
             for &id in h.allowed.iter() {
                 let text = tok.decode(&[tok.encode("a", false).unwrap()[0], id], false).unwrap();
@@ -466,7 +469,8 @@ mod tests {
         for (prefix, suffix) in [("x = ", "\n"), ("    x = f(", ""), ("a\nb", "  \r\nc"), ("if x", "\n    y\n")] {
             assert!(cursor_mid_line(prefix, suffix), "{prefix:?} {suffix:?}");
         }
-        for (prefix, suffix) in [("", "\n"), ("x = 1\n", "\n"), ("def f():\n    ", "\n"), ("f(", ")\n"), ("x = ", "y")] {
+        for (prefix, suffix) in [("", "\n"), ("x = 1\n", "\n"), ("def f():\n    ", "\n"), ("f(", ")\n"), ("x = ", "y")]
+        {
             assert!(!cursor_mid_line(prefix, suffix), "{prefix:?} {suffix:?}");
         }
         assert_eq!("plain".parse(), Ok(MidLine::Plain));
@@ -488,7 +492,11 @@ mod tests {
         // Nothing to condition on, or a line's start: unchanged.
         for prompt in ["x", "x = 1\n    "] {
             let p = build_plain(&tok, prompt, 1000, false, Some(&ix)).unwrap();
-            assert_eq!((p.ids, p.heal), (build_plain(&tok, prompt, 1000, false, None).unwrap().ids, None), "{prompt:?}");
+            assert_eq!(
+                (p.ids, p.heal),
+                (build_plain(&tok, prompt, 1000, false, None).unwrap().ids, None),
+                "{prompt:?}"
+            );
         }
     }
 

@@ -127,8 +127,12 @@ impl ApiError {
         self
     }
     fn too_large(limit: usize) -> Self {
-        ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("the request body is larger than {limit} bytes"))
-            .code("body_too_large")
+        ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .code("body_too_large")
     }
 }
 
@@ -202,9 +206,13 @@ async fn authenticate(State(st): State<Arc<AppState>>, mut req: HttpRequest, nex
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
-        _ => ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", "the key store cannot be read; retry shortly")
-            .retry(1)
-            .into_response(),
+        _ => ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            "the key store cannot be read; retry shortly",
+        )
+        .retry(1)
+        .into_response(),
     }
 }
 
@@ -221,7 +229,9 @@ fn gateway_time(arrived: Instant, outcome: &'static str) {
 /// OpenAI's `x-ratelimit-*` headers for a key's buckets.
 fn rate_headers(r: &mut Response, rates: &Rates, d: &Decision) {
     let h = r.headers_mut();
-    let secs = |ms: u64| HeaderValue::from_str(&format!("{:.3}s", ms as f64 / 1000.0)).unwrap_or(HeaderValue::from_static("0s"));
+    let secs = |ms: u64| {
+        HeaderValue::from_str(&format!("{:.3}s", ms as f64 / 1000.0)).unwrap_or(HeaderValue::from_static("0s"))
+    };
     if let (Some(l), Some(rem)) = (rates.requests_per_minute, d.remaining_requests) {
         h.insert("x-ratelimit-limit-requests", HeaderValue::from(l));
         h.insert("x-ratelimit-remaining-requests", HeaderValue::from(rem));
@@ -235,15 +245,16 @@ fn rate_headers(r: &mut Response, rates: &Rates, d: &Decision) {
 }
 
 fn rates_of(st: &AppState, p: &Principal) -> Rates {
-    Rates { requests_per_minute: p.requests_per_minute, tokens_per_minute: p.tokens_per_minute, burst_secs: st.gateway.burst_secs }
+    Rates {
+        requests_per_minute: p.requests_per_minute,
+        tokens_per_minute: p.tokens_per_minute,
+        burst_secs: st.gateway.burst_secs,
+    }
 }
 
 async fn count_requests(req: HttpRequest, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     metrics::counter!("ghostline_requests_total", "endpoint" => endpoint, "status" => resp.status().as_u16().to_string())
         .increment(1);
@@ -323,8 +334,9 @@ fn parse_and_plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad("the request body is empty; send a JSON object with at least \"prompt\"", None));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::bad(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()), None))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()), None)
+    })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let mut req: CompletionRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -476,10 +488,14 @@ async fn completions(
     let mut resp = match decision {
         Some(d) if !d.allowed => {
             metrics::counter!("ghostline_rate_limited_total", "reason" => "rate").increment(1);
-            ApiError::status(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "this key's rate limit is reached; retry after the time in Retry-After")
-                .code("rate_limit_exceeded")
-                .retry(d.retry_ms.div_ceil(1000))
-                .into_response()
+            ApiError::status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "this key's rate limit is reached; retry after the time in Retry-After",
+            )
+            .code("rate_limit_exceeded")
+            .retry(d.retry_ms.div_ceil(1000))
+            .into_response()
         }
         _ => complete(&st, who, t0, body).await.unwrap_or_else(IntoResponse::into_response),
     };
@@ -494,23 +510,26 @@ async fn complete(st: &Arc<AppState>, who: Principal, t0: Instant, body: Body) -
     let bytes = read_body(body, st.limits.max_body_bytes).await?;
     let plan = parse_and_plan(st, &bytes)?;
     let slot = match &who.name {
-        Some(name) => Some(st.gateway.inflight.acquire(name, plan.n, st.gateway.max_inflight_per_key).ok_or_else(|| {
-            metrics::counter!("ghostline_rate_limited_total", "reason" => "in_flight").increment(1);
-            ApiError::status(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                format!(
-                    "this key already has {} sequences queued or running; wait for one to finish",
-                    st.gateway.max_inflight_per_key
-                ),
-            )
-            .code("too_many_in_flight")
-            .retry(1)
-        })?),
+        Some(name) => {
+            Some(st.gateway.inflight.acquire(name, plan.n, st.gateway.max_inflight_per_key).ok_or_else(|| {
+                metrics::counter!("ghostline_rate_limited_total", "reason" => "in_flight").increment(1);
+                ApiError::status(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!(
+                        "this key already has {} sequences queued or running; wait for one to finish",
+                        st.gateway.max_inflight_per_key
+                    ),
+                )
+                .code("too_many_in_flight")
+                .retry(1)
+            })?)
+        }
         None => None,
     };
     let id = completion_id();
-    let reply = Reply { model: st.model_name.clone(), id: id.clone(), created: unix_now(), streaming: plan.stream, n: plan.n };
+    let reply =
+        Reply { model: st.model_name.clone(), id: id.clone(), created: unix_now(), streaming: plan.stream, n: plan.n };
     let deterministic = plan.sampling.is_greedy() && plan.n == 1;
     let cache_key = (deterministic && st.gateway.cache.is_some()).then(|| {
         cache::key(&cache::KeyParts {
@@ -544,7 +563,13 @@ async fn complete(st: &Arc<AppState>, who: Principal, t0: Instant, body: Body) -
     };
     let answer = |text: String, finish: FinishReason, completion_tokens: usize| {
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let summary = Summary { prompt_tokens: plan.ids.len(), completion_tokens, total_ms: ms, ttft_ms: ms, ..Summary::default() };
+        let summary = Summary {
+            prompt_tokens: plan.ids.len(),
+            completion_tokens,
+            total_ms: ms,
+            ttft_ms: ms,
+            ..Summary::default()
+        };
         stream::iter(vec![Event::Text { index: 0, text }, Event::Done { index: 0, finish }, Event::Finished(summary)])
     };
 
@@ -646,7 +671,13 @@ impl Recorder {
     }
 
     /// `first` is candidate 0's text and finish, or None when it was filtered out.
-    fn finished(&mut self, first: Option<(&str, FinishReason)>, finishes: &[Option<FinishReason>], summary: &Summary, cache: CacheOutcome) {
+    fn finished(
+        &mut self,
+        first: Option<(&str, FinishReason)>,
+        finishes: &[Option<FinishReason>],
+        summary: &Summary,
+        cache: CacheOutcome,
+    ) {
         observe(summary, cache);
         let gw = &self.st.gateway;
         if let Some((text, finish)) = first.filter(|_| finishes.len() == 1) {
@@ -655,7 +686,14 @@ impl Recorder {
             }
             if let (Some(c), Some(k)) = (&gw.cache, self.cache_key) {
                 if matches!(finish, FinishReason::Stop | FinishReason::Length) {
-                    c.put(k, cache::Entry { text: text.to_string(), finish, completion_tokens: summary.completion_tokens as u32 });
+                    c.put(
+                        k,
+                        cache::Entry {
+                            text: text.to_string(),
+                            finish,
+                            completion_tokens: summary.completion_tokens as u32,
+                        },
+                    );
                 }
             }
             if let Some(c) = self.completion.as_mut().filter(|_| gw.store_text) {
@@ -725,7 +763,6 @@ fn final_fields(summary: &Summary) -> (Usage, Timings) {
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
-
 
 /// The last chunk: usage, cache outcome and timings.
 fn final_chunk(mut c: CompletionChunk, summary: &Summary, cache: CacheOutcome) -> CompletionChunk {
@@ -895,13 +932,19 @@ fn parse_events(body: &[u8]) -> Result<Vec<TelemetryEvent>, ApiError> {
             let param = if path == "." { format!("events[{i}]") } else { format!("events[{i}].{path}") };
             ApiError::bad(format!("event {i} is invalid: {}", e.into_inner()), Some(&param))
         })?;
-        check_event(&e).map_err(|(field, msg)| ApiError::bad(format!("event {i} is invalid: {msg}"), Some(&format!("events[{i}].{field}"))))?;
+        check_event(&e).map_err(|(field, msg)| {
+            ApiError::bad(format!("event {i} is invalid: {msg}"), Some(&format!("events[{i}].{field}")))
+        })?;
         out.push(e);
     }
     Ok(out)
 }
 
-async fn telemetry(State(st): State<Arc<AppState>>, Extension(who): Extension<Principal>, body: Body) -> Result<Response, ApiError> {
+async fn telemetry(
+    State(st): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(body, MAX_TELEMETRY_BYTES).await?;
     let events = parse_events(&bytes)?;
     let n = events.len();
@@ -932,9 +975,8 @@ async fn stats(State(st): State<Arc<AppState>>, Query(q): Query<StatsQuery>) -> 
     let now = crate::telemetry::unix_ms();
     let since = match q.since.as_deref() {
         None => now - 7 * 86_400_000,
-        Some(s) => crate::stats::parse_since(s, now).ok_or_else(|| {
-            ApiError::bad("since must be unix seconds or an age like 30m, 24h, 7d", Some("since"))
-        })?,
+        Some(s) => crate::stats::parse_since(s, now)
+            .ok_or_else(|| ApiError::bad("since must be unix seconds or an age like 30m, 24h, 7d", Some("since")))?,
     };
     let target = st.gateway.database.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::stats::Report> {
@@ -944,7 +986,12 @@ async fn stats(State(st): State<Arc<AppState>>, Query(q): Query<StatsQuery>) -> 
     .await
     .map_err(|e| server_error(e.to_string()))?
     .map_err(|e| {
-        ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", format!("the telemetry store cannot be read: {e}")).retry(5)
+        ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            format!("the telemetry store cannot be read: {e}"),
+        )
+        .retry(5)
     })?;
     Ok(Json(report).into_response())
 }

@@ -247,7 +247,11 @@ impl Auth {
             }
         }
         let k = found.ok_or(Denied::Unauthorized)?;
-        Ok(Principal { name: Some(k.name.clone()), requests_per_minute: k.requests_per_minute, tokens_per_minute: k.tokens_per_minute })
+        Ok(Principal {
+            name: Some(k.name.clone()),
+            requests_per_minute: k.requests_per_minute,
+            tokens_per_minute: k.tokens_per_minute,
+        })
     }
 
     /// Whether the key store is a local file (cheap enough to read on an async worker).
@@ -284,7 +288,14 @@ pub fn run_cli(store: &mut Store, cmd: KeysCommand) -> anyhow::Result<()> {
             for k in keys {
                 let lim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 let status = k.revoked_at.map_or("active".to_string(), |t| format!("revoked at {t}"));
-                println!("{:<24} {:>12} {:>12} {:<12} {}", k.name, lim(k.requests_per_minute), lim(k.tokens_per_minute), k.created_at, status);
+                println!(
+                    "{:<24} {:>12} {:>12} {:<12} {}",
+                    k.name,
+                    lim(k.requests_per_minute),
+                    lim(k.tokens_per_minute),
+                    k.created_at,
+                    status
+                );
             }
         }
         KeysCommand::Revoke { name } => {

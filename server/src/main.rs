@@ -31,7 +31,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
 
 #[derive(Parser)]
-#[command(name = "ghostline-server", version, about = "ghostline's companion server: runs the model and serves completions")]
+#[command(
+    name = "ghostline-server",
+    version,
+    about = "ghostline's companion server: runs the model and serves completions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -296,7 +300,8 @@ struct ModelServing {
 fn model_serving(dir: &Path) -> anyhow::Result<ModelServing> {
     let path = dir.join("ghostline.json");
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading the model's serving settings {}", path.display())),
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("reading the model's serving settings {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelServing::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -309,10 +314,37 @@ fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
     macro_rules! fill {
         ($($field:ident),*) => { $( if a.$field.is_none() { a.$field = f.$field; } )* };
     }
-    fill!(addr, model, device, data_dir, model_name, kv_memory_mb, max_batch_tokens, max_running, max_queue,
-        prefix_cache, typeahead_entries, fim_template, token_healing, mid_line_prompt, max_body_bytes, max_tokens_limit, threads,
-        weights, kv_cache, shutdown_grace_secs, redis, database, cache_mb, cache_ttl_secs, redis_timeout_ms, max_inflight_per_key,
-        rate_limit_burst_secs, redact_secrets, telemetry_backlog);
+    fill!(
+        addr,
+        model,
+        device,
+        data_dir,
+        model_name,
+        kv_memory_mb,
+        max_batch_tokens,
+        max_running,
+        max_queue,
+        prefix_cache,
+        typeahead_entries,
+        fim_template,
+        token_healing,
+        mid_line_prompt,
+        max_body_bytes,
+        max_tokens_limit,
+        threads,
+        weights,
+        kv_cache,
+        shutdown_grace_secs,
+        redis,
+        database,
+        cache_mb,
+        cache_ttl_secs,
+        redis_timeout_ms,
+        max_inflight_per_key,
+        rate_limit_burst_secs,
+        redact_secrets,
+        telemetry_backlog
+    );
     a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
     a.open_metrics |= f.open_metrics.unwrap_or(false);
     a.store_completion_text |= f.store_completion_text.unwrap_or(false);
@@ -384,7 +416,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Stats { db, since, json }) => {
             let target = db.target()?;
             let now = telemetry::unix_ms();
-            let since = stats::parse_since(&since, now).context("--since takes unix seconds or an age like 30m, 24h, 7d")?;
+            let since =
+                stats::parse_since(&since, now).context("--since takes unix seconds or an age like 30m, 24h, 7d")?;
             let report = stats::report(&mut store::Store::open(&target)?, since)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -452,7 +485,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let filters = filters::Filters::new(a.redact_secrets.unwrap_or(true), &a.secret_patterns, &a.blocklist)?;
-    let ingest = telemetry::Ingest::start(database.clone(), store::Store::open(&database)?, a.telemetry_backlog.unwrap_or(10_000));
+    let ingest = telemetry::Ingest::start(
+        database.clone(),
+        store::Store::open(&database)?,
+        a.telemetry_backlog.unwrap_or(10_000),
+    );
     tracing::info!(database = %database.describe(), keys = auth.any(), "database ready");
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
@@ -520,7 +557,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("ghostline_ttft_seconds".into()), &latency)?
         .set_buckets_for_metric(Matcher::Full("ghostline_request_duration_seconds".into()), &latency)?
-        .set_buckets_for_metric(Matcher::Full("ghostline_batch_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])?
+        .set_buckets_for_metric(
+            Matcher::Full("ghostline_batch_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let mut limits = http::Limits::default();
@@ -532,8 +572,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     // Outputs depend on the weights' format and the device too, so cached answers do. (How a
     // prompt was built, healed or not, is in the cache key itself: its ids, stops and healed text.)
-    let model_identity =
-        format!("{model_name}@{}/{}/kv-{}", cache::model_digest(&dir).context("hashing the model files")?, backend_desc, kv_name);
+    let model_identity = format!(
+        "{model_name}@{}/{}/kv-{}",
+        cache::model_digest(&dir).context("hashing the model files")?,
+        backend_desc,
+        kv_name
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -542,7 +586,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // The Redis connection manager spawns its tasks on this runtime.
     let entered = rt.enter();
     let redis = match &a.redis {
-        Some(url) => Some(Arc::new(redis_link::RedisLink::new(url, Duration::from_millis(a.redis_timeout_ms.unwrap_or(250)))?)),
+        Some(url) => {
+            Some(Arc::new(redis_link::RedisLink::new(url, Duration::from_millis(a.redis_timeout_ms.unwrap_or(250)))?))
+        }
         None => None,
     };
     let cache_bytes = a.cache_mb.unwrap_or(64) << 20;

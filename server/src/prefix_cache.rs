@@ -83,12 +83,8 @@ impl PrefixCache {
         if pool.free_blocks() >= need {
             return 0;
         }
-        let mut candidates: Vec<(u64, u64)> = self
-            .map
-            .iter()
-            .filter(|(_, e)| pool.ref_count(e.block) == 1)
-            .map(|(&h, e)| (e.last_used, h))
-            .collect();
+        let mut candidates: Vec<(u64, u64)> =
+            self.map.iter().filter(|(_, e)| pool.ref_count(e.block) == 1).map(|(&h, e)| (e.last_used, h)).collect();
         candidates.sort_unstable();
         let mut freed = 0;
         for (_, h) in candidates {

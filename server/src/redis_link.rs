@@ -26,14 +26,22 @@ impl RedisLink {
     /// Prepares the connection; it is made on first use, so a Redis that is down at start only
     /// means falling back until it is up.
     pub fn new(url: &str, timeout: Duration) -> anyhow::Result<RedisLink> {
-        let client = redis::Client::open(url).with_context(|| format!("--redis {url}: not a Redis URL (redis://HOST:PORT[/DB])"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("--redis {url}: not a Redis URL (redis://HOST:PORT[/DB])"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).context("setting up the Redis connection")?;
-        Ok(RedisLink { conn, timeout, skip_until_ms: AtomicU64::new(0), epoch: Instant::now(), pause: Duration::from_secs(1) })
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).context("setting up the Redis connection")?;
+        Ok(RedisLink {
+            conn,
+            timeout,
+            skip_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            pause: Duration::from_secs(1),
+        })
     }
 
     fn now_ms(&self) -> u64 {

@@ -42,9 +42,15 @@ pub struct Request {
 /// What the scheduler reports about a request, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Text { index: u32, text: String },
+    Text {
+        index: u32,
+        text: String,
+    },
     /// One candidate ended.
-    Done { index: u32, finish: FinishReason },
+    Done {
+        index: u32,
+        finish: FinishReason,
+    },
     /// All candidates ended; always the last event.
     Finished(Summary),
     /// The request failed (nothing more follows).
@@ -204,7 +210,8 @@ impl Loop {
             self.step();
             self.reap();
             metrics::gauge!("ghostline_queue_depth").set(self.waiting.len() as f64);
-            metrics::gauge!("ghostline_active_sequences").set(self.running.iter().map(|g| g.req.n).sum::<usize>() as f64);
+            metrics::gauge!("ghostline_active_sequences")
+                .set(self.running.iter().map(|g| g.req.n).sum::<usize>() as f64);
             metrics::gauge!("ghostline_kv_blocks_used").set(self.pool.used_blocks() as f64);
             metrics::gauge!("ghostline_prefix_cache_blocks").set(self.cache.len() as f64);
         }

@@ -106,7 +106,9 @@ pub fn report(store: &mut Store, since_ms: i64) -> anyhow::Result<Report> {
         let dims = [label(&r[2]), label(&r[3]), label(&r[1])];
         let hit = matches!(r[6].text().as_deref(), Some("hit" | "typeahead"));
         let (ttft, total) = (r[4].real().unwrap_or(0.0), r[5].real().unwrap_or(0.0));
-        for acc in std::iter::once(&mut overall).chain(groups.iter_mut().zip(&dims).map(|(g, d)| g.entry(d.clone()).or_default())) {
+        for acc in std::iter::once(&mut overall)
+            .chain(groups.iter_mut().zip(&dims).map(|(g, d)| g.entry(d.clone()).or_default()))
+        {
             acc.completions += 1;
             acc.hits += hit as u64;
             acc.ttft.push(ttft);
@@ -125,7 +127,9 @@ pub fn report(store: &mut Store, since_ms: i64) -> anyhow::Result<Report> {
             _ => continue,
         };
         let from = r[0].text().and_then(|id| by_id.get(&id).cloned());
-        let dim = |i: usize, v: &Val| v.text().or_else(|| from.as_ref().map(|d| d[i].clone())).unwrap_or_else(|| UNKNOWN.into());
+        let dim = |i: usize, v: &Val| {
+            v.text().or_else(|| from.as_ref().map(|d| d[i].clone())).unwrap_or_else(|| UNKNOWN.into())
+        };
         let dims = [dim(0, &r[2]), dim(1, &r[3]), dim(2, &r[4])];
         overall.kinds[k] += 1;
         for (g, d) in groups.iter_mut().zip(dims) {

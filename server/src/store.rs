@@ -169,11 +169,13 @@ impl Store {
                 Store::Sqlite(c)
             }
             DbTarget::Postgres(url) => {
-                let mut config: postgres::Config = url.parse().with_context(|| format!("--database {}: not a PostgreSQL URL", target.describe()))?;
+                let mut config: postgres::Config =
+                    url.parse().with_context(|| format!("--database {}: not a PostgreSQL URL", target.describe()))?;
                 if config.get_connect_timeout().is_none() {
                     config.connect_timeout(std::time::Duration::from_secs(5));
                 }
-                let c = config.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.describe()))?;
+                let c =
+                    config.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.describe()))?;
                 Store::Postgres(c)
             }
         };
@@ -197,7 +199,10 @@ impl Store {
         }
         if version > MIGRATIONS.len() {
             self.batch("ROLLBACK")?;
-            bail!("the database has schema version {version}, newer than this build knows ({}); upgrade ghostline-server", MIGRATIONS.len());
+            bail!(
+                "the database has schema version {version}, newer than this build knows ({}); upgrade ghostline-server",
+                MIGRATIONS.len()
+            );
         }
         self.batch("COMMIT")
     }
@@ -246,7 +251,9 @@ impl Store {
                                 ValueRef::Null => Val::Text(None),
                                 ValueRef::Integer(v) => Val::Int(Some(v)),
                                 ValueRef::Real(v) => Val::Real(Some(v)),
-                                ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(Some(String::from_utf8_lossy(t).into_owned())),
+                                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                    Val::Text(Some(String::from_utf8_lossy(t).into_owned()))
+                                }
                             })
                         })
                         .collect::<rusqlite::Result<Vec<Val>>>()
@@ -324,7 +331,10 @@ mod tests {
 
     #[test]
     fn placeholders_are_rewritten_for_postgres() {
-        assert_eq!(pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"), "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'");
+        assert_eq!(
+            pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
     }
 
     #[test]

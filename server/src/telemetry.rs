@@ -61,7 +61,16 @@ fn event_id(e: &TelemetryEvent) -> String {
         return id.clone();
     }
     let mut h = Sha256::new();
-    let fields = (&e.completion_id, e.choice_index, kind_name(e.kind), e.accepted_chars, e.shown_ms, e.client_ts, &e.editor, &e.language);
+    let fields = (
+        &e.completion_id,
+        e.choice_index,
+        kind_name(e.kind),
+        e.accepted_chars,
+        e.shown_ms,
+        e.client_ts,
+        &e.editor,
+        &e.language,
+    );
     h.update(format!("{fields:?}").as_bytes());
     let d: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
     format!("derived-{d}")
@@ -152,7 +161,8 @@ impl Ingest {
         let (tx, rx) = mpsc::channel();
         let backlog = Arc::new(AtomicUsize::new(0));
         let b = backlog.clone();
-        let spawned = std::thread::Builder::new().name("ghostline-telemetry".into()).spawn(move || writer(target, store, rx, b));
+        let spawned =
+            std::thread::Builder::new().name("ghostline-telemetry".into()).spawn(move || writer(target, store, rx, b));
         if let Err(e) = spawned {
             tracing::error!("starting the telemetry writer: {e}");
         }

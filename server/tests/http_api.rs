@@ -31,7 +31,10 @@ fn streamed_and_plain_answers_agree_and_carry_the_contract_fields() {
     assert_eq!(last["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"]);
     let u = &last["usage"];
     assert!(u["prompt_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()));
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
     assert!(u["prompt_tokens_details"]["cached_tokens"].is_u64());
     assert_eq!(last["cache"], "miss");
     for k in ["queue_ms", "prefill_ms", "ttft_ms", "total_ms"] {
@@ -68,7 +71,8 @@ fn sixteen_concurrent_streams_equal_their_sequential_answers() {
 fn a_shared_prefix_is_reused_and_gives_the_same_text() {
     let on = start("qwen2-tied-bf16", &[]);
     let off = start("qwen2-tied-bf16", &["--prefix-cache", "false"]);
-    let prefix = "import os\nimport sys\n\ndef main(argv):\n    for name in os.listdir('.'):\n        print(name)\n".repeat(3);
+    let prefix =
+        "import os\nimport sys\n\ndef main(argv):\n    for name in os.listdir('.'):\n        print(name)\n".repeat(3);
     let first = json!({"prompt": prefix.clone(), "suffix": "\n", "max_tokens": 8});
     let second = json!({"prompt": format!("{prefix}    ret"), "suffix": "\n", "max_tokens": 8});
     let a = on.complete(first);
@@ -135,7 +139,8 @@ fn a_model_without_fim_tokens_refuses_a_suffix() {
 #[test]
 fn a_disconnected_stream_frees_its_sequences() {
     let s = start("qwen2-tied-bf16", &["--max-tokens-limit", "480"]);
-    let body = json!({"prompt": "a", "suffix": "", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 1, "stream": true});
+    let body =
+        json!({"prompt": "a", "suffix": "", "max_tokens": 480, "n": 4, "temperature": 1.0, "seed": 1, "stream": true});
     let r = client().post(format!("{}/v1/completions", s.base)).json(&body).send().unwrap();
     let mut reader = BufReader::new(r);
     let mut line = String::new();
@@ -307,7 +312,8 @@ fn mid_line_plain_prompts_the_line_alone_and_ends_with_it() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
     }
-    std::fs::write(dir.path().join("ghostline.json"), r#"{"mid_line_prompt": "plain", "token_healing": true}"#).unwrap();
+    std::fs::write(dir.path().join("ghostline.json"), r#"{"mid_line_prompt": "plain", "token_healing": true}"#)
+        .unwrap();
     let own = start(dir.arg(), &["--cache-mb", "0"]);
     let prefix = "def f(xs):\n    total = su";
     let v = ask(&own, prefix, Some(suffix));
@@ -383,7 +389,8 @@ fn bad_startup_is_a_clear_error() {
 #[test]
 fn sigterm_lets_running_streams_finish_and_exits_zero() {
     let mut s = start("qwen2-tied-bf16", &["--max-tokens-limit", "300"]);
-    let body = json!({"prompt": "a", "suffix": "", "max_tokens": 300, "n": 4, "temperature": 1.0, "seed": 3, "stream": true});
+    let body =
+        json!({"prompt": "a", "suffix": "", "max_tokens": 300, "n": 4, "temperature": 1.0, "seed": 3, "stream": true});
     let r = client().post(format!("{}/v1/completions", s.base)).json(&body).send().unwrap();
     let mut reader = BufReader::new(r);
     let mut first = String::new();
@@ -444,10 +451,7 @@ fn flags_win_over_environment_which_wins_over_the_config_file() {
 fn with_no_model_flag_the_bundled_house_model_is_served() {
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ghostline-tiny/model.safetensors");
     assert!(bundled.exists(), "the house model must be committed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server"))
-        .args(["--version"])
-        .output()
-        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostline-server")).args(["--version"]).output().unwrap();
     assert!(child.status.success());
     child.stdout.clear();
     let data = TempDir::new("data");
@@ -467,6 +471,7 @@ fn with_no_model_flag_the_bundled_house_model_is_served() {
     let m: Value = client().get(format!("{}/v1/models", s.base)).send().unwrap().json().unwrap();
     assert_eq!(m["data"][0]["id"], "ghostline-tiny");
     assert_eq!(m["data"][0]["fim"], "qwen");
-    let v = s.complete(json!({"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 16, "stop": ["\n"]}));
+    let v =
+        s.complete(json!({"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 16, "stop": ["\n"]}));
     assert!(v["choices"][0]["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "{v}");
 }

@@ -286,7 +286,11 @@ fn telemetry_round_trip(launch: &dyn Fn() -> Server, stats_cli: &[&str]) {
         let (st, r) = s.get("/v1/stats?since=1h");
         assert_eq!(st, 200, "{r}");
         let o = &r["overall"];
-        assert_eq!((o["shown"].as_u64(), o["accepted"].as_u64(), o["partially_accepted"].as_u64(), o["rejected"].as_u64()), (Some(2), Some(1), Some(1), Some(1)), "{r}");
+        assert_eq!(
+            (o["shown"].as_u64(), o["accepted"].as_u64(), o["partially_accepted"].as_u64(), o["rejected"].as_u64()),
+            (Some(2), Some(1), Some(1), Some(1)),
+            "{r}"
+        );
         assert_eq!(o["acceptance_rate"], 1.0);
         assert_eq!(o["partial_accept_share"], 0.5);
         assert_eq!(o["completions"], 1);
@@ -369,5 +373,9 @@ fn postgres_holds_keys_and_telemetry() {
     keys(&db, &["revoke", "pg-user"]);
     assert_eq!(status_of(&s, &json!({"prompt": "y", "max_tokens": 1})).0, 401);
     s.key = None;
-    assert_eq!(status_of(&s, &json!({"prompt": "y", "max_tokens": 1})).0, 401, "revoking the last key does not open the server");
+    assert_eq!(
+        status_of(&s, &json!({"prompt": "y", "max_tokens": 1})).0,
+        401,
+        "revoking the last key does not open the server"
+    );
 }

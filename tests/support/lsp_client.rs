@@ -24,7 +24,11 @@ impl Drop for Proc {
 pub fn temp_dir(what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("ghostline-test-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "ghostline-test-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -34,7 +38,11 @@ pub fn temp_dir(what: &str) -> PathBuf {
 pub fn server_binary(ours: &str) -> PathBuf {
     let ours = PathBuf::from(ours);
     let p = ours.with_file_name(format!("ghostline-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(p.exists(), "{} is missing: build the workspace first (`cargo build --workspace`, as tests/run does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as tests/run does)",
+        p.display()
+    );
     p
 }
 
@@ -88,7 +96,11 @@ pub fn served(addr: &str) -> u64 {
     let metrics = http_get(addr, "/metrics");
     metrics
         .lines()
-        .filter(|l| l.starts_with("ghostline_requests_total{") && l.contains("endpoint=\"/v1/completions\"") && l.contains("status=\"200\""))
+        .filter(|l| {
+            l.starts_with("ghostline_requests_total{")
+                && l.contains("endpoint=\"/v1/completions\"")
+                && l.contains("status=\"200\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -215,7 +227,10 @@ impl Lsp {
     }
 
     pub fn open(&mut self, uri: &str, lang: &str, text: &str) {
-        self.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": text}}));
+        self.notify(
+            "textDocument/didOpen",
+            json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": text}}),
+        );
     }
 
     pub fn insert(&mut self, uri: &str, version: i32, line: u32, ch: u32, text: &str) {
@@ -231,4 +246,3 @@ impl Lsp {
 pub fn inline_params(uri: &str, line: u32, ch: u32, invoked: bool) -> Value {
     json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": ch}, "context": {"triggerKind": if invoked { 1 } else { 2 }}})
 }
-

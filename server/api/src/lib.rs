@@ -192,8 +192,7 @@ mod tests {
 
     #[test]
     fn openai_fields_we_do_not_use_are_ignored() {
-        let r: CompletionRequest =
-            serde_json::from_str(r#"{"prompt":"x","logprobs":null,"echo":false}"#).unwrap();
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"x","logprobs":null,"echo":false}"#).unwrap();
         assert_eq!(r.prompt, "x");
     }
 

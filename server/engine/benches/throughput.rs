@@ -79,7 +79,8 @@ fn main() {
     let m = &ckpt.model;
     let fmt = m.format;
     let vocab = m.config.vocab_size;
-    let kv: KvDtype = arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
+    let kv: KvDtype =
+        arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
     let mut pool = ckpt.kv_pool_as(1 << 30, kv);
     eprintln!(
         "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, threads {}",
@@ -163,5 +164,8 @@ fn main() {
             );
         }
     }
-    println!("{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"peak_rss_mib\":{:.1}}}", peak_rss_mib());
+    println!(
+        "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"peak_rss_mib\":{:.1}}}",
+        peak_rss_mib()
+    );
 }

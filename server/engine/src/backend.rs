@@ -8,8 +8,8 @@
 //! the device and brings back only token ids.
 
 use std::fmt;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};

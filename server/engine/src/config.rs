@@ -22,9 +22,16 @@ pub enum Arch {
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.x frequency-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
 }
 
 /// The shape and numerics of a decoder-only transformer checkpoint.
@@ -72,11 +79,7 @@ impl ModelConfig {
         let arch = match model_type.as_str() {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
-            other => {
-                return Err(err(format!(
-                    "model_type \"{other}\" is not supported (supported: llama, qwen2)"
-                )))
-            }
+            other => return Err(err(format!("model_type \"{other}\" is not supported (supported: llama, qwen2)"))),
         };
         if let Some(act) = f.opt_str("hidden_act")? {
             if act != "silu" {
@@ -192,12 +195,16 @@ impl ModelConfig {
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim;
         let base = self.rope_theta;
-        let mut inv: Vec<f32> =
-            (0..dim / 2).map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32)).collect();
+        let mut inv: Vec<f32> = (0..dim / 2).map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32)).collect();
         match self.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_freq_wavelen = old / low_freq_factor;
                 let high_freq_wavelen = old / high_freq_factor;
                 for f in inv.iter_mut() {
@@ -217,14 +224,14 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(scaling: Option<&Map<String, Value>>, root: &Map<String, Value>, path: &Path) -> Result<RopeScaling> {
+fn parse_rope_scaling(
+    scaling: Option<&Map<String, Value>>,
+    root: &Map<String, Value>,
+    path: &Path,
+) -> Result<RopeScaling> {
     let err = |message: String| EngineError::Config { path: PathBuf::from(path), message };
     let Some(m) = scaling else { return Ok(RopeScaling::None) };
-    let kind = m
-        .get("rope_type")
-        .or_else(|| m.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |key: &str| -> Result<f32> {
         match m.get(key).and_then(Value::as_f64) {
             Some(v) if v.is_finite() => Ok(v as f32),
@@ -253,13 +260,20 @@ fn parse_rope_scaling(scaling: Option<&Map<String, Value>>, root: &Map<String, V
                     as f32,
             };
             if factor <= 0.0 || low <= 0.0 || high <= low || old <= 0.0 {
-                return Err(err("rope_scaling (llama3) needs factor > 0 and 0 < low_freq_factor < high_freq_factor".into()));
+                return Err(err(
+                    "rope_scaling (llama3) needs factor > 0 and 0 < low_freq_factor < high_freq_factor".into()
+                ));
             }
-            Ok(RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: old })
+            Ok(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: old,
+            })
         }
-        other => Err(err(format!(
-            "rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3)"
-        ))),
+        other => {
+            Err(err(format!("rope_scaling type \"{other}\" is not supported (supported: default, linear, llama3)")))
+        }
     }
 }
 
@@ -355,9 +369,11 @@ mod tests {
     fn unknown_model_type_and_rope_are_refused_by_name() {
         let e = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#)).unwrap_err().to_string();
         assert!(e.contains("gpt2") && e.contains("config.json"), "{e}");
-        let e = parse(&format!(r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!(
+            r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("yarn"), "{e}");
     }
 

@@ -17,7 +17,9 @@ pub enum EngineError {
     Tokenize(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("KV cache is full: {needed} more blocks needed, {free} free (raise the KV memory budget or shorten the prompt)")]
+    #[error(
+        "KV cache is full: {needed} more blocks needed, {free} free (raise the KV memory budget or shorten the prompt)"
+    )]
     KvFull { needed: usize, free: usize },
     #[error("sequence of {len} tokens exceeds the model's context of {max} tokens")]
     ContextOverflow { len: usize, max: usize },

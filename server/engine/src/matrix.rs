@@ -179,7 +179,9 @@ impl Matrix {
         match (&self.data, m >= GEMM_MIN_ROWS) {
             (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
             (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
-            (Data::Q8(w), _) if m >= Q8_GEMM_MIN_ROWS && kernels().gemm_q8_vnni.is_some() => self.matmul_q8_gemm(w, x, y, m),
+            (Data::Q8(w), _) if m >= Q8_GEMM_MIN_ROWS && kernels().gemm_q8_vnni.is_some() => {
+                self.matmul_q8_gemm(w, x, y, m)
+            }
             (_, true) => self.matmul_panels(x, y, m),
             (_, false) => self.matmul_few_rows(x, y, m),
         }
@@ -400,7 +402,12 @@ impl MatrixBuilder {
 
     /// Appends whole rows (`w.len()` a multiple of `cols`).
     pub fn push(&mut self, w: &[f32]) {
-        assert!(w.len() % self.cols.max(1) == 0, "MatrixBuilder::push: {} floats is not whole rows of {}", w.len(), self.cols);
+        assert!(
+            w.len() % self.cols.max(1) == 0,
+            "MatrixBuilder::push: {} floats is not whole rows of {}",
+            w.len(),
+            self.cols
+        );
         let rows = w.len() / self.cols.max(1);
         assert!(self.filled + rows <= self.rows, "MatrixBuilder::push: more than {} rows", self.rows);
         match &mut self.data {
@@ -857,7 +864,14 @@ macro_rules! streaming_kernels {
         /// and R input loads for 2R FMAs.
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn dots2_r<const R: usize, W: $Lanes>(i: usize, x: &[f32], w0: &[W], w1: &[W], o0: &mut [f32], o1: &mut [f32]) {
+        unsafe fn dots2_r<const R: usize, W: $Lanes>(
+            i: usize,
+            x: &[f32],
+            w0: &[W],
+            w1: &[W],
+            o0: &mut [f32],
+            o1: &mut [f32],
+        ) {
             let k = w0.len();
             let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
             let px: [*const f32; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
@@ -885,7 +899,6 @@ macro_rules! streaming_kernels {
                 o1[i + l] = s1;
             }
         }
-
     };
 }
 
@@ -919,7 +932,16 @@ mod x86 {
         }
     }
 
-    streaming_kernels!("avx2,fma,f16c", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_add_ps, hsum, Lanes);
+    streaming_kernels!(
+        "avx2,fma,f16c",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        hsum,
+        Lanes
+    );
 
     /// Quantized input rows against one q8 weight row: per group of 32, |w| · (x · sign w)
     /// with `maddubs` (u8 x i8 pairs to i16), then to i32 and f32, scaled by both groups'
@@ -988,8 +1010,14 @@ mod x86v4 {
     }
 
     streaming_kernels!(
-        "avx512f,avx512bw,avx512vl,avx2,fma,f16c", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
-        _mm512_add_ps, _mm512_reduce_add_ps, Lanes16
+        "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_reduce_add_ps,
+        Lanes16
     );
 
     /// bf16 input rows against two bf16 weight rows: `vdpbf16ps` multiplies 32 bf16 pairs per
@@ -1008,7 +1036,14 @@ mod x86v4 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-    unsafe fn dots2_native_r<const R: usize>(i: usize, x: &[u16], w0: &[u16], w1: &[u16], o0: &mut [f32], o1: &mut [f32]) {
+    unsafe fn dots2_native_r<const R: usize>(
+        i: usize,
+        x: &[u16],
+        w0: &[u16],
+        w1: &[u16],
+        o0: &mut [f32],
+        o1: &mut [f32],
+    ) {
         let k = w0.len();
         let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
         let px: [*const u16; R] = std::array::from_fn(|l| x.as_ptr().add((i + l) * k));
@@ -1107,12 +1142,21 @@ mod x86v4 {
     /// into rows `0..16 R` of `dst` (`ldc` apart).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-    unsafe fn bf16_tile<const R: usize, const C: usize>(x: &BfPairs, b0: usize, w: *const u16, k: usize, dst: *mut f32, ldc: usize) {
+    unsafe fn bf16_tile<const R: usize, const C: usize>(
+        x: &BfPairs,
+        b0: usize,
+        w: *const u16,
+        k: usize,
+        dst: *mut f32,
+        ldc: usize,
+    ) {
         let pairs = x.pairs;
         let xs: [*const u32; R] = std::array::from_fn(|r| x.words.as_ptr().add((b0 + r) * pairs * 16));
         let mut acc = [[_mm512_setzero_ps(); R]; C];
         for p in 0..pairs {
-            let xv: [__m512bh; R] = std::array::from_fn(|r| std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(xs[r].add(p * 16) as *const _)));
+            let xv: [__m512bh; R] = std::array::from_fn(|r| {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(xs[r].add(p * 16) as *const _))
+            });
             for (c, a) in acc.iter_mut().enumerate() {
                 let pair = (w.add(c * k + 2 * p) as *const i32).read_unaligned();
                 let wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
@@ -1190,7 +1234,10 @@ mod x86v4 {
         let flip = _mm256_set1_epi32(0x8080_8080u32 as i32);
         let mut acc = [_mm256_setzero_ps(); C];
         for gi in 0..g {
-            let neg = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_loadu_si256(base.add((quads + g + gi) * 8) as *const __m256i));
+            let neg = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_loadu_si256(base.add((quads + g + gi) * 8) as *const __m256i),
+            );
             let mut sums = [neg; C];
             for c in 0..C {
                 // The weights are read four bytes at a time from C rows at once, a pattern the
@@ -1206,7 +1253,8 @@ mod x86v4 {
             }
             let sx = _mm256_loadu_ps(base.add((quads + gi) * 8) as *const f32);
             for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
-                let dw = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
+                let dw =
+                    _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), _mm256_mul_ps(sx, dw), *a);
             }
         }
@@ -1223,7 +1271,13 @@ mod x86v4 {
     /// groups apart), into rows `0..16 R` of `dst` (`ldc` apart).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_tile<const R: usize, const C: usize>(x: &Q8Rows, b0: usize, w: *const BlockQ8, dst: *mut f32, ldc: usize) {
+    unsafe fn q8_tile<const R: usize, const C: usize>(
+        x: &Q8Rows,
+        b0: usize,
+        w: *const BlockQ8,
+        dst: *mut f32,
+        ldc: usize,
+    ) {
         let g = x.groups;
         let (quads, stride) = (g * 8, 16 * (g * 8 + 2 * g));
         let base: [*const u32; R] = std::array::from_fn(|r| x.words.as_ptr().add((b0 + r) * stride));
@@ -1231,14 +1285,19 @@ mod x86v4 {
         let mut acc = [[_mm512_setzero_ps(); R]; C];
         for gi in 0..g {
             // The sums start at -128 · Σq, taking the weights' bias back out up front.
-            let neg: [__m512i; R] =
-                std::array::from_fn(|r| _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _)));
+            let neg: [__m512i; R] = std::array::from_fn(|r| {
+                _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _),
+                )
+            });
             let mut sums = [neg; C];
             for c in 0..C {
                 _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * g + gi + PREFETCH_GROUPS) as *const i8);
             }
             for t in 0..8 {
-                let xv: [__m512i; R] = std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((gi * 8 + t) * 16) as *const _));
+                let xv: [__m512i; R] =
+                    std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((gi * 8 + t) * 16) as *const _));
                 for (c, s) in sums.iter_mut().enumerate() {
                     let quad = ((*w.add(c * g + gi)).q.as_ptr().add(4 * t) as *const i32).read_unaligned();
                     let wv = _mm512_xor_si512(_mm512_set1_epi32(quad), flip);
@@ -1247,9 +1306,11 @@ mod x86v4 {
                     }
                 }
             }
-            let sx: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(base[r].add((quads + gi) * 16) as *const f32));
+            let sx: [__m512; R] =
+                std::array::from_fn(|r| _mm512_loadu_ps(base[r].add((quads + gi) * 16) as *const f32));
             for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
-                let dw = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
+                let dw =
+                    _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((*w.add(c * g + gi)).d)))));
                 for r in 0..R {
                     a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(sx[r], dw), a[r]);
                 }
@@ -1273,7 +1334,6 @@ mod tests {
 
     use crate::ops::{test_data as data, test_naive_matmul_t as naive};
 
-
     fn rel_err(got: &[f32], want: &[f32]) -> f32 {
         let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
         let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
@@ -1290,7 +1350,16 @@ mod tests {
     #[test]
     fn every_format_and_row_count_matches_the_product_of_its_stored_weights() {
         for fmt in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {
-            for &(m, k, n) in &[(1, 64, 70), (3, 96, 33), (5, 128, 64), (8, 256, 65), (16, 64, 130), (40, 160, 129), (64, 96, 67), (90, 64, 50)] {
+            for &(m, k, n) in &[
+                (1, 64, 70),
+                (3, 96, 33),
+                (5, 128, 64),
+                (8, 256, 65),
+                (16, 64, 130),
+                (40, 160, 129),
+                (64, 96, 67),
+                (90, 64, 50),
+            ] {
                 let x = data(m * k, 1);
                 let w = data(n * k, 2);
                 let b = data(n, 3);
@@ -1301,7 +1370,11 @@ mod tests {
                 // Against the stored weights: exact up to summation order for f32 and bf16
                 // (of the inputs rounded to bf16 where the CPU multiplies bf16 natively); q8
                 // also quantizes the inputs (per group of 32) on the decode path.
-                let xr: Vec<f32> = if mat.native_bf16(m) { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() } else { x.clone() };
+                let xr: Vec<f32> = if mat.native_bf16(m) {
+                    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+                } else {
+                    x.clone()
+                };
                 let mut r = naive(&xr, &stored(&mat), m, k, n);
                 for i in 0..m {
                     for j in 0..n {
@@ -1340,7 +1413,23 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree() {
-        for (k, m) in [(157, 5), (160, 1), (160, 2), (160, 3), (160, 4), (160, 5), (160, 6), (160, 7), (160, 8), (160, 9), (200, 3), (224, 5), (256, 4), (256, 6), (64, 13)] {
+        for (k, m) in [
+            (157, 5),
+            (160, 1),
+            (160, 2),
+            (160, 3),
+            (160, 4),
+            (160, 5),
+            (160, 6),
+            (160, 7),
+            (160, 8),
+            (160, 9),
+            (200, 3),
+            (224, 5),
+            (256, 4),
+            (256, 6),
+            (64, 13),
+        ] {
             let x = data(m * k, 4);
             let w = data(k, 5);
             let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
@@ -1436,12 +1525,14 @@ mod tests {
             (130, 160, 48),
             (200, 64, 131),
         ] {
-            let x: Vec<f32> = data(m * k, 31).into_iter().enumerate().map(|(i, v)| if i % 97 == 0 { 0.0 } else { v }).collect();
+            let x: Vec<f32> =
+                data(m * k, 31).into_iter().enumerate().map(|(i, v)| if i % 97 == 0 { 0.0 } else { v }).collect();
             let mat = Matrix::new(data(n * k, 32), n, k, WeightFormat::Q8);
             let Data::Q8(w) = &mat.data else { unreachable!() };
             let mut y = vec![f32::NAN; m * n];
             mat.matmul_q8_gemm(w, &x, &mut y, m);
-            let xq: Vec<f32> = quantize_rows(&x, Vec::new()).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)).collect();
+            let xq: Vec<f32> =
+                quantize_rows(&x, Vec::new()).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)).collect();
             let e = rel_err(&y, &naive(&xq, &stored(&mat), m, k, n));
             assert!(e < 1e-5, "m={m} k={k} n={n}: relative error {e}");
         }

@@ -312,7 +312,13 @@ impl Model {
         out
     }
 
-    fn forward_in(&self, s: &mut Scratch, pool: &mut KvPool, items: &mut [BatchItem<'_>], t: usize) -> Result<Vec<Vec<f32>>> {
+    fn forward_in(
+        &self,
+        s: &mut Scratch,
+        pool: &mut KvPool,
+        items: &mut [BatchItem<'_>],
+        t: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let (q_dim, kv_dim) = (nh * hd, nkv * hd);

@@ -67,7 +67,10 @@ pub(crate) mod x86 {
         let lo = _mm256_set1_ps(-87.0);
         let under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
         let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
-        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
@@ -75,7 +78,8 @@ pub(crate) mod x86 {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        let two_n =
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
         _mm256_andnot_ps(under, _mm256_mul_ps(p, two_n))
     }
 
@@ -223,7 +227,12 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn weighted_block<T: KvLanes, const K: usize>(
-        p: &[f32], values: &[T], hd: usize, cnt: usize, c0: usize, out: &mut [f32],
+        p: &[f32],
+        values: &[T],
+        hd: usize,
+        cnt: usize,
+        c0: usize,
+        out: &mut [f32],
     ) {
         let op = out.as_mut_ptr().add(c0);
         let mut acc = [_mm256_setzero_ps(); K];
@@ -304,18 +313,36 @@ pub fn matmul_single(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
 ///
 /// # Safety
 /// `a`, `b` and `dst` (rows `ldc` apart) must hold every element the shape and strides reach.
-unsafe fn gemm_raw(dst: *mut f32, ldc: usize, a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), (cs, rs): (usize, usize)) {
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    ldc: usize,
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (cs, rs): (usize, usize),
+) {
     if m == 0 || n == 0 {
         return;
     }
     gemm::gemm(
-        m, n, k,
-        dst, 1, ldc as isize,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldc as isize,
         false,
-        a.as_ptr(), 1, k as isize,
-        b.as_ptr(), cs as isize, rs as isize,
-        0.0, 1.0,
-        false, false, false,
+        a.as_ptr(),
+        1,
+        k as isize,
+        b.as_ptr(),
+        cs as isize,
+        rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
         gemm::Parallelism::None,
     );
 }
@@ -638,7 +665,13 @@ mod tests {
         (vector().silu_mul)(&g, &u, &mut o);
         for i in 0..37 {
             let want = g[i] as f64 / (1.0 + (-g[i] as f64).exp()) * u[i] as f64;
-            assert!((o[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu({}) * {}: {} vs {want}", g[i], u[i], o[i]);
+            assert!(
+                (o[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "silu({}) * {}: {} vs {want}",
+                g[i],
+                u[i],
+                o[i]
+            );
         }
     }
 
@@ -660,9 +693,15 @@ mod tests {
                 for i in 0..cnt {
                     let (g, w, g16, w16) = (got[i], want[i], got16[i], want16[i]);
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "scores hd {hd} cnt {cnt}: {g} vs {w}");
-                    assert!((g16 - w16).abs() <= 1e-5 * (1.0 + w16.abs()), "f16 scores hd {hd} cnt {cnt}: {g16} vs {w16}");
+                    assert!(
+                        (g16 - w16).abs() <= 1e-5 * (1.0 + w16.abs()),
+                        "f16 scores hd {hd} cnt {cnt}: {g16} vs {w16}"
+                    );
                     // f16 keeps 11 significant bits: the f16 scores stay near the f32 ones.
-                    assert!((g16 - w).abs() <= 2e-3 * (1.0 + w.abs()), "f16 vs f32 scores hd {hd} cnt {cnt}: {g16} vs {w}");
+                    assert!(
+                        (g16 - w).abs() <= 2e-3 * (1.0 + w.abs()),
+                        "f16 vs f32 scores hd {hd} cnt {cnt}: {g16} vs {w}"
+                    );
                 }
                 let p = test_data(cnt, 3);
                 let mut got = test_data(hd, 11);
@@ -675,7 +714,10 @@ mod tests {
                     let (g, w, g16, w16) = (got[i], want[i], got16[i], want16[i]);
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "sum hd {hd} cnt {cnt}: {g} vs {w}");
                     assert!((g16 - w16).abs() <= 1e-5 * (1.0 + w16.abs()), "f16 sum hd {hd} cnt {cnt}: {g16} vs {w16}");
-                    assert!((g16 - w).abs() <= 2e-3 * (1.0 + w.abs()), "f16 vs f32 sum hd {hd} cnt {cnt}: {g16} vs {w}");
+                    assert!(
+                        (g16 - w).abs() <= 2e-3 * (1.0 + w.abs()),
+                        "f16 vs f32 sum hd {hd} cnt {cnt}: {g16} vs {w}"
+                    );
                 }
             }
         }

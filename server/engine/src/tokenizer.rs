@@ -72,9 +72,10 @@ impl Tokenizer {
         }
         push(config_eos.to_vec());
 
-        let bos_id = tc.as_ref().and_then(|tc| named(tc.get("bos_token"))).or_else(|| {
-            gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied())
-        });
+        let bos_id = tc
+            .as_ref()
+            .and_then(|tc| named(tc.get("bos_token")))
+            .or_else(|| gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied()));
         let add_bos = tc.as_ref().and_then(|tc| tc.get("add_bos_token")).and_then(Value::as_bool);
         Ok(Tokenizer { inner, eos_ids, bos_id, add_bos, special })
     }
@@ -82,10 +83,7 @@ impl Tokenizer {
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
     /// `add_special_tokens` is set. Special-token text such as `<|fim_prefix|>` becomes its id.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(|e| EngineError::Tokenize(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special_tokens {
             if let (Some(add), Some(bos)) = (self.add_bos, self.bos_id) {

@@ -123,7 +123,8 @@ fn sharded_checkpoints_load_and_bad_indexes_are_named() {
     )
     .unwrap();
     let sharded = Checkpoint::load(&d).unwrap();
-    let single = Checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied-bf16")).unwrap();
+    let single =
+        Checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied-bf16")).unwrap();
     assert_eq!(sharded.model.embed_tokens, single.model.embed_tokens);
     assert_eq!(sharded.model.num_params(), single.model.num_params());
 

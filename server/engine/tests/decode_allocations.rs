@@ -60,8 +60,11 @@ fn decode_steps_allocate_only_their_logits() {
             }
             let mut step = |seqs: &mut Vec<SeqKv>, t: u32| {
                 let toks: Vec<[u32; 1]> = (0..seqs.len()).map(|i| [(t * 7 + i as u32) % 8000 + 10]).collect();
-                let mut items: Vec<BatchItem> =
-                    seqs.iter_mut().zip(&toks).map(|(s, t)| BatchItem { kv: s, tokens: t, logits: Logits::Last }).collect();
+                let mut items: Vec<BatchItem> = seqs
+                    .iter_mut()
+                    .zip(&toks)
+                    .map(|(s, t)| BatchItem { kv: s, tokens: t, logits: Logits::Last })
+                    .collect();
                 let before = ALLOCATIONS.load(Ordering::Relaxed);
                 let out = m.forward(&mut pool, &mut items).unwrap();
                 let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
@@ -77,7 +80,10 @@ fn decode_steps_allocate_only_their_logits() {
             let allowed = batch + 1;
             report.push(format!("{format} batch {batch}: allocations per step {counts:?} (logits: {allowed})"));
             if checked {
-                assert!(counts.iter().all(|&n| n <= allowed), "{format} batch {batch}: allocations per step {counts:?}, allowed {allowed}");
+                assert!(
+                    counts.iter().all(|&n| n <= allowed),
+                    "{format} batch {batch}: allocations per step {counts:?}, allowed {allowed}"
+                );
             }
             for s in &mut seqs {
                 pool.release(s);

@@ -35,7 +35,8 @@ fn every_format_stays_close_to_transformers() {
     let mut failures = Vec::new();
     for name in FIXTURES {
         let dir = fixture_dir(name);
-        let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
         for (format, kv) in [
             (WeightFormat::F32, KvDtype::F32),
             (WeightFormat::F32, KvDtype::F16),
@@ -47,7 +48,8 @@ fn every_format_stays_close_to_transformers() {
             let (mut worst, mut same, mut total) = (0f32, 0usize, 0usize);
             for c in expected["cases"].as_array().unwrap() {
                 let input = ids(&c["input_ids"]);
-                let want: Vec<f32> = c["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let want: Vec<f32> =
+                    c["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
                 let mut s = SeqKv::default();
                 let got = ckpt
                     .model
@@ -56,8 +58,12 @@ fn every_format_stays_close_to_transformers() {
                 pool.release(&mut s);
                 worst = worst.max(rel_err(&got[0], &want));
                 let greedy = ids(&c["greedy"]);
-                let params =
-                    GenerateParams { max_tokens: greedy.len(), sampling: SamplingParams::default(), stop: vec![], stop_ids: vec![] };
+                let params = GenerateParams {
+                    max_tokens: greedy.len(),
+                    sampling: SamplingParams::default(),
+                    stop: vec![],
+                    stop_ids: vec![],
+                };
                 let g = generate(&ckpt.model, &ckpt.tokenizer, &mut pool, &input, &params, |_| true).unwrap();
                 same += g.tokens.iter().zip(&greedy).take_while(|(a, b)| a == b).count();
                 total += greedy.len();
@@ -110,18 +116,26 @@ fn a_batch_larger_than_a_micro_batch_equals_its_sequences_alone() {
     let m = &ckpt.model;
     let v = m.config.vocab_size;
     let mut pool = ckpt.kv_pool(256 << 20);
-    let prompt = |n: usize, seed: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7919 + seed * 104729 + 13) % (v - 1)) as u32 + 1).collect() };
+    let prompt = |n: usize, seed: usize| -> Vec<u32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104729 + 13) % (v - 1)) as u32 + 1).collect()
+    };
     let prompts = [prompt(300, 1), prompt(350, 2), prompt(200, 3)];
     let kinds = [Logits::All, Logits::Last, Logits::None];
 
     let mut together: Vec<SeqKv> = (0..3).map(|_| SeqKv::default()).collect();
-    let mut items: Vec<BatchItem> =
-        together.iter_mut().zip(&prompts).zip(kinds).map(|((kv, p), logits)| BatchItem { kv, tokens: p, logits }).collect();
+    let mut items: Vec<BatchItem> = together
+        .iter_mut()
+        .zip(&prompts)
+        .zip(kinds)
+        .map(|((kv, p), logits)| BatchItem { kv, tokens: p, logits })
+        .collect();
     let got = m.forward(&mut pool, &mut items).unwrap();
 
     let mut alone: Vec<SeqKv> = (0..3).map(|_| SeqKv::default()).collect();
     for i in 0..3 {
-        let want = m.forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &prompts[i], logits: kinds[i] }]).unwrap();
+        let want = m
+            .forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &prompts[i], logits: kinds[i] }])
+            .unwrap();
         assert_eq!(got[i].len(), want[0].len(), "sequence {i}: logits returned");
         assert!(rel_err(&got[i], &want[0]) < 1e-4, "sequence {i}: {}", rel_err(&got[i], &want[0]));
         assert_eq!(together[i].len, prompts[i].len());
@@ -132,8 +146,11 @@ fn a_batch_larger_than_a_micro_batch_equals_its_sequences_alone() {
 
     // The KV each wrote is the same: one more token gives the same logits.
     for i in 0..3 {
-        let a = m.forward(&mut pool, &mut [BatchItem { kv: &mut together[i], tokens: &[7], logits: Logits::Last }]).unwrap();
-        let b = m.forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &[7], logits: Logits::Last }]).unwrap();
+        let a = m
+            .forward(&mut pool, &mut [BatchItem { kv: &mut together[i], tokens: &[7], logits: Logits::Last }])
+            .unwrap();
+        let b =
+            m.forward(&mut pool, &mut [BatchItem { kv: &mut alone[i], tokens: &[7], logits: Logits::Last }]).unwrap();
         assert!(rel_err(&a[0], &b[0]) < 1e-4, "sequence {i} after one more token: {}", rel_err(&a[0], &b[0]));
     }
 }

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ghostline_engine::{
-    generate, BatchItem, Checkpoint, GenerateParams, KvPool, Logits, SamplingParams, SeqKv,
-};
+use ghostline_engine::{generate, BatchItem, Checkpoint, GenerateParams, KvPool, Logits, SamplingParams, SeqKv};
 use serde_json::Value;
 
 const FIXTURES: &[&str] = &["llama-gqa-f32", "llama-bias-f16", "qwen2-tied-bf16", "qwen2-mha-f32"];
@@ -88,12 +86,8 @@ fn greedy_continuations_are_identical_to_transformers() {
     for name in FIXTURES {
         let (ckpt, cases) = load(name);
         let mut pool = pool(&ckpt);
-        let params = GenerateParams {
-            max_tokens: 12,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            stop_ids: vec![],
-        };
+        let params =
+            GenerateParams { max_tokens: 12, sampling: SamplingParams::default(), stop: vec![], stop_ids: vec![] };
         for c in &cases {
             let mut streamed = String::new();
             let g = generate(&ckpt.model, &ckpt.tokenizer, &mut pool, &c.input_ids, &params, |p| {
@@ -136,11 +130,8 @@ fn batched_forward_equals_one_sequence_at_a_time() {
             assert!(rel_err(b, a) < 1e-5, "{name} case {i}: prefill batched differs");
         }
         let steps: Vec<[u32; 1]> = cases.iter().map(|c| [c.greedy[0]]).collect();
-        let mut items: Vec<BatchItem> = seqs
-            .iter_mut()
-            .zip(&steps)
-            .map(|(s, t)| BatchItem { kv: s, tokens: t, logits: Logits::Last })
-            .collect();
+        let mut items: Vec<BatchItem> =
+            seqs.iter_mut().zip(&steps).map(|(s, t)| BatchItem { kv: s, tokens: t, logits: Logits::Last }).collect();
         let step = ckpt.model.forward(&mut pool, &mut items).unwrap();
         for (i, c) in cases.iter().enumerate() {
             let mut seq = SeqKv::default();
@@ -270,8 +261,10 @@ fn eos_ids_come_from_the_checkpoint() {
     let (ckpt, _) = load("qwen2-tied-bf16");
     let eot = ckpt.tokenizer.special_id("<|endoftext|>").unwrap();
     assert_eq!(ckpt.tokenizer.eos_ids, vec![eot]);
-    assert_eq!(ckpt.tokenizer.encode("<|fim_prefix|>a<|fim_suffix|>", true).unwrap()[0],
-        ckpt.tokenizer.special_id("<|fim_prefix|>").unwrap());
+    assert_eq!(
+        ckpt.tokenizer.encode("<|fim_prefix|>a<|fim_suffix|>", true).unwrap()[0],
+        ckpt.tokenizer.special_id("<|fim_prefix|>").unwrap()
+    );
 }
 
 #[test]

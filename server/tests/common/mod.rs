@@ -22,7 +22,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("ghostline-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "ghostline-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -161,7 +165,12 @@ impl Server {
         }
     }
     pub fn post_raw(&self, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
-        let r = self.req(reqwest::Method::POST, "/v1/completions").header("content-type", "application/json").body(body).send().unwrap();
+        let r = self
+            .req(reqwest::Method::POST, "/v1/completions")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
@@ -306,7 +315,12 @@ impl Postgres {
             Command::new(exe)
         };
         let out = c.args(args).stdin(Stdio::null()).output().unwrap();
-        assert!(out.status.success(), "{tool} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn start() -> Postgres {

@@ -84,7 +84,13 @@ fn token_list(v: &Value) -> Vec<u32> {
     v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()).unwrap_or_default()
 }
 
-fn one(b: &Backend, pool: &mut KvPool, seq: &mut SeqKv, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, EngineError> {
+fn one(
+    b: &Backend,
+    pool: &mut KvPool,
+    seq: &mut SeqKv,
+    tokens: &[u32],
+    logits: Logits,
+) -> Result<Vec<f32>, EngineError> {
     Ok(b.forward(pool, &mut [BatchItem { kv: seq, tokens, logits }])?.remove(0))
 }
 
@@ -108,7 +114,11 @@ fn greedy(b: &Backend, pool: &mut KvPool, prompt: &[u32], n: usize) -> Result<Ve
 /// One batched step: every sequence appends its input and picks its next token, which becomes
 /// its next input.
 fn batch_step(
-    b: &Backend, pool: &mut KvPool, seqs: &mut [SeqKv], pickers: &mut [Picker], inputs: &mut [Vec<u32>],
+    b: &Backend,
+    pool: &mut KvPool,
+    seqs: &mut [SeqKv],
+    pickers: &mut [Picker],
+    inputs: &mut [Vec<u32>],
 ) -> Result<Vec<u32>, EngineError> {
     let mut items: Vec<BatchItem> =
         seqs.iter_mut().zip(inputs.iter()).map(|(kv, t)| BatchItem { kv, tokens: t, logits: Logits::Last }).collect();
@@ -144,7 +154,9 @@ fn parity(dirs: &[String]) -> Res<(Value, bool)> {
             worst = worst.max(err);
             let (gc, gg) = (greedy(&cpu, &mut cpool, p, 24)?, greedy(&gpu, &mut gpool, p, 24)?);
             greedy_equal += usize::from(gc == gg);
-            cases.push(json!({"prompt_tokens": p.len(), "last_logits_rel_err": err, "greedy_cpu": gc, "greedy_cuda": gg}));
+            cases.push(
+                json!({"prompt_tokens": p.len(), "last_logits_rel_err": err, "greedy_cpu": gc, "greedy_cuda": gg}),
+            );
             gpu_last.push(got);
         }
 
@@ -154,7 +166,8 @@ fn parity(dirs: &[String]) -> Res<(Value, bool)> {
         let mut pickers: Vec<Picker> = prompts.iter().map(|_| Picker::new(SamplingParams::default())).collect();
         let mut batched: Vec<Vec<u32>> = prompts.iter().map(|_| Vec::new()).collect();
         let mut inputs: Vec<Vec<u32>> = prompts.clone();
-        let steps = n_steps.min(cpu.config().max_position_embeddings.saturating_sub(prompts.iter().map(Vec::len).max().unwrap_or(0)));
+        let steps = n_steps
+            .min(cpu.config().max_position_embeddings.saturating_sub(prompts.iter().map(Vec::len).max().unwrap_or(0)));
         for _ in 0..steps {
             let toks = batch_step(&gpu, &mut gpool, &mut seqs, &mut pickers, &mut inputs)?;
             for (b, t) in batched.iter_mut().zip(toks) {
@@ -164,11 +177,8 @@ fn parity(dirs: &[String]) -> Res<(Value, bool)> {
         for s in seqs.iter_mut() {
             gpool.release(s);
         }
-        let batched_equal = batched
-            .iter()
-            .zip(&cases)
-            .filter(|(b, c)| token_list(&c["greedy_cpu"]).starts_with(b))
-            .count();
+        let batched_equal =
+            batched.iter().zip(&cases).filter(|(b, c)| token_list(&c["greedy_cpu"]).starts_with(b)).count();
 
         // Every position of the longest prompt, in uneven chunks, and a fork that copies a
         // shared partial block before writing to it.
@@ -232,14 +242,7 @@ fn parity(dirs: &[String]) -> Res<(Value, bool)> {
 /// draws: greedy, temperature, top-k, top-p, over many seeds.
 fn sampling_check(gpu: &Backend, rows: &[Vec<f32>]) -> Res<Value> {
     let Some(m) = gpu.cuda() else { return Err("not a CUDA backend".into()) };
-    let settings = [
-        (0.0, 0, 1.0),
-        (0.7, 0, 1.0),
-        (1.0, 40, 1.0),
-        (0.8, 0, 0.9),
-        (1.2, 5, 0.5),
-        (0.2, 0, 0.95),
-    ];
+    let settings = [(0.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 40, 1.0), (0.8, 0, 0.9), (1.2, 5, 0.5), (0.2, 0, 0.95)];
     let logits: Vec<f32> = rows.concat();
     let mut picks = Vec::new();
     let mut want = Vec::new();
@@ -276,8 +279,12 @@ fn hf(dir: &Path, expected: &Path) -> Res<(Value, bool)> {
     let mut total = 0usize;
     for c in v["cases"].as_array().ok_or("no cases")? {
         let ids = token_list(&c["input_ids"]);
-        let want: Vec<f32> =
-            c["last_logits"].as_array().ok_or("no last_logits")?.iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect();
+        let want: Vec<f32> = c["last_logits"]
+            .as_array()
+            .ok_or("no last_logits")?
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+            .collect();
         let hf_greedy = token_list(&c["greedy"]);
         let mut seq = SeqKv::default();
         let got = one(&gpu, &mut pool, &mut seq, &ids, Logits::Last)?;
