@@ -48,6 +48,45 @@ pub struct CompletionRequest {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Vec<ContextSnippet>>,
+    /// ghostline extension: trim the far ends of prefix and suffix (or the prompt's start) to
+    /// fit the model's context instead of answering 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+    /// ghostline extension: the client's editor (`vscode`, `nvim`, `helix`, ...), for the
+    /// completion record and `/v1/stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub editor: Option<String>,
+}
+
+/// Body of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelInfo>,
+}
+
+/// One model of `GET /v1/models`. The last two fields are ghostline extensions that clients
+/// size and shape their requests by; other OpenAI-compatible servers omit them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default = "model_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub owned_by: String,
+    /// The model's context length in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// The fill-in-the-middle family (`qwen`, `starcoder`, `deepseek`, `codellama`), or `null`
+    /// for a model that only completes left to right (a request with `suffix` is refused).
+    #[serde(default)]
+    pub fim: Option<String>,
+}
+
+fn model_object() -> String {
+    "model".into()
 }
 
 /// Why a candidate stopped.
@@ -194,6 +233,22 @@ mod tests {
     fn openai_fields_we_do_not_use_are_ignored() {
         let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"x","logprobs":null,"echo":false}"#).unwrap();
         assert_eq!(r.prompt, "x");
+    }
+
+    #[test]
+    fn a_mistyped_extension_field_is_an_error() {
+        let e = serde_json::from_str::<CompletionRequest>(r#"{"prompt":"x","truncate":"yes"}"#);
+        assert!(e.is_err());
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"x","truncate":true,"editor":"nvim"}"#).unwrap();
+        assert_eq!((r.truncate, r.editor.as_deref()), (Some(true), Some("nvim")));
+    }
+
+    #[test]
+    fn a_model_list_from_another_server_parses_without_the_extensions() {
+        let l: ModelList = serde_json::from_str(r#"{"object":"list","data":[{"id":"m","owned_by":"x"}]}"#).unwrap();
+        assert_eq!(l.data[0].context_length, None);
+        assert_eq!(l.data[0].fim, None);
     }
 
     #[test]
