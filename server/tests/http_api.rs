@@ -110,6 +110,7 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     check(br#"{"prompt": "x", "n": 5}"#.to_vec(), 400, Some("n"));
     check(br#"{"prompt": "x", "stop": ["a","b","c","d","e"]}"#.to_vec(), 400, Some("stop"));
     check(br#"{"prompt": "x", "temperature": 7}"#.to_vec(), 400, Some("temperature"));
+    check(br#"{"prompt": "x", "truncate": "yes"}"#.to_vec(), 400, Some("truncate"));
     check(br#"{"prompt": "x", "model": "gpt-17"}"#.to_vec(), 404, Some("model"));
     check(format!("{{\"prompt\": \"{}\"}}", "a".repeat(5000)).into_bytes(), 413, None);
     let long = "def f(x):\n    return x\n".repeat(100);
