@@ -13,6 +13,7 @@ mod inference;
 mod ingest;
 mod keys;
 mod limits;
+mod model_source;
 mod prefix_cache;
 mod prompt;
 mod redis_link;
@@ -60,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// List the models `--model` can open here without a download (the bundled one, the
+    /// Hugging Face cache, Ollama's pulled models).
+    Models,
     /// Print acceptance, cache and latency figures from the telemetry store.
     Stats {
         #[command(flatten)]
@@ -132,19 +136,12 @@ fn bundled_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ghostline-tiny")
 }
 
+/// The local path of a `--model` value (a directory, a `.gguf` file, `hf:…`, `ollama:…`; see
+/// `model_source`), or of the bundled model when none is given.
 fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
+    use std::io::IsTerminal;
     match arg {
-        Some(m) => {
-            let p = PathBuf::from(m);
-            if p.is_dir() {
-                Ok(p)
-            } else {
-                bail!(
-                    "model {m} not found: --model takes a checkpoint directory in the Hugging Face layout \
-                     (config.json, model.safetensors, tokenizer.json)"
-                )
-            }
-        }
+        Some(m) => model_source::resolve(&model_source::ModelSpec::parse(m)?, std::io::stderr().is_terminal()),
         None => {
             let p = bundled_model();
             if p.join("config.json").exists() && p.join("model.safetensors").exists() {
@@ -152,7 +149,7 @@ fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
             } else {
                 bail!(
                     "the bundled model is missing at {} (build it with server/training, see its README), \
-                     or pass --model DIR with a checkpoint in the Hugging Face layout",
+                     or pass --model with a checkpoint directory, a .gguf file, hf:ORG/NAME or ollama:NAME",
                     p.display()
                 )
             }
@@ -176,6 +173,16 @@ fn main() -> anyhow::Result<()> {
             let target = db.target()?;
             let mut store = store::Store::open(&target)?;
             keys::run_cli(&mut store, command)
+        }
+        Some(Command::Models) => {
+            let models = model_source::list_local(&bundled_model());
+            if models.is_empty() {
+                println!("no models here; pass --model hf:ORG/NAME to download one");
+            }
+            for m in models {
+                println!("{}\t{}", m.spec, m.path.display());
+            }
+            Ok(())
         }
         Some(Command::Stats { db, since, json }) => {
             let target = db.target()?;
