@@ -298,6 +298,10 @@ struct ModelServing {
 
 /// The model directory's `ghostline.json`, or the defaults when it has none.
 fn model_serving(dir: &Path) -> anyhow::Result<ModelServing> {
+    if dir.is_file() {
+        // A single-file checkpoint (.gguf) has no directory of its own to hold settings.
+        return Ok(ModelServing::default());
+    }
     let path = dir.join("ghostline.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
@@ -372,12 +376,12 @@ fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
     match arg {
         Some(m) => {
             let p = PathBuf::from(m);
-            if p.is_dir() {
+            if p.is_dir() || (p.is_file() && ghostline_engine::gguf::is_gguf(&p)) {
                 Ok(p)
             } else {
                 bail!(
                     "model {m} not found: --model takes a checkpoint directory in the Hugging Face layout \
-                     (config.json, model.safetensors, tokenizer.json)"
+                     (config.json, model.safetensors, tokenizer.json) or a .gguf file"
                 )
             }
         }

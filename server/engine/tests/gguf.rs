@@ -23,6 +23,7 @@ enum Val {
     Str(String),
     Strs(Vec<String>),
     I32s(Vec<i32>),
+    F32s(Vec<f32>),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -54,6 +55,14 @@ fn put_val(out: &mut Vec<u8>, v: &Val) {
             out.extend((a.len() as u64).to_le_bytes());
             for s in a {
                 put_str(out, s);
+            }
+        }
+        Val::F32s(a) => {
+            out.extend(9u32.to_le_bytes());
+            out.extend(6u32.to_le_bytes());
+            out.extend((a.len() as u64).to_le_bytes());
+            for x in a {
+                out.extend(x.to_le_bytes());
             }
         }
         Val::I32s(a) => {
@@ -198,8 +207,9 @@ fn q8_0_bytes(v: &[f32]) -> Vec<u8> {
     out
 }
 
-/// The tiny model's tensors in transformers' naming and layout (`[rows, cols]`).
-fn hf_tensors() -> Vec<(String, usize, usize, Vec<f32>)> {
+/// The tiny model's tensors in transformers' naming and layout (`[rows, cols]`); `qwen2` adds
+/// the q/k/v biases that architecture has.
+fn hf_tensors_of(qwen2: bool) -> Vec<(String, usize, usize, Vec<f32>)> {
     let vocab_n = vocab().0.len();
     let mut t = vec![("model.embed_tokens.weight".to_string(), vocab_n, H, rand_vec(1, vocab_n * H, 0.5))];
     for l in 0..LAYERS {
@@ -212,6 +222,11 @@ fn hf_tensors() -> Vec<(String, usize, usize, Vec<f32>)> {
         t.push((format!("{p}.self_attn.k_proj.weight"), KV_HEADS * HD, H, rand_vec(s + 2, KV_HEADS * HD * H, 0.2)));
         t.push((format!("{p}.self_attn.v_proj.weight"), KV_HEADS * HD, H, rand_vec(s + 3, KV_HEADS * HD * H, 0.2)));
         t.push((format!("{p}.self_attn.o_proj.weight"), H, H, rand_vec(s + 4, H * H, 0.2)));
+        if qwen2 {
+            t.push((format!("{p}.self_attn.q_proj.bias"), 1, H, rand_vec(s + 8, H, 0.2)));
+            t.push((format!("{p}.self_attn.k_proj.bias"), 1, KV_HEADS * HD, rand_vec(s + 9, KV_HEADS * HD, 0.2)));
+            t.push((format!("{p}.self_attn.v_proj.bias"), 1, KV_HEADS * HD, rand_vec(s + 10, KV_HEADS * HD, 0.2)));
+        }
         t.push((format!("{p}.post_attention_layernorm.weight"), 1, H, norm));
         t.push((format!("{p}.mlp.gate_proj.weight"), FFN, H, rand_vec(s + 5, FFN * H, 0.2)));
         t.push((format!("{p}.mlp.up_proj.weight"), FFN, H, rand_vec(s + 6, FFN * H, 0.2)));
@@ -240,24 +255,28 @@ fn gguf_name(hf: &str) -> String {
     }
     let rest = hf.strip_prefix("model.layers.").unwrap();
     let (l, rest) = rest.split_once('.').unwrap();
-    let module = rest.strip_suffix(".weight").unwrap();
+    let (module, kind) = rest.rsplit_once('.').unwrap();
     let short = map.iter().find(|(a, _)| *a == module).unwrap().1;
-    format!("blk.{l}.{short}.weight")
+    format!("blk.{l}.{short}.{kind}")
 }
 
 fn metadata() -> Vec<(String, Val)> {
+    metadata_of("llama")
+}
+
+fn metadata_of(arch: &str) -> Vec<(String, Val)> {
     let (tokens, types, merges) = vocab();
     let n = tokens.len() as u32;
     vec![
-        ("general.architecture".into(), Val::Str("llama".into())),
-        ("llama.block_count".into(), Val::U32(LAYERS as u32)),
-        ("llama.context_length".into(), Val::U32(256)),
-        ("llama.embedding_length".into(), Val::U32(H as u32)),
-        ("llama.feed_forward_length".into(), Val::U32(FFN as u32)),
-        ("llama.attention.head_count".into(), Val::U32(HEADS as u32)),
-        ("llama.attention.head_count_kv".into(), Val::U32(KV_HEADS as u32)),
-        ("llama.rope.freq_base".into(), Val::F32(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Val::F32(1e-5)),
+        ("general.architecture".into(), Val::Str(arch.into())),
+        (format!("{arch}.block_count"), Val::U32(LAYERS as u32)),
+        (format!("{arch}.context_length"), Val::U32(256)),
+        (format!("{arch}.embedding_length"), Val::U32(H as u32)),
+        (format!("{arch}.feed_forward_length"), Val::U32(FFN as u32)),
+        (format!("{arch}.attention.head_count"), Val::U32(HEADS as u32)),
+        (format!("{arch}.attention.head_count_kv"), Val::U32(KV_HEADS as u32)),
+        (format!("{arch}.rope.freq_base"), Val::F32(10000.0)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Val::F32(1e-5)),
         ("tokenizer.ggml.model".into(), Val::Str("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Val::Str("smollm".into())),
         ("tokenizer.ggml.tokens".into(), Val::Strs(tokens)),
@@ -270,12 +289,17 @@ fn metadata() -> Vec<(String, Val)> {
 
 /// The tiny model as GGUF tensors, matrices in `ty` (0 = F32, 8 = Q8_0), norms in F32.
 fn gguf_tensors(ty: u32) -> Vec<Tensor> {
-    hf_tensors()
+    gguf_tensors_of(false, ty)
+}
+
+/// As llama.cpp writes them: q/k rows permuted for llama, as they are for qwen2.
+fn gguf_tensors_of(qwen2: bool, ty: u32) -> Vec<Tensor> {
+    hf_tensors_of(qwen2)
         .into_iter()
         .map(|(name, rows, cols, mut w)| {
-            if name.ends_with("q_proj.weight") {
+            if !qwen2 && name.ends_with("q_proj.weight") {
                 w = permute(&w, HEADS, cols);
-            } else if name.ends_with("k_proj.weight") {
+            } else if !qwen2 && name.ends_with("k_proj.weight") {
                 w = permute(&w, KV_HEADS, cols);
             }
             let (dims, ty, data) = if rows == 1 {
@@ -312,9 +336,13 @@ fn load_err(path: &Path) -> String {
 
 /// The same weights as a safetensors checkpoint directory (config.json + model.safetensors).
 fn write_safetensors(dir: &Path) {
+    write_safetensors_of(dir, false)
+}
+
+fn write_safetensors_of(dir: &Path, qwen2: bool) {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    for (name, rows, cols, w) in hf_tensors() {
+    for (name, rows, cols, w) in hf_tensors_of(qwen2) {
         let start = data.len();
         data.extend(f32_bytes(&w));
         let shape = if rows == 1 { vec![cols] } else { vec![rows, cols] };
@@ -326,7 +354,7 @@ fn write_safetensors(dir: &Path) {
     file.extend(&data);
     std::fs::write(dir.join("model.safetensors"), file).unwrap();
     let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": H, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+        "model_type": if qwen2 { "qwen2" } else { "llama" }, "hidden_size": H, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": vocab().0.len(),
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": true,
     });
@@ -365,6 +393,67 @@ fn a_gguf_file_loads_as_the_same_model_as_its_safetensors_checkpoint() {
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
     let diff = c.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 0.05 * scale, "q8 logits differ by {diff} (scale {scale})");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_qwen2_gguf_file_keeps_its_q_and_k_rows_as_stored() {
+    let d = tmp("qwen2");
+    let gguf = write(&d, &write_gguf(3, &metadata_of("qwen2"), &gguf_tensors_of(true, 0)).bytes);
+    write_safetensors_of(&d, true);
+    let ckpt = Checkpoint::load(&gguf).unwrap();
+    assert!(ckpt.model.config.qkv_bias);
+    let ids = ckpt.tokenizer.encode("the thin thing", true).unwrap();
+    let (a, b) = (last_logits(&ckpt.model, &ids), last_logits(&Model::load(&d).unwrap(), &ids));
+    let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff < 1e-5, "gguf vs safetensors logits differ by {diff}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A SentencePiece (`llama`) vocabulary as CodeLlama files carry it: merges from the scores,
+/// `▁` for spaces, byte fallback, BOS added, the FIM markers under their older key names and the
+/// end-of-turn token found by its text.
+#[test]
+fn a_sentencepiece_vocabulary_tokenizes_with_scores_and_byte_fallback() {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    let words = [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "or", "ld", "orld", "▁w",
+        "▁world",
+    ];
+    tokens.extend(words.iter().map(|w| w.to_string()));
+    types.extend(words.iter().map(|_| 1));
+    for m in ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"] {
+        tokens.push(m.into());
+        types.push(3);
+    }
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let score_vals: Vec<f32> = tokens.iter().map(|t| -(t.chars().count() as f32)).collect();
+    let kv = vec![
+        ("tokenizer.ggml.model".to_string(), Val::Str("llama".into())),
+        ("tokenizer.ggml.tokens".into(), Val::Strs(tokens.clone())),
+        ("tokenizer.ggml.token_type".into(), Val::I32s(types)),
+        ("tokenizer.ggml.scores".into(), Val::F32s(score_vals)),
+        ("tokenizer.ggml.bos_token_id".into(), Val::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Val::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), Val::U32(0)),
+        ("tokenizer.ggml.prefix_token_id".into(), Val::U32(id("▁<PRE>"))),
+        ("tokenizer.ggml.suffix_token_id".into(), Val::U32(id("▁<SUF>"))),
+        ("tokenizer.ggml.middle_token_id".into(), Val::U32(id("▁<MID>"))),
+    ];
+    let d = tmp("spm");
+    let p = write(&d, &write_gguf(3, &kv, &[]).bytes);
+    let tok = Tokenizer::load(&p, &[]).unwrap();
+    let ids = tok.encode("hello world é", true).unwrap();
+    assert_eq!(ids, vec![1, id("▁hello"), id("▁world"), id("▁"), id("<0xC3>"), id("<0xA9>")], "{ids:?}");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "hello world é");
+    assert_eq!(tok.special_id("▁<PRE>"), Some(id("▁<PRE>")));
+    assert_eq!(tok.special_id("▁<MID>"), Some(id("▁<MID>")));
+    assert_eq!(tok.eos_ids, vec![2, id("▁<EOT>")]);
     let _ = std::fs::remove_dir_all(&d);
 }
 

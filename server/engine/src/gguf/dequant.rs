@@ -103,7 +103,7 @@ impl GgmlType {
     /// Bytes of one row of `cols` elements (a row is a whole number of blocks).
     pub fn row_bytes(self, cols: usize) -> Result<usize, String> {
         let (n, b) = self.block();
-        if cols % n != 0 {
+        if !cols.is_multiple_of(n) {
             return Err(format!("rows of {cols} elements are not whole {} blocks of {n}", self.name()));
         }
         Ok(cols / n * b)
@@ -112,7 +112,7 @@ impl GgmlType {
     /// Bytes of a tensor of `numel` elements whose rows are `cols` long.
     pub fn bytes_for(self, cols: u64, numel: u64) -> Result<u64, String> {
         let (n, b) = self.block();
-        if cols % n as u64 != 0 {
+        if !cols.is_multiple_of(n as u64) {
             return Err(format!("rows of {cols} elements are not whole {} blocks of {n}", self.name()));
         }
         (numel / n as u64).checked_mul(b as u64).ok_or_else(|| "size overflows".to_string())
@@ -126,7 +126,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dequantizes `data` (whole blocks of `ty`, `numel` elements) to f32.
 pub fn to_f32(ty: GgmlType, data: &[u8], numel: usize) -> Result<Vec<f32>, String> {
     let (n, bytes) = ty.block();
-    if numel % n != 0 || data.len() != numel / n * bytes {
+    if !numel.is_multiple_of(n) || data.len() != numel / n * bytes {
         return Err(format!("{} bytes do not hold {numel} elements of {}", data.len(), ty.name()));
     }
     let mut out = Vec::with_capacity(numel);

@@ -286,7 +286,11 @@ impl TensorSource for GgufFile {
 /// because its rope pairs adjacent elements; the forward here rotates halves as transformers
 /// does. `data` holds `rows` rows of equal byte length. `None` when the rows do not split.
 fn unpermute_rows(data: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() % rows.max(1) != 0 {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !data.len().is_multiple_of(rows.max(1))
+    {
         return None;
     }
     let row = data.len() / rows;

@@ -212,9 +212,11 @@ pub fn build(file: &GgufFile) -> Result<GgufTokenizer> {
             let prefix = opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
             (sentencepiece(&tokens, &types, &scores, unk, prefix, &special_ids), true)
         }
-        other => return Err(err(format!(
+        other => {
+            return Err(err(format!(
             "tokenizer.ggml.model \"{other}\" is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
-        ))),
+        )))
+        }
     };
     let bytes = serde_json::to_vec(&json).map_err(|e| err(e.to_string()))?;
     let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| err(format!("building the tokenizer: {e}")))?;
