@@ -243,6 +243,10 @@ pub struct ModelServing {
 impl ModelServing {
     /// The model directory's `ghostline.json`, or the defaults when it has none.
     pub fn read(dir: &Path) -> anyhow::Result<ModelServing> {
+        if dir.is_file() {
+            // A single-file checkpoint (.gguf) has no directory of its own to hold settings.
+            return Ok(ModelServing::default());
+        }
         let path = dir.join("ghostline.json");
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)

@@ -29,15 +29,22 @@ pub struct CachedAnswer {
 pub type Key = [u8; 32];
 
 /// Digest of a checkpoint's weights, config and tokenizer files (sorted by name), so two
-/// servers agree on a model exactly when they load the same bytes.
-pub fn model_digest(dir: &Path) -> anyhow::Result<String> {
+/// servers agree on a model exactly when they load the same bytes. A single-file checkpoint
+/// (`.gguf`) is digested by its name and bytes.
+pub fn model_digest(path: &Path) -> anyhow::Result<String> {
     use std::io::Read;
-    let mut names: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".safetensors") || n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let (dir, names) = match (path.is_file(), path.parent(), path.file_name()) {
+        (true, Some(dir), Some(name)) => (dir, vec![name.to_string_lossy().into_owned()]),
+        _ => {
+            let mut names: Vec<_> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors") || n.ends_with(".json"))
+                .collect();
+            names.sort();
+            (path, names)
+        }
+    };
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for n in names {

@@ -140,7 +140,17 @@ impl Backend {
 
     /// As [`Backend::load`], with the CPU backend's weights stored in `format` (`None`: the
     /// checkpoint's own precision, see [`crate::default_format`]). The GPU keeps bf16 / f16.
+    /// `dir` may also be a `.gguf` file (CPU only).
     pub fn load_as(dir: &Path, device: Device, format: Option<WeightFormat>) -> Result<Backend> {
+        if crate::gguf::is_gguf(dir) && dir.is_file() {
+            return match device {
+                Device::Cpu => Ok(Backend::cpu(Model::load_as(dir, format)?)),
+                #[allow(unreachable_patterns)]
+                _ => Err(EngineError::Device(format!(
+                    "--device {device}: GGUF files run on the CPU only so far; use --device cpu or a checkpoint directory"
+                ))),
+            };
+        }
         if !dir.is_dir() {
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),

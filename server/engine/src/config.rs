@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{io_err, EngineError, Result};
+use crate::gguf::{GgufFile, Value as GgufValue};
 
 /// The model families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: f32,
     },
+    /// Every inverse frequency divided by its own factor (a GGUF file's `rope_freqs.weight`,
+    /// which is how llama.cpp stores Llama 3.x scaling).
+    Factors(Vec<f32>),
 }
 
 /// The shape and numerics of a decoder-only transformer checkpoint.
@@ -166,24 +170,203 @@ impl ModelConfig {
             eos_token_ids: f.token_ids("eos_token_id")?,
             bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
         };
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// The hyper-parameters of a GGUF file, from its `<arch>.*` metadata keys (llama.cpp's
+    /// names), the token list and the tensor table.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = &file.path;
+        let err = |message: String| EngineError::Config { path: path.clone(), message };
+        let arch_name = match file.get("general.architecture") {
+            Some(GgufValue::Str(s)) => s.as_str(),
+            Some(v) => {
+                return Err(err(format!("metadata key general.architecture must be a string, got {}", v.type_name())))
+            }
+            None => return Err(err("metadata key general.architecture is missing".into())),
+        };
+        let arch = match arch_name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => return Err(err(format!("architecture \"{other}\" is not supported (supported: llama, qwen2)"))),
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let opt_uint = |k: &str| -> Result<Option<usize>> {
+            match file.get(k) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if n <= (1 << 31) => Ok(Some(n as usize)),
+                    _ => Err(err(format!(
+                        "metadata key {k} must be a non-negative integer, got {} {v:?}",
+                        v.type_name()
+                    ))),
+                },
+            }
+        };
+        let uint =
+            |k: &str| -> Result<usize> { opt_uint(k)?.ok_or_else(|| err(format!("metadata key {k} is missing"))) };
+        let opt_float = |k: &str| -> Result<Option<f64>> {
+            match file.get(k) {
+                None => Ok(None),
+                Some(v @ (GgufValue::F32(_) | GgufValue::F64(_))) => Ok(v.as_f64()),
+                Some(v) => Err(err(format!("metadata key {k} must be a float, got {}", v.type_name()))),
+            }
+        };
+        let opt_id = |k: &str| -> Result<Option<u32>> { Ok(opt_uint(k)?.map(|n| n as u32)) };
+
+        let hidden_size = uint(&key("embedding_length"))?;
+        let num_heads = uint(&key("attention.head_count"))?;
+        let num_kv_heads = opt_uint(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(err(format!(
+                "{} ({num_heads}) must be a positive multiple of {} ({num_kv_heads})",
+                key("attention.head_count"),
+                key("attention.head_count_kv")
+            )));
+        }
+        let head_dim = match opt_uint(&key("attention.key_length"))? {
+            Some(d) => d,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => {
+                return Err(err(format!(
+                    "{} ({hidden_size}) is not divisible by {} ({num_heads})",
+                    key("embedding_length"),
+                    key("attention.head_count")
+                )))
+            }
+        };
+        if let Some(v) = opt_uint(&key("attention.value_length"))? {
+            if v != head_dim {
+                return Err(err(format!(
+                    "{} ({v}) differs from the key length ({head_dim})",
+                    key("attention.value_length")
+                )));
+            }
+        }
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(err(format!("head dimension {head_dim} must be even and positive")));
+        }
+        if let Some(r) = opt_uint(&key("rope.dimension_count"))? {
+            if r != head_dim {
+                return Err(err(format!(
+                    "{} = {r}: partial rotary embeddings are not supported (head dimension {head_dim})",
+                    key("rope.dimension_count")
+                )));
+            }
+        }
+        let scaling_type = match file.get(&key("rope.scaling.type")) {
+            None => "none",
+            Some(GgufValue::Str(s)) => s.as_str(),
+            Some(v) => {
+                return Err(err(format!(
+                    "metadata key {} must be a string, got {}",
+                    key("rope.scaling.type"),
+                    v.type_name()
+                )))
+            }
+        };
+        let factor = opt_float(&key("rope.scaling.factor"))?;
+        let mut rope_scaling = match (scaling_type, factor) {
+            ("none", _) => RopeScaling::None,
+            ("linear", Some(f)) if f.is_finite() && f > 0.0 => {
+                if f == 1.0 {
+                    RopeScaling::None
+                } else {
+                    RopeScaling::Linear { factor: f as f32 }
+                }
+            }
+            ("linear", _) => {
+                return Err(err(format!(
+                    "{} must be a positive number for linear rope scaling",
+                    key("rope.scaling.factor")
+                )))
+            }
+            (other, _) => {
+                return Err(err(format!(
+                    "{} \"{other}\" is not supported (supported: none, linear)",
+                    key("rope.scaling.type")
+                )))
+            }
+        };
+        if let Some(info) = file.tensors.get("rope_freqs.weight") {
+            if rope_scaling != RopeScaling::None {
+                return Err(err("rope_freqs.weight and linear rope scaling together are not supported".into()));
+            }
+            let factors =
+                file.vector("rope_freqs.weight", head_dim / 2).map_err(|e| err(format!("rope_freqs.weight: {e}")))?;
+            if factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) || info.dims.len() != 1 {
+                return Err(err("rope_freqs.weight must hold positive factors".into()));
+            }
+            rope_scaling = RopeScaling::Factors(factors);
+        }
+
+        let vocab_size = match file.get("tokenizer.ggml.tokens") {
+            Some(GgufValue::Array(a)) => a.len(),
+            Some(v) => {
+                return Err(err(format!("metadata key tokenizer.ggml.tokens must be an array, got {}", v.type_name())))
+            }
+            None => uint(&key("vocab_size"))?,
+        };
+        let has = |t: &str| file.tensors.contains_key(t);
+        let (qkv_bias, o_bias, mlp_bias) = match arch {
+            Arch::Qwen2 => (true, false, false),
+            Arch::Llama => (has("blk.0.attn_q.bias"), has("blk.0.attn_output.bias"), has("blk.0.ffn_gate.bias")),
+        };
+        let mut eos_token_ids: Vec<u32> = Vec::new();
+        for k in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+            if let Some(id) = opt_id(k)? {
+                if !eos_token_ids.contains(&id) {
+                    eos_token_ids.push(id);
+                }
+            }
+        }
+        let cfg = ModelConfig {
+            arch,
+            vocab_size,
+            hidden_size,
+            intermediate_size: uint(&key("feed_forward_length"))?,
+            num_layers: uint(&key("block_count"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: opt_float(&key("attention.layer_norm_rms_epsilon"))?
+                .ok_or_else(|| err(format!("metadata key {} is missing", key("attention.layer_norm_rms_epsilon"))))?
+                as f32,
+            rope_theta: opt_float(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+            rope_scaling,
+            max_position_embeddings: uint(&key("context_length"))?,
+            tie_word_embeddings: !has("output.weight"),
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            eos_token_ids,
+            bos_token_id: opt_id("tokenizer.ggml.bos_token_id")?,
+        };
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let err = |message: String| EngineError::Config { path: PathBuf::from(path), message };
         for (name, v) in [
-            ("vocab_size", cfg.vocab_size),
-            ("hidden_size", cfg.hidden_size),
-            ("intermediate_size", cfg.intermediate_size),
-            ("num_hidden_layers", cfg.num_layers),
-            ("max_position_embeddings", cfg.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v == 0 {
                 return Err(err(format!("{name} must be positive")));
             }
         }
-        if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0) {
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return Err(err("rms_norm_eps must be a positive number".into()));
         }
-        if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(err("rope_theta must be a positive number".into()));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// Number of query, key and value rows of the fused qkv projection.
@@ -196,10 +379,11 @@ impl ModelConfig {
         let dim = self.head_dim;
         let base = self.rope_theta;
         let mut inv: Vec<f32> = (0..dim / 2).map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32)).collect();
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 {
+            RopeScaling::Factors(factors) => inv.iter_mut().zip(factors).for_each(|(f, d)| *f /= d),
+            &RopeScaling::Linear { factor } => inv.iter_mut().for_each(|f| *f /= factor),
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,

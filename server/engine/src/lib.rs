@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: config.json into a validated [`ModelConfig`].
 //! - [`weights`]: memory-mapped safetensors (single or sharded), f32/f16/bf16.
+//! - [`gguf`]: llama.cpp's GGUF files (metadata, tokenizer, block-quantized tensors).
 //! - [`tokenizer`]: encode/decode with the checkpoint's special tokens; streaming decode.
 //! - [`model`]: the forward pass, batched over sequences of different lengths.
 //! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
@@ -20,6 +21,7 @@ pub mod config;
 pub mod cuda;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod kv;
 pub mod matrix;
 pub mod model;
@@ -57,8 +59,14 @@ impl Checkpoint {
         Self::load_as(dir, None)
     }
 
-    /// Loads a checkpoint with its weight matrices in `format` (`None`: the lossless default).
+    /// Loads a checkpoint with its weight matrices in `format` (`None`: the lossless default;
+    /// q8 for a block-quantized GGUF file). `dir` is a checkpoint directory or a `.gguf` file.
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
+        if gguf::is_gguf(dir) && dir.is_file() {
+            let model = Model::load_as(dir, format)?;
+            let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
+            return Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer });
+        }
         if !dir.is_dir() {
             return Err(EngineError::Io {
                 path: dir.to_path_buf(),

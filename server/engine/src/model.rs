@@ -16,10 +16,10 @@ use crate::error::{EngineError, Result};
 use half::f16;
 
 use crate::kv::{HostElem, KvDtype, KvPool, KvShape, SeqKv};
-use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
+use crate::matrix::{Matrix, WeightFormat};
 use crate::ops;
 use crate::pool::{pool as threads, SendPtr};
-use crate::weights::{DType, WeightFiles};
+use crate::weights::{DType, TensorSource, WeightFiles};
 
 /// A linear layer, weights in the PyTorch `[out, in]` layout, stored in the model's format.
 pub struct Linear {
@@ -120,7 +120,13 @@ impl Model {
     }
 
     /// Loads a checkpoint with its weight matrices in `format` (`None`: [`default_format`]).
+    /// A path to a `.gguf` file loads that file (see [`crate::gguf`]).
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            let (file, config) = crate::gguf::open_model(dir)?;
+            let format = format.unwrap_or_else(|| crate::gguf::default_format(&file));
+            return Self::from_weights(config, &file, format);
+        }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFiles::open_dir(dir)?;
         let format = format.unwrap_or_else(|| default_format(weights.main_dtype()));
@@ -128,7 +134,7 @@ impl Model {
     }
 
     /// Builds the model from an already parsed config and opened weight files.
-    pub fn from_weights(config: ModelConfig, w: &WeightFiles, format: WeightFormat) -> Result<Self> {
+    pub fn from_weights(config: ModelConfig, w: &impl TensorSource, format: WeightFormat) -> Result<Self> {
         let c = &config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
@@ -139,15 +145,8 @@ impl Model {
                 Ok(None)
             }
         };
-        // Weight matrices go straight from the file into their storage format, a batch of rows
-        // at a time; q/k/v and gate/up are stacked into one matrix each.
-        let matrix = |parts: &[(String, usize)], in_dim: usize| -> Result<Matrix> {
-            let mut b = MatrixBuilder::new(parts.iter().map(|(_, r)| r).sum(), in_dim, format);
-            for (name, rows) in parts {
-                w.rows_f32(name, &[*rows, in_dim], |chunk| b.push(chunk))?;
-            }
-            Ok(b.finish())
-        };
+        // q/k/v and gate/up are stacked into one matrix each.
+        let matrix = |parts: &[(String, usize)], in_dim: usize| w.stacked(parts, in_dim, format);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");

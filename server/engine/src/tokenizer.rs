@@ -30,7 +30,29 @@ impl Tokenizer {
     /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` and
     /// `generation_config.json` from a checkpoint directory. `config_eos` are the EOS ids of
     /// config.json.
+    ///
+    /// `dir` may also be a `.gguf` file: its tokenizer comes from the file's metadata, unless a
+    /// `tokenizer.json` lies beside it, which wins (with that directory's configs).
     pub fn load(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            let beside = dir.parent().unwrap_or(Path::new("."));
+            if beside.join("tokenizer.json").is_file() {
+                return Self::load(beside, config_eos);
+            }
+            let file = crate::gguf::GgufFile::open(dir)?;
+            let t = crate::gguf::tokenizer::build(&file)?;
+            let mut eos_ids = t.eos_ids;
+            for &id in config_eos {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+            // No post-processor adds BOS here, so there is none to take away when the file
+            // says not to add it (a prompt may begin with the BOS text itself, as SmolLM2's
+            // `<|im_start|>` does).
+            let add_bos = t.add_bos.then_some(true);
+            return Ok(Self::from_parts(t.inner, t.bos_id, eos_ids, add_bos, &t.special));
+        }
         let path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
@@ -82,6 +104,29 @@ impl Tokenizer {
         let mut text_only = inner.clone();
         text_only.set_encode_special_tokens(true);
         Ok(Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special })
+    }
+
+    /// A tokenizer from an already built `tokenizers` model with its special-token conventions:
+    /// `add_bos` `Some(..)` decides whether [`Tokenizer::encode`] puts `bos_id` first (`None`
+    /// leaves it to the post-processor), and `special` (FIM markers, EOT, ...) joins the added
+    /// tokens marked special as the tokens [`Tokenizer::special_id`] knows.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_ids: Vec<u32>,
+        add_bos: Option<bool>,
+        special: &[(String, u32)],
+    ) -> Self {
+        let mut map = HashMap::new();
+        for (id, tok) in inner.get_added_tokens_decoder() {
+            if tok.special {
+                map.insert(tok.content.clone(), id);
+            }
+        }
+        for (content, id) in special {
+            map.insert(content.clone(), *id);
+        }
+        Tokenizer { inner, eos_ids, bos_id, add_bos, special: map }
     }
 
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
