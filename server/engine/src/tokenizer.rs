@@ -126,7 +126,9 @@ impl Tokenizer {
         for (content, id) in special {
             map.insert(content.clone(), *id);
         }
-        Tokenizer { inner, eos_ids, bos_id, add_bos, special: map }
+        let mut text_only = inner.clone();
+        text_only.set_encode_special_tokens(true);
+        Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special: map }
     }
 
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
