@@ -135,7 +135,7 @@ pub fn resolve(spec: &ModelSpec, progress: bool) -> anyhow::Result<PathBuf> {
 }
 
 fn is_gguf(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    ghostline_engine::gguf::is_gguf(p)
 }
 
 // ---- Ollama ----------------------------------------------------------------------------------
