@@ -193,6 +193,9 @@ impl LanguageServer for Backend {
     async fn initialized(&self, _: InitializedParams) {
         let s = self.core.settings();
         tracing::info!("ghostline {} using {}", env!("CARGO_PKG_VERSION"), s.server_url);
+        // Events an earlier session could not deliver (it was ended right after `shutdown`, or
+        // the server was down) go out now.
+        self.core.telemetry.resume(s.telemetry);
     }
 
     async fn shutdown(&self) -> Result<()> {

@@ -239,6 +239,21 @@ impl Spool {
         Ok(())
     }
 
+    /// Takes `sent` (by event id) back out of the spool, keeping whatever else it holds.
+    pub fn forget(&self, sent: &[TelemetryEvent]) {
+        let ids: std::collections::HashSet<&str> = sent.iter().filter_map(|e| e.event_id.as_deref()).collect();
+        let rest: Vec<TelemetryEvent> =
+            self.take().into_iter().filter(|e| !e.event_id.as_deref().is_some_and(|id| ids.contains(id))).collect();
+        if !rest.is_empty() {
+            let _ = self.append(&rest);
+        }
+    }
+
+    /// Whether events wait in the spool.
+    pub fn has_events(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 0)
+    }
+
     /// Claims the spooled events (renaming the file so another process cannot send them too).
     pub fn take(&self) -> Vec<TelemetryEvent> {
         let claimed = self.path.with_extension(format!("{}.sending", std::process::id()));
@@ -305,10 +320,19 @@ impl Telemetry {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(e)) => batch.push(e),
                         Ok(None) => {
-                            // Closing (shutdown): one try, then the spool.
+                            // Closing (shutdown). Editors may end the process right after
+                            // `shutdown` (Helix does), so the batch goes to the spool first and
+                            // leaves it only once the server has stored it.
                             if !batch.is_empty() {
-                                if let (Sent::Later(_), Some(s)) = (post(&api(), &batch).await, &spool) {
-                                    let _ = s.append(&batch);
+                                match &spool {
+                                    Some(s) if s.append(&batch).is_ok() => {
+                                        if post(&api(), &batch).await == Sent::Stored {
+                                            s.forget(&batch);
+                                        }
+                                    }
+                                    _ => {
+                                        let _ = post(&api(), &batch).await;
+                                    }
                                 }
                             }
                             return;
@@ -457,20 +481,32 @@ impl Recorder {
         if outcomes.is_empty() || !on {
             return;
         }
-        let t = {
-            let mut t = self.sender.lock();
-            if t.is_none() && tokio::runtime::Handle::try_current().is_ok() {
-                let spool = cache_dir().map(|d| Arc::new(Spool::new(&d, SPOOL_MAX_BYTES)));
-                let api = self.api.clone();
-                *t = Some(Telemetry::start(&self.session, spool, move || api()));
-            }
-            t.clone()
-        };
+        let t = self.sender();
         if let Some(t) = t {
             let editor = self.editor();
             for o in outcomes {
                 t.record(o, editor.as_deref());
             }
+        }
+    }
+
+    /// The sender, started on first use.
+    fn sender(&self) -> Option<Arc<Telemetry>> {
+        let mut t = self.sender.lock();
+        if t.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            let spool = cache_dir().map(|d| Arc::new(Spool::new(&d, SPOOL_MAX_BYTES)));
+            let api = self.api.clone();
+            *t = Some(Telemetry::start(&self.session, spool, move || api()));
+        }
+        t.clone()
+    }
+
+    /// At start: when `on` and events of an earlier session wait in the spool, the sender
+    /// starts now to deliver them instead of waiting for this session's first event.
+    pub fn resume(&self, on: bool) {
+        let spooled = cache_dir().is_some_and(|d| Spool::new(&d, SPOOL_MAX_BYTES).has_events());
+        if on && spooled {
+            self.sender();
         }
     }
 
@@ -607,6 +643,14 @@ mod tests {
         assert_eq!(back.len() as u64 + dropped, 100);
         assert_eq!(back.last().unwrap().event_id.as_deref(), Some("e99"), "the newest are kept");
         assert!(spool.take().is_empty(), "claimed once");
+
+        // What the server stored leaves the spool; the rest stays for the next try.
+        assert!(!spool.has_events());
+        spool.append(&[ev(1), ev(2), ev(3)]).unwrap();
+        assert!(spool.has_events());
+        spool.forget(&[ev(2)]);
+        let ids: Vec<_> = spool.take().into_iter().filter_map(|e| e.event_id).collect();
+        assert_eq!(ids, ["e1", "e3"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
