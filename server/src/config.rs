@@ -83,7 +83,7 @@ serve_options! {
     addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8484)) => "127.0.0.1:8484", env "GHOSTLINE_ADDR",
         "Address to listen on (a non-loopback one needs an API key, or --insecure-no-auth).";
     model: String, env "GHOSTLINE_MODEL",
-        "Checkpoint directory (Hugging Face layout). Default: the bundled ghostline-tiny.";
+        "The model: a checkpoint directory (Hugging Face layout), a .gguf file, hf:ORG/NAME[@REV][/FILE.gguf] or ollama:NAME[:TAG]. Default: the bundled ghostline-tiny.";
     device: String = "cpu".into() => "cpu", env "GHOSTLINE_DEVICE",
         "cpu, or cuda[:N] where built with the cuda feature.";
     data_dir: PathBuf, env "GHOSTLINE_DATA_DIR",

@@ -42,9 +42,13 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     version,
     about = "ghostline's companion server: runs the model and serves completions"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no subcommand the server serves: `ghostline-server --model X` is `serve --model X`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -166,7 +170,7 @@ fn init_tracing() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None => serve(ServeArgs::parse_from_env()?.resolve()?),
+        None => serve(cli.serve.resolve()?),
         Some(Command::Serve(a)) => serve(a.resolve()?),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Keys { db, command }) => {
@@ -227,18 +231,6 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-impl ServeArgs {
-    /// `ghostline-server` with no subcommand: the serve options from the environment only.
-    fn parse_from_env() -> anyhow::Result<Self> {
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            a: ServeArgs,
-        }
-        Ok(Only::try_parse_from(["ghostline-server"])?.a)
     }
 }
 

@@ -41,7 +41,8 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
-    /// `token_healing` and `mid_line` apply to FIM requests, so only with a template.
+    /// `token_healing` applies to every prompt whose last line holds code (FIM and left to
+    /// right); `mid_line` to FIM requests, so only with a template.
     pub fn new(
         tokenizer: Arc<Tokenizer>,
         template: Option<FimTemplate>,
@@ -55,7 +56,7 @@ impl PromptBuilder {
         }
         fim_stop_ids.sort_unstable();
         fim_stop_ids.dedup();
-        let heal = (template.is_some() && token_healing).then(|| HealIndex::new(&tokenizer));
+        let heal = token_healing.then(|| HealIndex::new(&tokenizer));
         let mid_line = if template.is_some() { mid_line } else { MidLine::Fim };
         PromptBuilder { tokenizer, template, heal, mid_line, eos_ids, fim_stop_ids }
     }
@@ -94,7 +95,7 @@ impl PromptBuilder {
                 (prompt?, self.fim_stop_ids.clone())
             }
             (Some(_), None) => return Err(PromptError::NoTemplate),
-            (None, _) => (build_plain(tok, &v.prompt, v.budget, v.truncate, None)?, self.eos_ids.clone()),
+            (None, _) => (build_plain(tok, &v.prompt, v.budget, v.truncate, self.heal.as_ref())?, self.eos_ids.clone()),
         };
         let (first_tokens, lead) = match prompt.heal {
             Some(h) => (Some(h.allowed), h.text),
