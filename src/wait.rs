@@ -86,6 +86,7 @@ mod tests {
         assert_eq!(w.run(futures_util::future::pending::<()>()).await, Waited::Deadline);
         assert_eq!(t.elapsed(), Duration::from_millis(500));
         assert!(w.expired());
+        w.start_deadline(Duration::from_secs(60));
         drop(tx);
         assert_eq!(w.run(futures_util::future::pending::<()>()).await, Waited::Superseded, "closed");
     }
