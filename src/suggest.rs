@@ -383,12 +383,16 @@ impl Core {
             total = total.min(ctx.saturating_sub(max_tokens as usize + 8)).max(32);
         }
         let snippet_tokens = s.snippet_tokens.min(total / 5);
-        let cfg = ContextConfig { budget_tokens: total - snippet_tokens, ..ContextConfig::default() };
+        // A model without FIM gets the prefix alone (the whole budget); its answer is cut at
+        // the suffix here.
+        let left_to_right = facts.fim == Fim::No;
+        let mut cfg = ContextConfig { budget_tokens: total - snippet_tokens, ..ContextConfig::default() };
+        if left_to_right {
+            cfg.prefix_share = 1.0;
+        }
         let window = context::build(&snap.doc, snap.cursor, snap.syntax.as_ref().and_then(|s| s.parts()), &cfg);
         let snippets = self.documents.snippets_for(&snap.uri, &snap.doc, snap.cursor, cfg.chars(snippet_tokens));
         let n = ask.n.clamp(1, 8);
-        // A model without FIM gets the prefix alone; its answer is cut at the suffix here.
-        let left_to_right = facts.fim == Fim::No;
         let shape = Shape { mode, left_to_right };
         let req = CompletionRequest {
             model: s.model.clone(),
