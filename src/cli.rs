@@ -42,6 +42,10 @@ pub struct CompleteArgs {
     /// Language id (default: from the file's extension).
     #[arg(long)]
     pub language: Option<String>,
+    /// Longest wait for the completion, in milliseconds (default: the `requestTimeoutMs`
+    /// setting's, 2000).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl Cli {
@@ -114,6 +118,9 @@ pub async fn complete(mut settings: Settings, args: CompleteArgs) -> ExitCode {
     }
     if let Some(n) = args.max_tokens {
         settings.max_tokens = n.clamp(1, 1024);
+    }
+    if let Some(ms) = args.timeout_ms {
+        settings.request_timeout_ms = ms.clamp(100, 600_000);
     }
     let language = args.language.unwrap_or_else(|| language_for(&file).to_string());
     // Column in characters -> the position in UTF-16 units the core expects.

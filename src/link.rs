@@ -187,6 +187,15 @@ impl Link {
     pub fn learn(&self, model: Option<&str>, facts: ModelFacts) {
         self.state.lock().model = Some((model.map(str::to_string), facts));
     }
+
+    /// The server refused a suffix for `model`: it completes left to right from now on.
+    pub fn without_fim(&self, model: Option<&str>) -> ModelFacts {
+        let mut st = self.state.lock();
+        let known = st.model.as_ref().filter(|(name, _)| name.as_deref() == model).map(|(_, f)| *f);
+        let facts = ModelFacts { fim: Fim::No, ..known.unwrap_or(ModelFacts::UNKNOWN) };
+        st.model = Some((model.map(str::to_string), facts));
+        facts
+    }
 }
 
 /// The health after `result`, and the notice to give (only when the state changes).

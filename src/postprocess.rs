@@ -60,7 +60,10 @@ pub fn complete_at(mode: Mode, text: &str) -> Option<usize> {
 /// Turns a raw completion at char index `cursor` of `doc` into the text to show, or `None`.
 pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Shape, raw: &str) -> Option<String> {
     let mode = shape.mode;
-    let raw = raw.replace("\r\n", "\n");
+    let mut raw = raw.replace("\r\n", "\n");
+    if shape.left_to_right {
+        raw = cut_repeated_suffix(&raw, doc, cursor);
+    }
     let mut text = match mode {
         // One line means the rest of this line: nothing from a line break on.
         Mode::SingleLine => raw.split(['\n', '\r']).next().unwrap_or("").to_string(),
@@ -73,7 +76,11 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Sha
                 text.truncate(end);
             }
         }
-        text = drop_repeated_suffix_lines(&text, doc, cursor);
+        // A left-to-right answer was cut at the document's next line already, indentation
+        // included; comparing trimmed lines again would take its own closing `}` for that one.
+        if !shape.left_to_right {
+            text = drop_repeated_suffix_lines(&text, doc, cursor);
+        }
         // A completion that opens the body on the next line keeps its first line break.
         let keep = text.trim_end().to_string();
         text = keep;
@@ -98,6 +105,43 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Sha
         }
     }
     Some(text)
+}
+
+/// Cuts a left-to-right answer (the model saw no suffix) where it starts repeating the text
+/// after the cursor: on the cursor's line where it runs into the rest of the line (`foo(|)`
+/// answered `a, b)` and more keeps `a, b`), else before the first line that is the document's
+/// next non-blank line, indentation included (the closing `}` or the next statement the
+/// document already has).
+fn cut_repeated_suffix(text: &str, doc: &Document, cursor: usize) -> String {
+    let (before, after) = line_around(doc, cursor);
+    let rest = after.trim();
+    let first_end = text.find('\n').unwrap_or(text.len());
+    if !rest.is_empty() {
+        let first = text[..first_end].trim_end();
+        if first.len() > rest.len() && first.ends_with(rest) {
+            return first[..first.len() - rest.len()].to_string();
+        }
+        return text.to_string();
+    }
+    let rope = doc.rope();
+    let line = rope.char_to_line(cursor);
+    let next = (line + 1..rope.len_lines().min(line + 12))
+        .filter(|&l| rope.line(l).len_chars() < 1000)
+        .map(|l| rope.line(l).to_string())
+        .find(|l| !l.trim().is_empty());
+    let Some(next) = next else { return text.to_string() };
+    let next = next.trim_end();
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        // The first line continues the cursor's line; it repeats the next line only when the
+        // cursor's line held nothing but indentation.
+        let whole = if i == 0 { format!("{before}{l}") } else { l.to_string() };
+        if (i > 0 || before.trim().is_empty()) && whole.trim_end() == next {
+            return text[..offset].to_string();
+        }
+        offset += l.len();
+    }
+    text.to_string()
 }
 
 /// Removes the end of the completion that the rest of the line already holds (`)` after
@@ -273,6 +317,49 @@ mod tests {
                 proptest::prop_assert!(!out.trim().is_empty());
             }
         }
+    }
+
+    fn left_to_right(text_with_caret: &str, lang: &str, mode: Mode, raw: &str) -> Option<String> {
+        let (doc, syn, cursor) = crate::syntax::parsed_at(text_with_caret, lang);
+        finish(&doc, cursor, syn.as_ref(), Shape { mode, left_to_right: true }, raw)
+    }
+
+    #[test]
+    fn a_left_to_right_answer_is_cut_where_it_repeats_the_rest_of_the_line() {
+        let s = Mode::SingleLine;
+        assert_eq!(left_to_right("x = compute(|)\n", "python", s, "a, b)\nprint(x)\n").as_deref(), Some("a, b"));
+        assert_eq!(left_to_right("x = f(|, 2)\n", "python", s, "1, 2)").as_deref(), Some("1"));
+        assert_eq!(left_to_right("let v = vec![|];\n", "rust", s, "1, 2];\nlet w = 3;").as_deref(), Some("1, 2"));
+        // Not running into the rest of the line: the line as answered, if it parses.
+        assert_eq!(left_to_right("print(|)\n", "python", s, "x + 1, end=\"\")").as_deref(), Some("x + 1, end=\"\""));
+        assert_eq!(left_to_right("x = f(|)\n", "python", s, ")"), None, "only the rest of the line");
+    }
+
+    #[test]
+    fn a_left_to_right_answer_is_cut_before_the_next_line_of_the_document() {
+        let py = "def f(x):\n    y = |\n    return y\n";
+        assert_eq!(
+            left_to_right(py, "python", Mode::SingleLine, "x + 1\n    return y\n\nprint(f(2))\n").as_deref(),
+            Some("x + 1")
+        );
+        let py = "def f(x):\n    |\n    return y\n";
+        assert_eq!(
+            left_to_right(py, "python", MULTI4, "y = x + 1\n    y *= 2\n    return y\n\ndef g():\n").as_deref(),
+            Some("y = x + 1\n    y *= 2")
+        );
+        // The answer is the next line itself: nothing new.
+        assert_eq!(left_to_right(py, "python", MULTI4, "return y\n\ndef g():\n"), None);
+        // A `}` of the answer's own block is not the document's: indentation decides.
+        let rs = "fn f(a: bool) {\n    |\n}\n";
+        assert_eq!(
+            left_to_right(rs, "rust", MULTI4, "if a {\n        b();\n    }\n}\n\nfn g() {}\n").as_deref(),
+            Some("if a {\n        b();\n    }")
+        );
+        let rs = "fn count(text: &str) -> usize {\n    let mut n = 0;\n    for w in text.split(' ') {\n        |\n    }\n    n\n}\n";
+        assert_eq!(
+            left_to_right(rs, "rust", MULTI4, "n += w.len();\n    }\n    n\n}\n").as_deref(),
+            Some("n += w.len();")
+        );
     }
 
     #[test]

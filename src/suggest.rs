@@ -241,8 +241,19 @@ impl Core {
                 Err(stop) => return self.stopped(stop),
             },
         };
-        let state = match self.finished(&snap, &fetch, &settings, &mut wait).await {
-            Ok(s) => s,
+        let (fetch, state) = match self.finished(&snap, &fetch, &settings, &mut wait).await {
+            Ok(s) => (fetch, s),
+            // A server that does not say whether the model does FIM refused the suffix: the
+            // model completes left to right, now and from now on.
+            Err(Stop::Failed(e)) if fetch.fim && refuses_suffix(&e) => {
+                tracing::info!("{e}; asking left to right from now on");
+                let facts = self.link.without_fim(settings.model.as_deref());
+                let fetch = self.start(&snap, ask, &settings, &facts);
+                match self.finished(&snap, &fetch, &settings, &mut wait).await {
+                    Ok(s) => (fetch, s),
+                    Err(stop) => return self.stopped(stop),
+                }
+            }
             Err(stop) => return self.stopped(stop),
         };
         Ok(self.present(&snap, &fetch, &state, &typed, source))
@@ -372,15 +383,21 @@ impl Core {
             total = total.min(ctx.saturating_sub(max_tokens as usize + 8)).max(32);
         }
         let snippet_tokens = s.snippet_tokens.min(total / 5);
-        let cfg = ContextConfig { budget_tokens: total - snippet_tokens, ..ContextConfig::default() };
+        // A model without FIM gets the prefix alone (the whole budget); its answer is cut at
+        // the suffix here.
+        let left_to_right = facts.fim == Fim::No;
+        let mut cfg = ContextConfig { budget_tokens: total - snippet_tokens, ..ContextConfig::default() };
+        if left_to_right {
+            cfg.prefix_share = 1.0;
+        }
         let window = context::build(&snap.doc, snap.cursor, snap.syntax.as_ref().and_then(|s| s.parts()), &cfg);
         let snippets = self.documents.snippets_for(&snap.uri, &snap.doc, snap.cursor, cfg.chars(snippet_tokens));
         let n = ask.n.clamp(1, 8);
-        let shape = Shape { mode, left_to_right: facts.fim == Fim::No };
+        let shape = Shape { mode, left_to_right };
         let req = CompletionRequest {
             model: s.model.clone(),
             prompt: window.prefix,
-            suffix: Some(window.suffix),
+            suffix: (!left_to_right).then_some(window.suffix),
             max_tokens: Some(max_tokens),
             temperature: Some(if n > 1 { 0.6 } else { 0.0 }),
             top_p: Some(if n > 1 { 0.95 } else { 1.0 }),
@@ -400,6 +417,11 @@ impl Core {
         };
         (req, shape)
     }
+}
+
+/// A 400 for the request's `suffix`: the model has no fill-in-the-middle.
+fn refuses_suffix(e: &ApiError) -> bool {
+    matches!(e, ApiError::Status { code: 400, param: Some(p), .. } if p == "suffix")
 }
 
 fn deadline_error(s: &Settings) -> ApiError {

@@ -87,6 +87,14 @@ mod tests {
         assert_eq!(t.elapsed(), Duration::from_millis(500));
         assert!(w.expired());
         drop(tx);
-        assert_eq!(w.run(futures_util::future::pending::<()>()).await, Waited::Superseded, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_closed_document_ends_the_wait() {
+        let (tx, rx) = watch::channel(0u64);
+        let mut w = Wait::new(rx);
+        w.start_deadline(Duration::from_secs(60));
+        drop(tx);
+        assert_eq!(w.run(futures_util::future::pending::<()>()).await, Waited::Superseded);
     }
 }

@@ -329,3 +329,89 @@ fn huge_binary_and_much_edited_documents_answer_calmly_in_bounded_memory() {
     let r = lsp.request("shutdown", json!(null));
     assert!(r.is_null());
 }
+
+/// The Hugging Face directory of SmolLM2-135M-Instruct (a Llama checkpoint without FIM tokens),
+/// made by `python tests/smollm2_hf.py DIR`; `None` (and a message) when it is not there.
+fn smollm2() -> Option<String> {
+    match std::env::var("GHOSTLINE_SMOLLM2_HF") {
+        Ok(d) if std::path::Path::new(&d).join("config.json").exists() => Some(d),
+        _ => {
+            eprintln!(
+                "skipped: set GHOSTLINE_SMOLLM2_HF to a directory made by `python tests/smollm2_hf.py DIR` to run this test"
+            );
+            None
+        }
+    }
+}
+
+/// Whether `suggestion` at the `|` of `text` repeats what follows the cursor: the rest of the
+/// line at its end, or a line that is the document's next non-blank line.
+fn repeats_suffix(text: &str, suggestion: &str) -> bool {
+    let at = text.find('|').unwrap();
+    let after = &text[at + 1..];
+    let (rest_of_line, below) = after.split_once('\n').unwrap_or((after, ""));
+    let next = below.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let before = text[..at].rsplit('\n').next().unwrap_or("");
+    let whole = format!("{before}{suggestion}");
+    (!rest_of_line.trim().is_empty() && suggestion.trim_end().ends_with(rest_of_line.trim()))
+        || (!next.is_empty()
+            && whole.lines().skip(usize::from(!before.trim().is_empty())).any(|l| l.trim_end() == next))
+}
+
+#[test]
+fn repeats_suffix_sees_the_next_line_and_the_rest_of_the_line() {
+    assert!(repeats_suffix("x = f(|)\ny = 2\n", "a)"));
+    assert!(repeats_suffix("def f():\n    |\n    return 1\n", "a = 1\n    return 1"));
+    assert!(!repeats_suffix("def f():\n    |\n    return 1\n", "a = 1\n        return 1"));
+    assert!(!repeats_suffix("x = f(|)\ny = 2\n", "a"));
+}
+
+/// A model without FIM through the whole path: `/v1/models` says so, the language server asks
+/// left to right and cuts the answer at the suffix, in an editor session and in
+/// `ghostline complete`; no request ends in a 400.
+#[test]
+fn a_model_without_fim_gets_suggestions_that_do_not_repeat_the_suffix() {
+    let Some(model) = smollm2() else { return };
+    let (_server, addr) = start_server(server_binary(BIN), &["--threads", "2", "--model", &model]);
+    let raw = lsp_client::http_get(&addr, "/v1/models");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    let list: ghostline_api::ModelList = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(list.data[0].fim, None, "SmolLM2 has no FIM tokens: {body}");
+    assert!(list.data[0].context_length.is_some());
+
+    let py = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = |\n        sizes.append(size)\n    return sum(sizes)\n";
+    let rs = "use std::collections::HashMap;\n\nfn count_words(text: &str) -> HashMap<String, usize> {\n    let mut counts = HashMap::new();\n    for word in text.split_whitespace() {\n        |\n    }\n    counts\n}\n";
+    let mut lsp = Lsp::start(BIN, &format!("http://{addr}"));
+    lsp.initialize(json!({"debounceMs": 0, "requestTimeoutMs": 60000}));
+    for (uri, lang, text, line, ch) in [(PY_URI, "python", py, 6, 15), (RS_URI, "rust", rs, 5, 8)] {
+        lsp.open(uri, lang, &text.replace('|', ""));
+        let r = lsp.inline(uri, line, ch, true);
+        let s = r["items"][0]["insertText"].as_str().unwrap_or_else(|| panic!("no suggestion in {uri}: {r}"));
+        assert!(!s.trim().is_empty(), "{r}");
+        assert!(!repeats_suffix(text, s), "{uri}: {s:?} repeats the suffix");
+        eprintln!("{lang}: {s:?}");
+    }
+
+    // `ghostline complete` on the same files.
+    let dir = lsp_client::temp_dir("complete");
+    for (name, text, line, col) in [("sizes.py", py, 7, 16), ("words.rs", rs, 6, 9)] {
+        let file = dir.join(name);
+        std::fs::write(&file, text.replace('|', "")).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["complete", &format!("{}:{line}:{col}", file.display()), "--timeout-ms", "60000"])
+            .env("GHOSTLINE_SERVER_URL", format!("http://{addr}"))
+            .env("GHOSTLINE_CACHE_DIR", dir.join("cache"))
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
+        assert!(out.status.success(), "{name}: {} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(!s.trim().is_empty() && !repeats_suffix(text, &s), "{name}: {s:?}");
+        eprintln!("complete {name}: {s:?}");
+    }
+    let metrics = lsp_client::http_get(&addr, "/metrics");
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("ghostline_requests_total{") && l.contains("status=\"400\"")),
+        "a request ended in 400: {metrics}"
+    );
+    assert!(served(&addr) >= 4);
+}

@@ -307,3 +307,47 @@ async fn the_request_for_a_fixture_document_with_another_file_open() {
     core.suggest(URI, blank, Ask { invoked: true, n: 3, debounce: false }).await.unwrap();
     insta::assert_json_snapshot!("multi_line_request", sent_request(&script, 1));
 }
+
+#[tokio::test]
+async fn a_model_without_fim_is_asked_for_the_prefix_alone_and_its_answer_is_cut_at_the_suffix() {
+    let script = Script::new(vec![
+        Reply::Texts(vec!["os.path.getsize(p)\n        sizes.append(size)\n    return sum(sizes)\n"]),
+        Reply::Texts(vec!["total = sum(sizes)\n        sizes.append(size)\n    return sum(sizes)\n"]),
+    ]);
+    script.set_models(Models::List(one_model(8192, None)));
+    let (core, pos) = core_with(&script, settings(), PY);
+    assert_eq!(texts(&core.suggest(URI, pos, INVOKED).await.unwrap()), ["os.path.getsize(p)"]);
+    insta::assert_json_snapshot!("left_to_right_request", sent_request(&script, 0));
+    // Multi-line on a blank line: the answer stops where the document's next line begins.
+    core.update_settings(&serde_json::json!({"multiline": "always"}));
+    type_at(&core, 2, Position::new(6, 15), "\n        ");
+    let s = core.suggest(URI, Position::new(7, 8), INVOKED).await.unwrap();
+    assert_eq!(texts(&s), ["total = sum(sizes)"]);
+    assert!(script.sent().iter().all(|r| r.suffix.is_none()));
+}
+
+#[tokio::test]
+async fn a_refused_suffix_is_asked_again_left_to_right_and_remembered() {
+    let refused = ApiError::Status {
+        code: 400,
+        message: "this model has no fill-in-the-middle tokens, so it cannot take a suffix".into(),
+        param: Some("suffix".into()),
+        retry_after: None,
+    };
+    let script =
+        Script::new(vec![Reply::Fail(refused), Reply::Texts(vec!["len(p)\n"]), Reply::Texts(vec!["len(p) + 1\n"])]);
+    // Another server's model list: nothing said about FIM.
+    let foreign = ghostline_api::ModelList {
+        object: "list".into(),
+        data: vec![serde_json::from_value(serde_json::json!({"id": "chat"})).unwrap()],
+    };
+    script.set_models(Models::List(foreign));
+    let (core, pos) = core_with(&script, settings(), PY);
+    let mut rx = notices(&core);
+    assert_eq!(texts(&core.suggest(URI, pos, INVOKED).await.unwrap()), ["len(p)"]);
+    core.reuse.forget(URI);
+    assert_eq!(texts(&core.suggest(URI, pos, INVOKED).await.unwrap()), ["len(p) + 1"]);
+    let suffixes: Vec<bool> = script.sent().iter().map(|r| r.suffix.is_some()).collect();
+    assert_eq!(suffixes, [true, false, false]);
+    assert!(drain(&mut rx).is_empty(), "nothing for the user to act on");
+}
