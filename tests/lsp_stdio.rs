@@ -330,14 +330,21 @@ fn huge_binary_and_much_edited_documents_answer_calmly_in_bounded_memory() {
     assert!(r.is_null());
 }
 
-/// The Hugging Face directory of SmolLM2-135M-Instruct (a Llama checkpoint without FIM tokens),
-/// made by `python tests/smollm2_hf.py DIR`; `None` (and a message) when it is not there.
+/// SmolLM2-135M-Instruct (a Llama checkpoint without FIM tokens): its GGUF file as tests/run
+/// fetches it (`GHOSTLINE_SMOLLM2_GGUF`), else a Hugging Face directory made from it by
+/// `python tests/smollm2_hf.py DIR` (`GHOSTLINE_SMOLLM2_HF`); `None` (and a message) without both.
 fn smollm2() -> Option<String> {
+    if let Ok(f) = std::env::var("GHOSTLINE_SMOLLM2_GGUF") {
+        if std::path::Path::new(&f).is_file() {
+            return Some(f);
+        }
+    }
     match std::env::var("GHOSTLINE_SMOLLM2_HF") {
         Ok(d) if std::path::Path::new(&d).join("config.json").exists() => Some(d),
         _ => {
             eprintln!(
-                "skipped: set GHOSTLINE_SMOLLM2_HF to a directory made by `python tests/smollm2_hf.py DIR` to run this test"
+                "skipped: set GHOSTLINE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (tests/run fetches it) or \
+                 GHOSTLINE_SMOLLM2_HF to a directory made by `python tests/smollm2_hf.py DIR` to run this test"
             );
             None
         }
