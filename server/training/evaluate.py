@@ -280,7 +280,9 @@ class LspBackend:
         path.write_text(prefix + (suffix or ""))
         line = prefix.count("\n") + 1
         col = len(prefix.rsplit("\n", 1)[-1]) + 1
-        r = subprocess.run([self.bin, "complete", f"{path}:{line}:{col}", "--max-tokens", str(max_new_tokens)],
+        # The deadline is the benchmark's, not an editor's: a slow CPU must not turn into drops.
+        r = subprocess.run([self.bin, "complete", f"{path}:{line}:{col}", "--max-tokens", str(max_new_tokens),
+                            "--timeout-ms", str(self.timeout * 1000)],
                            env=self.env, capture_output=True, text=True, timeout=self.timeout)
         if r.returncode == 1:
             return ""
