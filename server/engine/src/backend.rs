@@ -145,7 +145,6 @@ impl Backend {
         if crate::gguf::is_gguf(dir) && dir.is_file() {
             return match device {
                 Device::Cpu => Ok(Backend::cpu(Model::load_as(dir, format)?)),
-                #[allow(unreachable_patterns)]
                 _ => Err(EngineError::Device(format!(
                     "--device {device}: GGUF files run on the CPU only so far; use --device cpu or a checkpoint directory"
                 ))),

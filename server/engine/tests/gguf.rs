@@ -154,7 +154,7 @@ fn byte_tokens() -> Vec<String> {
 fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut tokens = byte_tokens();
     let g = |s: &str| s.replace(' ', "Ġ");
-    let merges: Vec<String> = vec!["Ġ t".into(), "h e".into(), "Ġt he".into(), "i n".into(), "Ġ in".into()];
+    let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "i n", "Ġ in", "1 2", "12 3", "4 5"].map(String::from).to_vec();
     for m in &merges {
         tokens.push(g(&m.replace(' ', "")));
     }
@@ -719,4 +719,25 @@ fn smollm2_in_its_default_q8_format_stays_close_to_transformers() {
         n * 24
     );
     assert!(first + 1 >= cases.len(), "q8 first greedy token agrees on only {first} of {}", cases.len());
+}
+
+/// Every pre-tokenizer llama.cpp names for the families the server knows compiles and splits
+/// text into pieces that decode back to it.
+#[test]
+fn each_supported_pre_tokenizer_builds_and_round_trips() {
+    let d = tmp("pre");
+    let text = "def f(x):\n\treturn x + 12345  # café 数据 🚀\r\n    fn main() { let v = vec![1, 2]; }\n";
+    for pre in ["smollm", "starcoder", "qwen2", "deepseek-coder", "llama-bpe", "gpt2"] {
+        let bytes = with_kv(|kv| set(kv, "tokenizer.ggml.pre", Val::Str(pre.into())));
+        let p = write(&d, &bytes);
+        let tok = Tokenizer::load(&p, &[]).unwrap_or_else(|e| panic!("{pre}: {e}"));
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{pre}");
+        // Digits (the vocabulary merges 12, 123 and 45): one piece each where llama.cpp splits
+        // them singly, up to three for llama-bpe, all together for gpt2.
+        let digits = tok.encode("12345", true).unwrap().len();
+        let want = if matches!(pre, "llama-bpe" | "gpt2") { 2 } else { 5 };
+        assert_eq!(digits, want, "{pre}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }
