@@ -6,7 +6,9 @@
 //!
 //! Run: `cargo build --release -p ghostline-server && cargo bench --bench typing`
 //! Env: TYPING_INTERVAL_MS (default 120), TYPING_KEYS per file (default 300),
-//! TYPING_MODEL (a checkpoint; default the bundled model), TYPING_DEBOUNCE_MS (default 75).
+//! TYPING_MODEL (a checkpoint; default the bundled model), TYPING_DEBOUNCE_MS (default 75),
+//! TYPING_LSP_BIN and GHOSTLINE_SERVER_BIN (other builds of the two binaries, to compare builds
+//! in one session).
 
 #[path = "../tests/support/lsp_client.rs"]
 mod lsp_client;
@@ -56,7 +58,9 @@ fn main() {
     let interval = Duration::from_millis(env_num("TYPING_INTERVAL_MS", 120));
     let keys_per_file = env_num("TYPING_KEYS", 300);
     let debounce = env_num("TYPING_DEBOUNCE_MS", 75);
-    let bin = env!("CARGO_BIN_EXE_ghostline");
+    let own = env!("CARGO_BIN_EXE_ghostline");
+    let lsp_bin = std::env::var("TYPING_LSP_BIN").unwrap_or_else(|_| own.to_string());
+    let bin = lsp_bin.as_str();
     let mut extra = vec!["--threads".to_string(), "2".to_string()];
     if let Ok(m) = std::env::var("TYPING_MODEL") {
         extra.extend(["--model".to_string(), m]);

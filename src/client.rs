@@ -1,42 +1,19 @@
-//! The HTTP side: completions streamed from ghostline-server over SSE, read only as far as the
-//! suggestion needs, and shared by every request that can use them.
+//! The HTTP side: `Api`, the `CompletionSource` of a ghostline-server (or another
+//! OpenAI-compatible server): completions streamed over SSE, read only as far as the suggestion
+//! needs, `GET /v1/models`, and the JSON posts telemetry makes.
 //!
-//! A `Fetch` owns one stream in a task. Requests hold it through an `Arc`; when the last holder
-//! lets go the task is aborted, the connection closes, and the server frees the sequence.
+//! Stream chunks are read leniently: a suggestion depends on the choices' text and end alone,
+//! so a chunk without `id`, `object`, `created` or `model` (as several servers send) is read.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
-use ghostline_api::{CompletionChunk, ErrorBody};
-use serde_json::Value;
-use tokio::sync::watch;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use ghostline_api::{CompletionRequest, ErrorBody, ModelList};
+use serde::{Deserialize, Serialize};
 
-use crate::cache::Anchor;
-use crate::postprocess::complete_at;
-use crate::trigger::Mode;
-
-/// Why a completion could not be had.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiError {
-    /// No connection (server down, wrong URL) or it broke.
-    Unreachable(String),
-    /// The server answered with an error status.
-    Status { code: u16, message: String, retry_after: Option<u64> },
-    /// The server answered something that is not the protocol.
-    Protocol(String),
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApiError::Unreachable(m) => write!(f, "cannot reach ghostline-server: {m}"),
-            ApiError::Status { code, message, .. } => write!(f, "ghostline-server answered {code}: {message}"),
-            ApiError::Protocol(m) => write!(f, "unexpected answer from ghostline-server: {m}"),
-        }
-    }
-}
+use crate::source::{ApiError, CompletionSource, KeepReading, Streamed};
 
 /// A client for one server URL and key.
 pub struct Api {
@@ -45,19 +22,47 @@ pub struct Api {
     key: Option<String>,
 }
 
-/// The end of a stream.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub id: String,
-    pub texts: Vec<String>,
-    /// Whether reading stopped because the suggestion was complete, not at the stream's end.
-    pub stopped_early: bool,
+/// The fields of a `ghostline_api::CompletionChunk` that a suggestion depends on; every other
+/// field may be missing.
+#[derive(Debug, Deserialize)]
+struct ChunkView {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<ChoiceView>,
 }
 
-fn error_message(status: reqwest::StatusCode, body: &str) -> String {
+#[derive(Debug, Deserialize)]
+struct ChoiceView {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    text: String,
+    /// Any reason at all (`stop`, `length`, `eos`, ...) ends the choice.
+    #[serde(default)]
+    finish_reason: Option<serde_json::Value>,
+}
+
+/// One SSE data payload: the end marker or a chunk.
+#[derive(Debug)]
+enum Event {
+    Done,
+    Chunk(ChunkView),
+}
+
+fn parse_event(data: &str) -> Result<Event, ApiError> {
+    if data.trim() == "[DONE]" {
+        return Ok(Event::Done);
+    }
+    serde_json::from_str(data)
+        .map(Event::Chunk)
+        .map_err(|e| ApiError::Protocol(format!("{e}: {}", data.chars().take(120).collect::<String>())))
+}
+
+fn error_message(status: reqwest::StatusCode, body: &str) -> (String, Option<String>) {
     match serde_json::from_str::<ErrorBody>(body) {
-        Ok(e) => e.error.message,
-        Err(_) => format!("{} {}", status.as_u16(), body.chars().take(200).collect::<String>()),
+        Ok(e) => (e.error.message, e.error.param),
+        Err(_) => (format!("{} {}", status.as_u16(), body.chars().take(200).collect::<String>()), None),
     }
 }
 
@@ -72,8 +77,7 @@ impl Api {
         Api { http, base: base.trim_end_matches('/').to_string(), key }
     }
 
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        let b = self.http.post(format!("{}{path}", self.base));
+    fn authed(&self, b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.key {
             Some(k) => b.bearer_auth(k),
             None => b,
@@ -88,31 +92,19 @@ impl Api {
         let code = resp.status();
         let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = resp.text().await.unwrap_or_default();
-        Err(ApiError::Status { code: code.as_u16(), message: error_message(code, &body), retry_after })
-    }
-
-    /// The model's context length in tokens (`GET /v1/models`), for sizing the prompt.
-    pub async fn context_length(&self, model: Option<&str>) -> Result<usize, ApiError> {
-        let mut b = self.http.get(format!("{}/v1/models", self.base));
-        if let Some(k) = &self.key {
-            b = b.bearer_auth(k);
-        }
-        let resp = Self::check(b.send().await).await?;
-        let v: Value = resp.json().await.map_err(|e| ApiError::Protocol(e.to_string()))?;
-        let models = v["data"].as_array().ok_or_else(|| ApiError::Protocol("no data in /v1/models".into()))?;
-        let m = match model {
-            Some(name) => models.iter().find(|m| m["id"] == name),
-            None => models.first(),
-        };
-        m.and_then(|m| m["context_length"].as_u64())
-            .map(|n| n as usize)
-            .ok_or_else(|| ApiError::Protocol("no context_length in /v1/models".into()))
+        let (message, param) = error_message(code, &body);
+        Err(ApiError::Status { code: code.as_u16(), message, param, retry_after })
     }
 
     /// Posts JSON to `path` and returns the status and body.
-    pub async fn post_json(&self, path: &str, body: &Value, timeout: Duration) -> Result<(u16, String), ApiError> {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<(u16, String), ApiError> {
         let resp = self
-            .post(path)
+            .authed(self.http.post(format!("{}{path}", self.base)))
             .timeout(timeout)
             .json(body)
             .send()
@@ -122,112 +114,113 @@ impl Api {
         Ok((code, resp.text().await.unwrap_or_default()))
     }
 
-    /// Streams a completion. `keep_reading(texts, finished)` sees the text so far per choice
-    /// after every chunk; returning false ends the stream (dropping the connection).
-    pub async fn stream(
+    async fn list_models(&self) -> Result<ModelList, ApiError> {
+        let resp = Self::check(self.authed(self.http.get(format!("{}/v1/models", self.base))).send().await).await?;
+        let body = resp.text().await.map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        serde_json::from_str(&body).map_err(|e| ApiError::Protocol(format!("/v1/models: {e}")))
+    }
+
+    async fn stream_completion(
         &self,
-        body: &Value,
-        mut keep_reading: impl FnMut(&[String], &[bool]) -> bool,
-    ) -> Result<Outcome, ApiError> {
-        let resp = Self::check(self.post("/v1/completions").json(body).send().await).await?;
-        let n = body["n"].as_u64().unwrap_or(1).clamp(1, 16) as usize;
+        req: &CompletionRequest,
+        keep_reading: KeepReading<'_>,
+    ) -> Result<Streamed, ApiError> {
+        let post = self.authed(self.http.post(format!("{}/v1/completions", self.base))).json(req);
+        let resp = Self::check(post.send().await).await?;
+        let n = req.n.unwrap_or(1).clamp(1, 16) as usize;
         let mut texts = vec![String::new(); n];
         let mut finished = vec![false; n];
         let mut id = String::new();
         let mut events = resp.bytes_stream().eventsource();
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|e| ApiError::Unreachable(e.to_string()))?;
-            if ev.data.trim() == "[DONE]" {
-                return Ok(Outcome { id, texts, stopped_early: false });
-            }
-            let chunk: CompletionChunk = serde_json::from_str(&ev.data)
-                .map_err(|e| ApiError::Protocol(format!("{e}: {}", ev.data.chars().take(120).collect::<String>())))?;
+            let chunk = match parse_event(&ev.data)? {
+                Event::Done => return Ok(Streamed { id, texts, stopped_early: false }),
+                Event::Chunk(c) => c,
+            };
             if id.is_empty() {
-                id = chunk.id.clone();
+                id = chunk.id.unwrap_or_default();
             }
-            for c in &chunk.choices {
+            for c in chunk.choices {
                 let i = c.index as usize;
                 if i < n {
                     texts[i].push_str(&c.text);
-                    finished[i] |= c.finish_reason.is_some();
+                    finished[i] |= c.finish_reason.is_some_and(|r| !r.is_null());
                 }
             }
             if !keep_reading(&texts, &finished) {
-                return Ok(Outcome { id, texts, stopped_early: true });
+                return Ok(Streamed { id, texts, stopped_early: true });
             }
         }
         Err(ApiError::Unreachable("the stream ended before [DONE]".into()))
     }
 }
 
-/// Longest completion text read from a stream.
-const MAX_TEXT_BYTES: usize = 64 << 10;
+impl CompletionSource for Api {
+    fn describe(&self) -> &str {
+        &self.base
+    }
 
-/// What a fetch has so far.
-#[derive(Debug, Clone, Default)]
-pub struct FetchState {
-    pub id: String,
-    pub texts: Vec<String>,
-    pub done: bool,
-    pub error: Option<ApiError>,
-}
+    fn models(&self) -> BoxFuture<'_, Result<ModelList, ApiError>> {
+        self.list_models().boxed()
+    }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    fn stream<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+        keep_reading: KeepReading<'a>,
+    ) -> BoxFuture<'a, Result<Streamed, ApiError>> {
+        self.stream_completion(req, keep_reading).boxed()
     }
 }
 
-/// One streaming completion in flight, shared by the requests that can use it.
-pub struct Fetch {
-    pub anchor: Anchor,
-    pub mode: Mode,
-    pub rx: watch::Receiver<FetchState>,
-    _task: AbortOnDrop,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ghostline_api::{Choice, CompletionChunk, FinishReason};
 
-impl Fetch {
-    /// Starts streaming `body`; reading stops once every choice is complete for `mode`.
-    pub fn start(api: Arc<Api>, body: Value, anchor: Anchor, mode: Mode) -> Arc<Fetch> {
-        let (tx, rx) = watch::channel(FetchState::default());
-        let task = tokio::spawn(async move {
-            let result = api
-                .stream(&body, |texts, finished| {
-                    tx.send_modify(|s| s.texts = texts.to_vec());
-                    // A server that never stops is cut off; the text is judged as it stands.
-                    if texts.iter().any(|t| t.len() > MAX_TEXT_BYTES) {
-                        return false;
-                    }
-                    !texts.iter().zip(finished).all(|(t, f)| *f || complete_at(mode, t).is_some())
-                })
-                .await;
-            tx.send_modify(|s| {
-                s.done = true;
-                match result {
-                    Ok(o) => {
-                        s.id = o.id;
-                        s.texts = o.texts;
-                    }
-                    Err(e) => s.error = Some(e),
-                }
-            });
-        });
-        Arc::new(Fetch { anchor, mode, rx, _task: AbortOnDrop(task) })
+    fn chunk(data: &str) -> ChunkView {
+        match parse_event(data) {
+            Ok(Event::Chunk(c)) => c,
+            other => panic!("{data}: {other:?}"),
+        }
     }
 
-    /// Waits for the end of the fetch.
-    pub async fn finished(&self) -> FetchState {
-        let mut rx = self.rx.clone();
-        let state = match rx.wait_for(|s| s.done).await {
-            Ok(s) => s.clone(),
-            Err(_) => FetchState {
-                done: true,
-                error: Some(ApiError::Unreachable("the fetch was dropped".into())),
-                ..Default::default()
-            },
+    #[test]
+    fn a_chunk_as_ghostline_server_sends_it_is_read() {
+        let c = CompletionChunk {
+            id: "cmpl-1".into(),
+            object: "text_completion".into(),
+            created: 1764201600,
+            model: "ghostline-tiny".into(),
+            choices: vec![Choice { index: 1, text: "x + 1".into(), finish_reason: Some(FinishReason::Stop) }],
+            usage: None,
+            cache: None,
+            timings: None,
         };
-        state
+        let v = chunk(&serde_json::to_string(&c).unwrap());
+        assert_eq!(v.id.as_deref(), Some("cmpl-1"));
+        assert_eq!((v.choices[0].index, v.choices[0].text.as_str()), (1, "x + 1"));
+        assert!(v.choices[0].finish_reason.is_some());
+    }
+
+    #[test]
+    fn chunks_from_servers_that_omit_optional_fields_are_read() {
+        // llama.cpp's server: no `created` in some versions, `finish_reason` null mid-stream.
+        let v = chunk(
+            r#"{"id":"cmpl-a","object":"text_completion","model":"m","choices":[{"index":0,"text":"foo","finish_reason":null}]}"#,
+        );
+        assert_eq!(v.choices[0].text, "foo");
+        assert!(v.choices[0].finish_reason.as_ref().is_none_or(|r| r.is_null()));
+        // No id, object, created or model at all; extra fields (logprobs) ignored.
+        let v = chunk(r#"{"choices":[{"index":0,"text":"bar","logprobs":null,"finish_reason":"eos"}]}"#);
+        assert_eq!((v.id, v.choices[0].text.as_str()), (None, "bar"));
+        // A choice without index (one choice) and a final chunk with usage and no choices.
+        assert_eq!(chunk(r#"{"choices":[{"text":"baz"}]}"#).choices[0].index, 0);
+        assert!(chunk(r#"{"id":"x","choices":[],"usage":{"prompt_tokens":1}}"#).choices.is_empty());
+        assert!(matches!(parse_event(" [DONE] "), Ok(Event::Done)));
+        // Not JSON, or choices of the wrong type: a protocol error, never a panic.
+        assert!(matches!(parse_event("{not json"), Err(ApiError::Protocol(_))));
+        assert!(matches!(parse_event(r#"{"choices":"x"}"#), Err(ApiError::Protocol(_))));
     }
 }

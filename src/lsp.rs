@@ -169,9 +169,7 @@ impl LanguageServer for Backend {
         } else {
             PositionEncoding::Utf16
         };
-        if let Ok(mut e) = self.core.encoding.write() {
-            *e = encoding;
-        }
+        self.core.documents.set_encoding(encoding);
         #[allow(deprecated)]
         let root = params
             .workspace_folders
@@ -179,12 +177,8 @@ impl LanguageServer for Backend {
             .and_then(|f| f.first().map(|f| f.uri.clone()))
             .or(params.root_uri.clone())
             .and_then(|u| u.to_file_path().map(|p| p.into_owned()));
-        if let Ok(mut r) = self.core.root.write() {
-            *r = root;
-        }
-        if let Ok(mut e) = self.core.editor.write() {
-            *e = params.client_info.as_ref().map(|c| c.name.clone());
-        }
+        self.core.documents.set_root(root);
+        self.core.telemetry.set_editor(params.client_info.as_ref().map(|c| c.name.clone()));
         if let Some(opts) = &params.initialization_options {
             let w = self.core.update_settings(opts);
             self.warn(w).await;
@@ -246,7 +240,8 @@ impl LanguageServer for Backend {
         // The item replaces the word before the cursor, so the menu's filter matches it.
         let word = self
             .core
-            .document_text_before(uri.as_str(), to_doc(tdp.position))
+            .documents
+            .text_before(uri.as_str(), to_doc(tdp.position))
             .map(|b| {
                 b.chars()
                     .rev()
@@ -258,7 +253,7 @@ impl LanguageServer for Backend {
             })
             .unwrap_or_default();
         let end = to_lsp(s.position);
-        let start_char = end.character.saturating_sub(self.core.units(&word));
+        let start_char = end.character.saturating_sub(self.core.documents.units(&word));
         let start = Position::new(end.line, start_char);
         let items = s
             .items
@@ -277,7 +272,11 @@ impl LanguageServer for Backend {
                     detail: Some("ghostline".into()),
                     documentation: Some(Documentation::MarkupContent(MarkupContent {
                         kind: MarkupKind::Markdown,
-                        value: format!("```{}\n{}\n```", self.core.language_of(uri.as_str()).unwrap_or_default(), full),
+                        value: format!(
+                            "```{}\n{}\n```",
+                            self.core.documents.language_of(uri.as_str()).unwrap_or_default(),
+                            full
+                        ),
                     })),
                     filter_text: Some(first),
                     sort_text: Some(format!("0{i}")),
@@ -319,7 +318,7 @@ pub async fn serve(settings: Settings) {
     let keep = core.clone();
     let (service, socket) = LspService::build(|client| {
         // Notices about the server reach the user once per change of state.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::suggest::Notice>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::link::Notice>();
         core.set_notices(tx);
         let c = client.clone();
         tokio::spawn(async move {

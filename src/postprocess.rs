@@ -9,6 +9,25 @@ use crate::lang::Role;
 use crate::syntax::Syntax;
 use crate::trigger::{line_around, Mode};
 
+/// How a raw completion becomes a suggestion: the line mode, and whether the model answered
+/// left to right (a model without FIM saw the prefix alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub mode: Mode,
+    pub left_to_right: bool,
+}
+
+impl Shape {
+    pub fn fim(mode: Mode) -> Shape {
+        Shape { mode, left_to_right: false }
+    }
+
+    /// Where a streamed text is complete enough (see `complete_at`).
+    pub fn complete_at(&self, text: &str) -> Option<usize> {
+        complete_at(self.mode, text)
+    }
+}
+
 /// Cuts a streamed text at the point where `mode` needs no more of it; `None` while more is
 /// needed. Single-line: the first line break after some content. Multi-line: the end of the
 /// first finished line, after the first, indented less than the block's body.
@@ -39,7 +58,8 @@ pub fn complete_at(mode: Mode, text: &str) -> Option<usize> {
 }
 
 /// Turns a raw completion at char index `cursor` of `doc` into the text to show, or `None`.
-pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, mode: Mode, raw: &str) -> Option<String> {
+pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Shape, raw: &str) -> Option<String> {
+    let mode = shape.mode;
     let raw = raw.replace("\r\n", "\n");
     let mut text = match mode {
         // One line means the rest of this line: nothing from a line break on.
@@ -185,7 +205,7 @@ mod tests {
 
     fn run(text_with_caret: &str, lang: &str, mode: Mode, raw: &str) -> Option<String> {
         let (doc, syn, cursor) = crate::syntax::parsed_at(text_with_caret, lang);
-        finish(&doc, cursor, syn.as_ref(), mode, raw)
+        finish(&doc, cursor, syn.as_ref(), Shape::fim(mode), raw)
     }
 
     const MULTI4: Mode = Mode::MultiLine { min_indent: 4 };
@@ -249,7 +269,7 @@ mod tests {
             let cursor = at.min(doc.rope().len_chars());
             let mode = [Mode::SingleLine, MULTI4, Mode::MultiLine { min_indent: 0 }][m];
             let _ = crate::trigger::decide(&doc, cursor, syn.as_ref().and_then(|s| s.parts()), crate::trigger::Multiline::Auto, at % 2 == 0);
-            if let Some(out) = finish(&doc, cursor, syn.as_ref(), mode, &raw) {
+            if let Some(out) = finish(&doc, cursor, syn.as_ref(), Shape::fim(mode), &raw) {
                 proptest::prop_assert!(!out.trim().is_empty());
             }
         }

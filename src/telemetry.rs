@@ -17,11 +17,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ghostline_api::{TelemetryEvent, TelemetryKind};
+use ghostline_api::{TelemetryBatch, TelemetryEvent, TelemetryKind};
+use parking_lot::{Mutex, RwLock};
 use ropey::Rope;
 use tokio::sync::mpsc;
 
@@ -225,7 +226,7 @@ impl Spool {
             let lines: Vec<&str> = text.lines().collect();
             let mut keep = 0u64;
             let mut first = lines.len();
-            while first > 0 && keep + lines[first - 1].len() as u64 + 1 <= self.max_bytes * 3 / 4 {
+            while first > 0 && keep + (lines[first - 1].len() as u64) < self.max_bytes * 3 / 4 {
                 first -= 1;
                 keep += lines[first].len() as u64 + 1;
             }
@@ -252,8 +253,8 @@ impl Spool {
 
 /// Where telemetry goes: a bounded queue in front of the sending task.
 pub struct Telemetry {
-    tx: std::sync::Mutex<Option<mpsc::Sender<TelemetryEvent>>>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tx: Mutex<Option<mpsc::Sender<TelemetryEvent>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub dropped: AtomicU64,
     next: AtomicU64,
     session: String,
@@ -270,7 +271,7 @@ enum Sent {
 }
 
 async fn post(api: &Api, events: &[TelemetryEvent]) -> Sent {
-    let body = serde_json::json!({ "events": events });
+    let body = TelemetryBatch { events: events.to_vec() };
     match api.post_json("/v1/telemetry", &body, Duration::from_secs(10)).await {
         Ok((202, _)) | Ok((200, _)) => Sent::Stored,
         Ok((400, b)) | Ok((413, b)) => Sent::Refused(b),
@@ -374,8 +375,8 @@ impl Telemetry {
             }
         });
         Arc::new(Telemetry {
-            tx: std::sync::Mutex::new(Some(tx)),
-            task: std::sync::Mutex::new(Some(task)),
+            tx: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
             dropped: AtomicU64::new(0),
             next: AtomicU64::new(0),
             session: session.to_string(),
@@ -396,7 +397,7 @@ impl Telemetry {
             editor: editor.map(str::to_string),
             language: Some(o.language.clone()),
         };
-        let sent = self.tx.lock().ok().and_then(|t| t.as_ref().map(|tx| tx.try_send(e).is_ok()));
+        let sent = self.tx.lock().as_ref().map(|tx| tx.try_send(e).is_ok());
         if sent != Some(true) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -404,13 +405,125 @@ impl Telemetry {
 
     /// Stops taking events and waits (up to `wait`) for the queued ones to be sent or spooled.
     pub async fn close(&self, wait: Duration) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        self.tx.lock().take();
+        let task = self.task.lock().take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(wait, task).await;
         }
+    }
+}
+
+/// The telemetry owner of the language server: the outcomes waiting on edits, the sender
+/// (started on the first event, never when telemetry is off) and what it tags events with.
+pub struct Recorder {
+    session: String,
+    outcomes: Mutex<Outcomes>,
+    sender: Mutex<Option<Arc<Telemetry>>>,
+    api: Arc<dyn Fn() -> Arc<Api> + Send + Sync>,
+    /// The client reports shown suggestions itself (`didShowCompletion`).
+    client_reports_shown: AtomicBool,
+    /// The editor's name, from `clientInfo`.
+    editor: RwLock<Option<String>>,
+}
+
+impl Recorder {
+    /// `api` gives the client of the current settings.
+    pub fn new(session: &str, api: impl Fn() -> Arc<Api> + Send + Sync + 'static) -> Recorder {
+        Recorder {
+            session: session.to_string(),
+            outcomes: Mutex::new(Outcomes::default()),
+            sender: Mutex::new(None),
+            api: Arc::new(api),
+            client_reports_shown: AtomicBool::new(false),
+            editor: RwLock::new(None),
+        }
+    }
+
+    pub fn set_editor(&self, name: Option<String>) {
+        *self.editor.write() = name;
+    }
+
+    pub fn editor(&self) -> Option<String> {
+        self.editor.read().clone()
+    }
+
+    /// Whether a sender runs.
+    pub fn started(&self) -> bool {
+        self.sender.lock().is_some()
+    }
+
+    /// Queues outcomes when `on` (nothing at all when telemetry is off).
+    pub fn record(&self, on: bool, outcomes: &[Outcome]) {
+        if outcomes.is_empty() || !on {
+            return;
+        }
+        let t = {
+            let mut t = self.sender.lock();
+            if t.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+                let spool = cache_dir().map(|d| Arc::new(Spool::new(&d, SPOOL_MAX_BYTES)));
+                let api = self.api.clone();
+                *t = Some(Telemetry::start(&self.session, spool, move || api()));
+            }
+            t.clone()
+        };
+        if let Some(t) = t {
+            let editor = self.editor();
+            for o in outcomes {
+                t.record(o, editor.as_deref());
+            }
+        }
+    }
+
+    /// Sends or spools what is queued (at shutdown).
+    pub async fn close(&self) {
+        let t = self.sender.lock().take();
+        if let Some(t) = t {
+            t.close(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// The document changed (see `Outcomes::edited`); returns what that decided.
+    pub fn edited(&self, uri: &str, rope: &Rope, cursor: usize, inserted: usize) -> Vec<Outcome> {
+        self.outcomes.lock().edited(uri, rope, cursor, inserted)
+    }
+
+    pub fn closed(&self, uri: &str) -> Vec<Outcome> {
+        self.outcomes.lock().close_doc(uri)
+    }
+
+    pub fn accepted(&self, id: &str, index: u32) -> Vec<Outcome> {
+        self.outcomes.lock().accepted(id, index).into_iter().collect()
+    }
+
+    pub fn partially_accepted(&self, id: &str, chars: usize) -> Vec<Outcome> {
+        self.outcomes.lock().partially_accepted(id, chars).into_iter().collect()
+    }
+
+    /// The client reported a suggestion shown: from now on it reports them all.
+    pub fn client_shown(&self, id: &str, index: u32, language: &str) -> Vec<Outcome> {
+        self.client_reports_shown.store(true, Ordering::Relaxed);
+        vec![shown_event(id, index, language)]
+    }
+
+    /// A suggestion goes on screen at `anchor`: earlier ones of the document are decided, and
+    /// (unless the client reports it itself) a `shown` event is made for a new completion.
+    pub fn on_screen(&self, anchor: Anchor, id: &str, text: &str, language: &str, new: bool) -> Vec<Outcome> {
+        let mut out = self.outcomes.lock().shown(anchor, id, 0, text, language);
+        if new && !self.client_reports_shown.load(Ordering::Relaxed) {
+            out.push(shown_event(id, 0, language));
+        }
+        out
+    }
+}
+
+fn shown_event(id: &str, index: u32, language: &str) -> Outcome {
+    Outcome {
+        completion_id: id.into(),
+        index,
+        kind: TelemetryKind::Shown,
+        accepted_chars: None,
+        shown_ms: 0,
+        language: language.into(),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
+use ghostline_api::{CacheOutcome, CompletionChunk, CompletionRequest, ModelList};
 use ghostline_engine::sampling::Rng;
 use serde_json::{json, Value};
 
@@ -119,23 +120,26 @@ fn window(text: &str, pos: usize, before: usize, after: usize) -> (String, Strin
     (text[start..pos].to_string(), text[pos..end].to_string())
 }
 
-/// Sends one streaming request; returns (ttft ms, total ms, final chunk) or None if dropped.
+/// What one streamed request gave: (ttft ms, total ms, final chunk), or None if dropped.
+type Streamed = Result<Option<(f64, f64, Option<CompletionChunk>)>, String>;
+
+/// Sends one streaming request.
 async fn one(
     client: &reqwest::Client,
     url: &str,
-    body: Value,
+    body: &CompletionRequest,
     cancel: Option<tokio::sync::watch::Receiver<u64>>,
     my_gen: u64,
-) -> Result<Option<(f64, f64, Value)>, String> {
+) -> Streamed {
     let t0 = Instant::now();
-    let resp = client.post(format!("{url}/v1/completions")).json(&body).send().await.map_err(|e| e.to_string())?;
+    let resp = client.post(format!("{url}/v1/completions")).json(body).send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut ttft = None;
-    let mut last = Value::Null;
+    let mut last = None;
     loop {
         let next = if let Some(c) = &cancel {
             let mut c = c.clone();
@@ -156,29 +160,30 @@ async fn one(
                 let total = t0.elapsed().as_secs_f64() * 1000.0;
                 return Ok(Some((ttft.unwrap_or(total), total, last)));
             }
-            if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                if ttft.is_none() && v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            if let Ok(c) = serde_json::from_str::<CompletionChunk>(&data) {
+                if ttft.is_none() && c.choices.first().is_some_and(|ch| !ch.text.is_empty()) {
                     ttft = Some(t0.elapsed().as_secs_f64() * 1000.0);
                 }
-                last = v;
+                last = Some(c);
             }
         }
     }
     Err("stream ended without [DONE]".into())
 }
 
-fn record(stats: &Mutex<Stats>, r: Result<Option<(f64, f64, Value)>, String>) {
+fn record(stats: &Mutex<Stats>, r: Streamed) {
     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
     match r {
         Ok(Some((ttft, total, last))) => {
             s.completed += 1;
             s.ttft_ms.push(ttft);
             s.total_ms.push(total);
-            let u = &last["usage"];
-            s.prompt_tokens += u["prompt_tokens"].as_u64().unwrap_or(0);
-            s.cached_tokens += u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
-            s.completion_tokens += u["completion_tokens"].as_u64().unwrap_or(0);
-            if last["cache"] == "typeahead" {
+            if let Some(u) = last.as_ref().and_then(|c| c.usage.as_ref()) {
+                s.prompt_tokens += u64::from(u.prompt_tokens);
+                s.cached_tokens += u64::from(u.prompt_tokens_details.cached_tokens);
+                s.completion_tokens += u64::from(u.completion_tokens);
+            }
+            if last.and_then(|c| c.cache) == Some(CacheOutcome::Typeahead) {
                 s.typeahead += 1;
             }
         }
@@ -216,13 +221,22 @@ async fn developer(
             generation += 1;
             let _ = gen_tx.send(generation);
             let (prefix, suffix) = window(text, pos, a.prefix_chars, a.suffix_chars);
-            let body = json!({"prompt": prefix, "suffix": suffix, "max_tokens": a.max_tokens, "temperature": 0.0,
-                "stream": true, "truncate": true, "user": format!("dev{id}"), "path": format!("file{id}"),
-                "stop": ["\n"]});
+            let body = CompletionRequest {
+                prompt: prefix,
+                suffix: Some(suffix),
+                max_tokens: Some(a.max_tokens),
+                temperature: Some(0.0),
+                stream: Some(true),
+                truncate: Some(true),
+                user: Some(format!("dev{id}")),
+                path: Some(format!("file{id}")),
+                stop: Some(vec!["\n".into()]),
+                ..CompletionRequest::default()
+            };
             let (c, url, st, rx, g) = (client.clone(), a.url.clone(), stats.clone(), gen_rx.clone(), generation);
             stats.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
             tasks.push(tokio::spawn(async move {
-                let r = one(&c, &url, body, Some(rx), g).await;
+                let r = one(&c, &url, &body, Some(rx), g).await;
                 record(&st, r);
             }));
             tokio::time::sleep(Duration::from_secs_f64((gap - a.debounce_ms as f64) / 1000.0)).await;
@@ -244,8 +258,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {k}").parse().context("--key")?);
         }
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).default_headers(headers).build()?;
-        let m: Value = client.get(format!("{}/v1/models", a.url)).send().await?.json().await?;
-        let model = m["data"][0]["id"].as_str().unwrap_or("?").to_string();
+        let m: ModelList = client.get(format!("{}/v1/models", a.url)).send().await?.json().await?;
+        let model = m.data.first().map_or_else(|| "?".to_string(), |m| m.id.clone());
         if let Some(n) = a.gateway {
             return gateway(&client, &a.url, n.max(1), &model).await;
         }
@@ -286,7 +300,7 @@ async fn throughput(
     k: usize,
     model: &str,
 ) -> anyhow::Result<()> {
-    let bodies: Vec<Value> = (0..k)
+    let bodies: Vec<CompletionRequest> = (0..k)
         .map(|i| {
             let text = &files[i % files.len()];
             let mut pos = (text.len() / 2 + i * 97) % text.len();
@@ -294,24 +308,33 @@ async fn throughput(
                 pos -= 1;
             }
             let (p, s) = window(text, pos, a.prefix_chars, a.suffix_chars);
-            json!({"prompt": p, "suffix": s, "max_tokens": a.max_tokens, "temperature": 0.0, "stream": true,
-                   "truncate": true, "seed": i})
+            CompletionRequest {
+                prompt: p,
+                suffix: Some(s),
+                max_tokens: Some(a.max_tokens),
+                temperature: Some(0.0),
+                stream: Some(true),
+                truncate: Some(true),
+                seed: Some(i as u64),
+                ..CompletionRequest::default()
+            }
         })
         .collect();
-    let tokens = |v: &[Result<Option<(f64, f64, Value)>, String>]| -> u64 {
+    let tokens = |v: &[Streamed]| -> u64 {
         v.iter()
             .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
-            .map(|(_, _, l)| l["usage"]["completion_tokens"].as_u64().unwrap_or(0))
+            .filter_map(|(_, _, l)| l.as_ref()?.usage.as_ref())
+            .map(|u| u64::from(u.completion_tokens))
             .sum()
     };
     let t = Instant::now();
     let mut seq = Vec::new();
     for b in &bodies {
-        seq.push(one(client, &a.url, b.clone(), None, 0).await);
+        seq.push(one(client, &a.url, b, None, 0).await);
     }
     let seq_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, b.clone(), None, 0)).collect();
+    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, b, None, 0)).collect();
     let conc = futures_util::future::join_all(futs).await;
     let conc_s = t.elapsed().as_secs_f64();
     let (ts, tc) = (tokens(&seq), tokens(&conc));
@@ -345,26 +368,31 @@ async fn gateway_quantiles(client: &reqwest::Client, url: &str, outcome: &str) -
 }
 
 async fn gateway(client: &reqwest::Client, url: &str, n: usize, model: &str) -> anyhow::Result<()> {
-    let post = |body: Value| async move {
+    let post = |body: CompletionRequest| async move {
         let t = Instant::now();
-        let v: Value =
+        let c: CompletionChunk =
             client.post(format!("{url}/v1/completions")).json(&body).send().await?.error_for_status()?.json().await?;
-        anyhow::Ok((t.elapsed().as_secs_f64() * 1e6, v))
+        anyhow::Ok((t.elapsed().as_secs_f64() * 1e6, c))
     };
-    let hit = json!({"prompt": "def gateway_bench(x):\n    return", "max_tokens": 8, "temperature": 0.0});
+    let greedy = |prompt: String, max_tokens: u32| CompletionRequest {
+        prompt,
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..CompletionRequest::default()
+    };
+    let hit = greedy("def gateway_bench(x):\n    return".into(), 8);
     post(hit.clone()).await?;
     let mut hits = Vec::with_capacity(n);
     for _ in 0..n {
-        let (us, v) = post(hit.clone()).await?;
-        if v["cache"] != "hit" {
-            bail!("expected a response-cache hit, got {}: is the cache on (--cache-mb)?", v["cache"]);
+        let (us, c) = post(hit.clone()).await?;
+        if c.cache != Some(CacheOutcome::Hit) {
+            bail!("expected a response-cache hit, got {:?}: is the cache on (--cache-mb)?", c.cache);
         }
         hits.push(us);
     }
     let mut misses = Vec::with_capacity(n);
     for i in 0..n {
-        let (us, _) =
-            post(json!({"prompt": format!("v{i} = {}", i * 7919), "max_tokens": 1, "temperature": 0.0})).await?;
+        let (us, _) = post(greedy(format!("v{i} = {}", i * 7919), 1)).await?;
         misses.push(us);
     }
     let us =

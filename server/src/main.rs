@@ -4,31 +4,37 @@
 //! keys; `stats` prints the telemetry figures; `generate` runs one completion in the terminal.
 
 mod bench;
-mod cache;
+mod config;
+mod error;
 mod filters;
-mod fim;
+mod gateway;
 mod http;
+mod inference;
+mod ingest;
 mod keys;
 mod limits;
+mod model_source;
 mod prefix_cache;
+mod prompt;
 mod redis_link;
+mod respond;
+mod response_cache;
 mod scheduler;
 mod stats;
 mod store;
-mod telemetry;
 mod typeahead;
+mod validate;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use config::{ModelServing, ServeArgs, Settings};
 use ghostline_engine::{Backend, Checkpoint, Device, KvDtype, SamplingParams, Tokenizer, WeightFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// List the models `--model` can open here without a download (the bundled one, the
+    /// Hugging Face cache, Ollama's pulled models).
+    Models,
     /// Print acceptance, cache and latency figures from the telemetry store.
     Stats {
         #[command(flatten)]
@@ -106,260 +115,15 @@ struct DbArgs {
 
 impl DbArgs {
     fn target(&self) -> anyhow::Result<store::DbTarget> {
-        let a = merge(ServeArgs {
+        let s = ServeArgs {
             data_dir: self.data_dir.clone(),
             database: self.database.clone(),
             config: self.config.clone(),
             ..ServeArgs::default()
-        })?;
-        store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir))
+        }
+        .resolve()?;
+        store::DbTarget::resolve(s.database.as_deref(), &s.data_dir())
     }
-}
-
-/// The data dir: given, or the user's data directory.
-fn data_dir(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
-        base.map_or_else(|| PathBuf::from("ghostline-data"), |b| b.join("ghostline"))
-    })
-}
-
-/// Options of `serve`. Each can also come from the environment (`GHOSTLINE_*`) or the TOML
-/// config file; a flag wins over the environment, which wins over the file.
-#[derive(Args, Default, Clone)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "GHOSTLINE_ADDR")]
-    addr: Option<SocketAddr>,
-    /// Checkpoint directory (Hugging Face layout). Default: the bundled ghostline-tiny.
-    #[arg(long, env = "GHOSTLINE_MODEL")]
-    model: Option<String>,
-    /// cpu, or cuda[:N] where built with the cuda feature.
-    #[arg(long, env = "GHOSTLINE_DEVICE")]
-    device: Option<String>,
-    /// TOML config file.
-    #[arg(long, env = "GHOSTLINE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory for the server's state.
-    #[arg(long, env = "GHOSTLINE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Name the model is served under (default: the checkpoint directory's name).
-    #[arg(long, env = "GHOSTLINE_MODEL_NAME")]
-    model_name: Option<String>,
-    /// KV cache memory budget in MiB (default: 512 on the CPU; on a GPU, half its free memory, at most 16 GiB).
-    #[arg(long, env = "GHOSTLINE_KV_MEMORY_MB")]
-    kv_memory_mb: Option<usize>,
-    /// Tokens computed per engine step at most (decode tokens plus prefill chunks).
-    #[arg(long, env = "GHOSTLINE_MAX_BATCH_TOKENS")]
-    max_batch_tokens: Option<usize>,
-    /// Requests running at once at most.
-    #[arg(long, env = "GHOSTLINE_MAX_RUNNING")]
-    max_running: Option<usize>,
-    /// Requests waiting at most; beyond it the server answers 503.
-    #[arg(long, env = "GHOSTLINE_MAX_QUEUE")]
-    max_queue: Option<usize>,
-    /// Reuse KV blocks of earlier prompts that share a prefix (true/false).
-    #[arg(long, env = "GHOSTLINE_PREFIX_CACHE")]
-    prefix_cache: Option<bool>,
-    /// Remembered completions for typed-ahead reuse (0 turns it off).
-    #[arg(long, env = "GHOSTLINE_TYPEAHEAD_ENTRIES")]
-    typeahead_entries: Option<usize>,
-    /// FIM template: qwen, starcoder, deepseek, codellama or none (default: detected).
-    #[arg(long, env = "GHOSTLINE_FIM_TEMPLATE")]
-    fim_template: Option<String>,
-    /// Token healing of FIM prompts with the cursor inside a line: the prefix's last token is
-    /// left for the model to choose again, so that a completion can start inside it
-    /// (true/false; default: the model directory's `ghostline.json`, else false).
-    #[arg(long, env = "GHOSTLINE_TOKEN_HEALING")]
-    token_healing: Option<bool>,
-    /// How FIM requests with the cursor inside a line (code before it, nothing after it on the
-    /// line) are prompted: fim (the template) or plain (the prefix alone, completed to the end
-    /// of the line). Default: the model directory's `ghostline.json`, else fim.
-    #[arg(long, env = "GHOSTLINE_MID_LINE_PROMPT")]
-    mid_line_prompt: Option<String>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "GHOSTLINE_MAX_BODY_BYTES")]
-    max_body_bytes: Option<usize>,
-    /// Largest max_tokens a request may ask for.
-    #[arg(long, env = "GHOSTLINE_MAX_TOKENS_LIMIT")]
-    max_tokens_limit: Option<u32>,
-    /// Engine threads (default: all cores).
-    #[arg(long, env = "GHOSTLINE_THREADS")]
-    threads: Option<usize>,
-    /// How the CPU backend stores weights: f32, bf16 or q8 (int8 in groups of 32; fastest,
-    /// slightly less exact). Default: the checkpoint's own precision (bf16 or f32).
-    #[arg(long, env = "GHOSTLINE_WEIGHTS")]
-    weights: Option<String>,
-    /// How the CPU backend stores the KV cache: f16 (default; half the memory) or f32.
-    #[arg(long, env = "GHOSTLINE_KV_CACHE")]
-    kv_cache: Option<String>,
-    /// Seconds running streams get to finish after SIGTERM.
-    #[arg(long, env = "GHOSTLINE_SHUTDOWN_GRACE_SECS")]
-    shutdown_grace_secs: Option<u64>,
-    /// Redis URL for the shared cache and limits (team deployments).
-    #[arg(long, env = "GHOSTLINE_REDIS")]
-    redis: Option<String>,
-    /// Telemetry database URL (team deployments).
-    #[arg(long, env = "GHOSTLINE_DATABASE")]
-    database: Option<String>,
-    /// Serve a non-loopback address without API keys.
-    #[arg(long, env = "GHOSTLINE_INSECURE_NO_AUTH")]
-    insecure_no_auth: bool,
-    /// Response cache size in MiB, in process (0 turns the response cache off).
-    #[arg(long, env = "GHOSTLINE_CACHE_MB")]
-    cache_mb: Option<usize>,
-    /// How long Redis keeps a cached response, in seconds.
-    #[arg(long, env = "GHOSTLINE_CACHE_TTL_SECS")]
-    cache_ttl_secs: Option<u64>,
-    /// Deadline of one Redis operation, in milliseconds.
-    #[arg(long, env = "GHOSTLINE_REDIS_TIMEOUT_MS")]
-    redis_timeout_ms: Option<u64>,
-    /// Sequences one key may have queued or running at once.
-    #[arg(long, env = "GHOSTLINE_MAX_INFLIGHT_PER_KEY")]
-    max_inflight_per_key: Option<usize>,
-    /// Per-key rate buckets hold this many seconds of the rate (60: a minute's worth).
-    #[arg(long, env = "GHOSTLINE_RATE_LIMIT_BURST_SECS")]
-    rate_limit_burst_secs: Option<f64>,
-    /// Serve /metrics and /v1/stats without an API key.
-    #[arg(long, env = "GHOSTLINE_OPEN_METRICS")]
-    open_metrics: bool,
-    /// Redact secrets from prompts and drop completions with secrets (true/false).
-    #[arg(long, env = "GHOSTLINE_REDACT_SECRETS")]
-    redact_secrets: Option<bool>,
-    /// Another secret pattern (regex; repeatable).
-    #[arg(long = "secret-pattern")]
-    secret_patterns: Vec<String>,
-    /// Drop completions matching this regex (repeatable).
-    #[arg(long = "blocklist")]
-    blocklist: Vec<String>,
-    /// Keep prompt and completion text in the completion record.
-    #[arg(long, env = "GHOSTLINE_STORE_COMPLETION_TEXT")]
-    store_completion_text: bool,
-    /// Log the text given to the engine (debugging; it contains code).
-    #[arg(long, env = "GHOSTLINE_DEBUG_LOG_PROMPTS")]
-    debug_log_prompts: bool,
-    /// Telemetry events and completion records waiting to be stored at most; beyond it 503.
-    #[arg(long, env = "GHOSTLINE_TELEMETRY_BACKLOG")]
-    telemetry_backlog: Option<usize>,
-}
-
-/// The same options in the TOML file.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    addr: Option<SocketAddr>,
-    model: Option<String>,
-    device: Option<String>,
-    data_dir: Option<PathBuf>,
-    model_name: Option<String>,
-    kv_memory_mb: Option<usize>,
-    max_batch_tokens: Option<usize>,
-    max_running: Option<usize>,
-    max_queue: Option<usize>,
-    prefix_cache: Option<bool>,
-    typeahead_entries: Option<usize>,
-    fim_template: Option<String>,
-    token_healing: Option<bool>,
-    mid_line_prompt: Option<String>,
-    max_body_bytes: Option<usize>,
-    max_tokens_limit: Option<u32>,
-    threads: Option<usize>,
-    weights: Option<String>,
-    kv_cache: Option<String>,
-    shutdown_grace_secs: Option<u64>,
-    redis: Option<String>,
-    database: Option<String>,
-    insecure_no_auth: Option<bool>,
-    cache_mb: Option<usize>,
-    cache_ttl_secs: Option<u64>,
-    redis_timeout_ms: Option<u64>,
-    max_inflight_per_key: Option<usize>,
-    rate_limit_burst_secs: Option<f64>,
-    open_metrics: Option<bool>,
-    redact_secrets: Option<bool>,
-    secret_patterns: Option<Vec<String>>,
-    blocklist: Option<Vec<String>>,
-    store_completion_text: Option<bool>,
-    debug_log_prompts: Option<bool>,
-    telemetry_backlog: Option<usize>,
-}
-
-/// Serving settings a model directory may carry for itself in `ghostline.json`.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ModelServing {
-    /// `fim` or `plain`: see `--mid-line-prompt`.
-    mid_line_prompt: Option<fim::MidLine>,
-    /// See `--token-healing`.
-    token_healing: Option<bool>,
-}
-
-/// The model directory's `ghostline.json`, or the defaults when it has none.
-fn model_serving(dir: &Path) -> anyhow::Result<ModelServing> {
-    if dir.is_file() {
-        // A single-file checkpoint (.gguf) has no directory of its own to hold settings.
-        return Ok(ModelServing::default());
-    }
-    let path = dir.join("ghostline.json");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("reading the model's serving settings {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelServing::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn merge(mut a: ServeArgs) -> anyhow::Result<ServeArgs> {
-    let Some(path) = a.config.clone() else { return Ok(a) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
-    let f: FileConfig = toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
-    macro_rules! fill {
-        ($($field:ident),*) => { $( if a.$field.is_none() { a.$field = f.$field; } )* };
-    }
-    fill!(
-        addr,
-        model,
-        device,
-        data_dir,
-        model_name,
-        kv_memory_mb,
-        max_batch_tokens,
-        max_running,
-        max_queue,
-        prefix_cache,
-        typeahead_entries,
-        fim_template,
-        token_healing,
-        mid_line_prompt,
-        max_body_bytes,
-        max_tokens_limit,
-        threads,
-        weights,
-        kv_cache,
-        shutdown_grace_secs,
-        redis,
-        database,
-        cache_mb,
-        cache_ttl_secs,
-        redis_timeout_ms,
-        max_inflight_per_key,
-        rate_limit_burst_secs,
-        redact_secrets,
-        telemetry_backlog
-    );
-    a.insecure_no_auth |= f.insecure_no_auth.unwrap_or(false);
-    a.open_metrics |= f.open_metrics.unwrap_or(false);
-    a.store_completion_text |= f.store_completion_text.unwrap_or(false);
-    a.debug_log_prompts |= f.debug_log_prompts.unwrap_or(false);
-    if a.secret_patterns.is_empty() {
-        a.secret_patterns = f.secret_patterns.unwrap_or_default();
-    }
-    if a.blocklist.is_empty() {
-        a.blocklist = f.blocklist.unwrap_or_default();
-    }
-    Ok(a)
 }
 
 /// Where the bundled model lives: beside the executable's repository checkout, or the source
@@ -372,19 +136,12 @@ fn bundled_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ghostline-tiny")
 }
 
+/// The local path of a `--model` value (a directory, a `.gguf` file, `hf:…`, `ollama:…`; see
+/// `model_source`), or of the bundled model when none is given.
 fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
+    use std::io::IsTerminal;
     match arg {
-        Some(m) => {
-            let p = PathBuf::from(m);
-            if p.is_dir() || (p.is_file() && ghostline_engine::gguf::is_gguf(&p)) {
-                Ok(p)
-            } else {
-                bail!(
-                    "model {m} not found: --model takes a checkpoint directory in the Hugging Face layout \
-                     (config.json, model.safetensors, tokenizer.json) or a .gguf file"
-                )
-            }
-        }
+        Some(m) => model_source::resolve(&model_source::ModelSpec::parse(m)?, std::io::stderr().is_terminal()),
         None => {
             let p = bundled_model();
             if p.join("config.json").exists() && p.join("model.safetensors").exists() {
@@ -392,7 +149,7 @@ fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
             } else {
                 bail!(
                     "the bundled model is missing at {} (build it with server/training, see its README), \
-                     or pass --model DIR with a checkpoint in the Hugging Face layout",
+                     or pass --model with a checkpoint directory, a .gguf file, hf:ORG/NAME or ollama:NAME",
                     p.display()
                 )
             }
@@ -409,17 +166,27 @@ fn init_tracing() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None => serve(merge(ServeArgs::parse_from_env()?)?),
-        Some(Command::Serve(a)) => serve(merge(a)?),
+        None => serve(ServeArgs::parse_from_env()?.resolve()?),
+        Some(Command::Serve(a)) => serve(a.resolve()?),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Keys { db, command }) => {
             let target = db.target()?;
             let mut store = store::Store::open(&target)?;
             keys::run_cli(&mut store, command)
         }
+        Some(Command::Models) => {
+            let models = model_source::list_local(&bundled_model());
+            if models.is_empty() {
+                println!("no models here; pass --model hf:ORG/NAME to download one");
+            }
+            for m in models {
+                println!("{}\t{}", m.spec, m.path.display());
+            }
+            Ok(())
+        }
         Some(Command::Stats { db, since, json }) => {
             let target = db.target()?;
-            let now = telemetry::unix_ms();
+            let now = ingest::unix_ms();
             let since =
                 stats::parse_since(&since, now).context("--since takes unix seconds or an age like 30m, 24h, 7d")?;
             let report = stats::report(&mut store::Store::open(&target)?, since)?;
@@ -475,11 +242,13 @@ impl ServeArgs {
     }
 }
 
-fn serve(a: ServeArgs) -> anyhow::Result<()> {
+fn serve(a: Settings) -> anyhow::Result<()> {
+    // First, while no other thread runs: the engine reads some of its options from the environment.
+    a.engine().hand_to_engine();
     init_tracing();
-    let addr = a.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8484)));
-    let device = Device::parse(a.device.as_deref().unwrap_or("cpu")).map_err(anyhow::Error::msg)?;
-    let database = store::DbTarget::resolve(a.database.as_deref(), &data_dir(a.data_dir.clone()))?;
+    let addr = a.addr;
+    let device = Device::parse(&a.device).map_err(anyhow::Error::msg)?;
+    let database = store::DbTarget::resolve(a.database.as_deref(), &a.data_dir())?;
     let require_key = !addr.ip().is_loopback() && !a.insecure_no_auth;
     let auth = Arc::new(keys::Auth::new(database.clone(), store::Store::open(&database)?, require_key));
     if require_key && !auth.any() {
@@ -488,20 +257,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
              loopback address, or pass --insecure-no-auth to serve the network unauthenticated"
         );
     }
-    let filters = filters::Filters::new(a.redact_secrets.unwrap_or(true), &a.secret_patterns, &a.blocklist)?;
-    let ingest = telemetry::Ingest::start(
-        database.clone(),
-        store::Store::open(&database)?,
-        a.telemetry_backlog.unwrap_or(10_000),
-    );
+    let filters = filters::Filters::new(a.redact_secrets, &a.secret_patterns, &a.blocklist)?;
+    let ingest = ingest::Ingest::start(database.clone(), store::Store::open(&database)?, a.telemetry_backlog);
     tracing::info!(database = %database.describe(), keys = auth.any(), "database ready");
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
-    }
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
     let weights = a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
-    let kv_dtype = a.kv_cache.as_deref().map(str::parse::<KvDtype>).transpose().map_err(anyhow::Error::msg)?;
+    let kv_dtype = a.kv_cache.parse::<KvDtype>().map_err(anyhow::Error::msg)?;
     let backend = Backend::load_as(&dir, device, weights)
         .with_context(|| format!("loading model {} on {device}", dir.display()))?;
     let backend_desc = backend.describe();
@@ -513,50 +275,44 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into())
     });
-    let template = fim::detect(&tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut fim_stop_ids = tokenizer.eos_ids.clone();
-    if let Some(t) = &template {
-        fim_stop_ids.extend(t.stop_ids(&tokenizer));
-    }
-    fim_stop_ids.sort_unstable();
-    fim_stop_ids.dedup();
-    let serving = model_serving(&dir)?;
+    let template = prompt::detect(&tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
+    let serving = ModelServing::read(&dir)?;
     let token_healing = a.token_healing.or(serving.token_healing).unwrap_or(false);
-    let heal = (template.is_some() && token_healing).then(|| Arc::new(fim::HealIndex::new(&tokenizer)));
-    let mid_line = match &a.mid_line_prompt {
-        Some(m) => m.parse::<fim::MidLine>().map_err(anyhow::Error::msg)?,
-        None => serving.mid_line_prompt.unwrap_or_default(),
-    };
-    let mid_line = if template.is_some() { mid_line } else { fim::MidLine::Fim };
+    let mid_line = a.mid_line_prompt.or(serving.mid_line_prompt).unwrap_or_default();
     let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
-    let pool = backend.kv_pool_as(kv_bytes, kv_dtype.unwrap_or_default()).context("allocating the KV cache")?;
+    let pool = backend.kv_pool_as(kv_bytes, kv_dtype).context("allocating the KV cache")?;
     let kv_name = pool.host_dtype().map_or("device", KvDtype::name);
+    let tokenizer = Arc::new(tokenizer);
+    let prompts = Arc::new(prompt::PromptBuilder::new(tokenizer.clone(), template, token_healing, mid_line));
     tracing::info!(
         model = %dir.display(),
         name = %model_name,
         device = %backend.describe(),
         params_m = backend.num_params() as f64 / 1e6,
-        fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
-        mid_line = mid_line.name(),
+        fim = prompts.family().unwrap_or("none"),
+        mid_line = prompts.mid_line().name(),
         kv_blocks = pool.max_blocks(),
         kv_cache = kv_name,
         load_s = t0.elapsed().as_secs_f64(),
         "model loaded"
     );
-    let context_length = backend.config().max_position_embeddings;
-    let eos_ids = tokenizer.eos_ids.clone();
-    let tokenizer = Arc::new(tokenizer);
+    let model = validate::ModelFacts {
+        name: model_name.clone(),
+        context_length: backend.config().max_position_embeddings,
+        fim: prompts.family(),
+    };
     let sched = scheduler::Scheduler::start(
         Arc::new(backend),
-        tokenizer.clone(),
+        tokenizer,
         pool,
         scheduler::SchedulerConfig {
-            max_batch_tokens: a.max_batch_tokens.unwrap_or(512),
-            max_running: a.max_running.unwrap_or(64),
-            max_queue: a.max_queue.unwrap_or(256),
-            prefix_cache: a.prefix_cache.unwrap_or(true),
+            max_batch_tokens: a.max_batch_tokens,
+            max_running: a.max_running,
+            max_queue: a.max_queue,
+            prefix_cache: a.prefix_cache,
         },
-    );
+    )
+    .context("starting the engine thread")?;
     let latency = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("ghostline_ttft_seconds".into()), &latency)?
@@ -567,18 +323,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         )?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let mut limits = http::Limits::default();
-    if let Some(b) = a.max_body_bytes {
-        limits.max_body_bytes = b;
-    }
-    if let Some(m) = a.max_tokens_limit {
-        limits.max_tokens = m.max(1);
-    }
+    let limits = validate::Limits {
+        max_body_bytes: a.max_body_bytes,
+        max_tokens: a.max_tokens_limit.max(1),
+        ..validate::Limits::default()
+    };
     // Outputs depend on the weights' format and the device too, so cached answers do. (How a
     // prompt was built, healed or not, is in the cache key itself: its ids, stops and healed text.)
     let model_identity = format!(
         "{model_name}@{}/{}/kv-{}",
-        cache::model_digest(&dir).context("hashing the model files")?,
+        response_cache::model_digest(&dir).context("hashing the model files")?,
         backend_desc,
         kv_name
     );
@@ -590,46 +344,41 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // The Redis connection manager spawns its tasks on this runtime.
     let entered = rt.enter();
     let redis = match &a.redis {
-        Some(url) => {
-            Some(Arc::new(redis_link::RedisLink::new(url, Duration::from_millis(a.redis_timeout_ms.unwrap_or(250)))?))
-        }
+        Some(url) => Some(Arc::new(redis_link::RedisLink::new(url, Duration::from_millis(a.redis_timeout_ms))?)),
         None => None,
     };
-    let cache_bytes = a.cache_mb.unwrap_or(64) << 20;
-    let cache_ttl = Duration::from_secs(a.cache_ttl_secs.unwrap_or(3600));
-    let gateway = http::Gateway {
-        auth,
-        limiter: limits::Limiter::new(redis.clone()),
-        burst_secs: a.rate_limit_burst_secs.filter(|b| *b > 0.0).unwrap_or(60.0),
-        inflight: Arc::default(),
-        max_inflight_per_key: a.max_inflight_per_key.unwrap_or(16).max(1),
-        cache: (cache_bytes > 0).then(|| Arc::new(cache::ResponseCache::new(cache_bytes, redis.clone(), cache_ttl))),
-        model_identity,
+    let cache_bytes = a.cache_mb << 20;
+    let cache_ttl = Duration::from_secs(a.cache_ttl_secs);
+    let gateway = gateway::Gateway::new(
+        gateway::KeyLimits {
+            limiter: limits::Limiter::new(redis.clone()),
+            burst_secs: if a.rate_limit_burst_secs > 0.0 { a.rate_limit_burst_secs } else { 60.0 },
+            max_inflight: a.max_inflight_per_key.max(1),
+        },
+        gateway::Caches {
+            response: (cache_bytes > 0)
+                .then(|| Arc::new(response_cache::ResponseCache::new(cache_bytes, redis.clone(), cache_ttl))),
+            model_identity,
+            typeahead: typeahead::TypeAhead::new(a.typeahead_entries),
+        },
         filters,
-        ingest,
-        database,
-        open_metrics: a.open_metrics,
-        store_text: a.store_completion_text,
-        log_prompts: a.debug_log_prompts,
-    };
+        gateway::Recording { ingest, model: model_name, store_text: a.store_completion_text },
+    );
     drop(entered);
     let state = Arc::new(http::AppState {
-        model_name,
-        context_length,
-        scheduler: sched,
-        tokenizer,
-        template,
-        heal,
-        mid_line,
-        eos_ids,
-        fim_stop_ids,
+        model,
         limits,
-        typeahead: Mutex::new(typeahead::TypeAhead::new(a.typeahead_entries.unwrap_or(256))),
+        prompts,
+        inference: Arc::new(sched),
+        gateway: Arc::new(gateway),
+        auth,
+        open_metrics: a.open_metrics,
+        database,
         metrics: handle,
         started: Instant::now(),
-        gateway,
+        log_prompts: a.debug_log_prompts,
     });
-    let grace = Duration::from_secs(a.shutdown_grace_secs.unwrap_or(10));
+    let grace = Duration::from_secs(a.shutdown_grace_secs);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;

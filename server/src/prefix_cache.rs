@@ -8,7 +8,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use ghostline_engine::{BlockId, KvPool};
 
-struct Entry {
+struct CachedBlock {
     block: BlockId,
     tokens: Vec<u32>,
     parent: u64,
@@ -18,7 +18,7 @@ struct Entry {
 /// Index from token-prefix hash to KV block.
 pub struct PrefixCache {
     block_size: usize,
-    map: HashMap<u64, Entry>,
+    map: HashMap<u64, CachedBlock>,
     clock: u64,
 }
 
@@ -70,7 +70,7 @@ impl PrefixCache {
                 Some(_) => return, // a hash collision: leave the older entry alone
                 None => {
                     pool.retain_block(block);
-                    self.map.insert(h, Entry { block, tokens: chunk.to_vec(), parent, last_used: clock });
+                    self.map.insert(h, CachedBlock { block, tokens: chunk.to_vec(), parent, last_used: clock });
                 }
             }
             parent = h;

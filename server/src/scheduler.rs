@@ -1,12 +1,14 @@
 //! The engine loop: one thread owns the model, the KV pool, the prefix cache and every running
 //! sequence. Each step runs the next token of every decoding sequence and chunks of waiting
 //! prompts in one batched forward (continuous batching with chunked prefill), then streams the
-//! new text to each request's channel. HTTP handlers only submit requests and read events.
+//! new text to each request's channel. It implements `Inference`: the HTTP side only submits jobs and reads events.
 //!
 //! Request lifecycle: queued → admitted (prefix blocks looked up) → prefilling (chunks) →
 //! decoding (n candidates forked from the prompt) → finished | cancelled. A request whose
 //! event receiver is gone (client disconnected) is freed at the next step; a newer request with
 //! the same (user, path) cancels the older one.
+
+mod plan;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,57 +18,18 @@ use std::time::Instant;
 
 use ghostline_api::FinishReason;
 use ghostline_engine::{
-    Backend, BatchItem, KvPool, Logits, Pick, Picker, SamplingParams, SeqKv, StopMatcher, StreamDecoder, Tokenizer,
+    Backend, BatchItem, EngineError, KvPool, Logits, Pick, Picker, SeqKv, StopMatcher, StreamDecoder, Tokenizer,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::inference::{Event, Events, Inference, Job, SubmitError, Summary};
 use crate::prefix_cache::PrefixCache;
+use plan::{Admission, DecodeNeed, PrefillNeed, Slot, StepPlan};
 
-/// One completion request, already templated into token ids.
-pub struct Request {
-    pub prompt: Vec<u32>,
-    pub n: usize,
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    pub stop_ids: Vec<u32>,
-    /// Token healing: the text taken off the prompt's end, which the first token must begin
-    /// with (and which is cut from the completion).
-    pub heal: Option<crate::fim::Heal>,
-    /// (user, path): a newer request with the same key cancels this one.
-    pub supersede_key: Option<(String, String)>,
-    pub events: UnboundedSender<Event>,
-    pub submitted: Instant,
-}
-
-/// What the scheduler reports about a request, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Text {
-        index: u32,
-        text: String,
-    },
-    /// One candidate ended.
-    Done {
-        index: u32,
-        finish: FinishReason,
-    },
-    /// All candidates ended; always the last event.
-    Finished(Summary),
-    /// The request failed (nothing more follows).
-    Error(String),
-}
-
-/// Usage and timings of a finished request.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Summary {
-    pub prompt_tokens: usize,
-    pub cached_tokens: usize,
-    pub completion_tokens: usize,
-    pub queue_ms: f64,
-    pub prefill_ms: f64,
-    pub ttft_ms: f64,
-    pub total_ms: f64,
+/// A job and where its events go.
+struct Request {
+    job: Job,
+    events: UnboundedSender<Event>,
 }
 
 /// Scheduler limits.
@@ -82,20 +45,7 @@ pub struct SchedulerConfig {
     pub prefix_cache: bool,
 }
 
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig { max_batch_tokens: 512, max_running: 64, max_queue: 256, prefix_cache: true }
-    }
-}
-
-/// Why a submission was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SubmitError {
-    QueueFull,
-    Stopped,
-}
-
-/// The handle HTTP handlers use.
+/// The handle the HTTP side holds (as `dyn Inference`).
 #[derive(Clone)]
 pub struct Scheduler {
     tx: mpsc::Sender<Request>,
@@ -105,42 +55,48 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the engine thread, which runs `backend` (CPU or CUDA: the loop is the same).
-    pub fn start(backend: Arc<Backend>, tok: Arc<Tokenizer>, pool: KvPool, config: SchedulerConfig) -> Scheduler {
+    pub fn start(
+        backend: Arc<Backend>,
+        tok: Arc<Tokenizer>,
+        pool: KvPool,
+        config: SchedulerConfig,
+    ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let max_queue = config.max_queue;
         let p = pending.clone();
-        std::thread::Builder::new()
-            .name("ghostline-engine".into())
-            .spawn(move || {
-                let block_size = pool.shape().block_size;
-                let mut lp = Loop {
-                    backend,
-                    tok,
-                    pool,
-                    cache: PrefixCache::new(block_size),
-                    config,
-                    rx,
-                    pending: p,
-                    waiting: VecDeque::new(),
-                    running: Vec::new(),
-                };
-                lp.run();
-            })
-            .expect("spawning the engine thread");
-        Scheduler { tx, pending, max_queue }
+        std::thread::Builder::new().name("ghostline-engine".into()).spawn(move || {
+            let block_size = pool.shape().block_size;
+            let mut lp = Loop {
+                backend,
+                tok,
+                pool,
+                cache: PrefixCache::new(block_size),
+                config,
+                rx,
+                pending: p,
+                waiting: VecDeque::new(),
+                running: Vec::new(),
+            };
+            lp.run();
+        })?;
+        Ok(Scheduler { tx, pending, max_queue })
     }
+}
 
-    /// Queues a request; its events arrive on `req.events`.
-    pub fn submit(&self, req: Request) -> Result<(), SubmitError> {
+impl Inference for Scheduler {
+    /// Queues a job; refused when the queue is full.
+    fn submit(&self, job: Job) -> Result<Events, SubmitError> {
         if self.pending.load(Ordering::Relaxed) >= self.max_queue {
             return Err(SubmitError::QueueFull);
         }
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
         self.pending.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(req).map_err(|_| {
+        self.tx.send(Request { job, events }).map_err(|_| {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             SubmitError::Stopped
-        })
+        })?;
+        Ok(rx)
     }
 }
 
@@ -148,8 +104,8 @@ struct Cand {
     kv: SeqKv,
     picker: Picker,
     decoder: StreamDecoder,
-    /// What is left to cut of the healed text at the completion's start.
-    heal_left: String,
+    /// What is left to cut of the job's lead at the output's start.
+    lead_left: String,
     stops: StopMatcher,
     generated: usize,
     next: Option<u32>,
@@ -174,6 +130,9 @@ impl Group {
     fn prefilling(&self) -> bool {
         self.cands.is_empty()
     }
+    fn job(&self) -> &Job {
+        &self.req.job
+    }
 }
 
 struct Loop {
@@ -190,6 +149,16 @@ struct Loop {
 
 fn ms(a: Instant, b: Instant) -> f64 {
     b.saturating_duration_since(a).as_secs_f64() * 1000.0
+}
+
+/// The sequences, token ids and logits wanted of one step's slots, in slot order, and the
+/// choosers of the candidates that a finished prefill starts.
+struct Batch {
+    seqs: Vec<SeqKv>,
+    tokens: Vec<Vec<u32>>,
+    logits: Vec<Logits>,
+    /// Per finishing prefill slot: its candidates' pickers (candidate i's seed is the job's plus i).
+    fresh: Vec<(usize, Vec<Picker>)>,
 }
 
 impl Loop {
@@ -211,31 +180,31 @@ impl Loop {
             self.reap();
             metrics::gauge!("ghostline_queue_depth").set(self.waiting.len() as f64);
             metrics::gauge!("ghostline_active_sequences")
-                .set(self.running.iter().map(|g| g.req.n).sum::<usize>() as f64);
+                .set(self.running.iter().map(|g| g.job().n).sum::<usize>() as f64);
             metrics::gauge!("ghostline_kv_blocks_used").set(self.pool.used_blocks() as f64);
             metrics::gauge!("ghostline_prefix_cache_blocks").set(self.cache.len() as f64);
         }
     }
 
     fn arrive(&mut self, req: Request) {
-        if let Some(key) = &req.supersede_key {
-            for g in self.running.iter_mut().filter(|g| !g.finished && g.req.supersede_key.as_ref() == Some(key)) {
+        if let Some(key) = &req.job.supersede_key {
+            for g in self.running.iter_mut().filter(|g| !g.finished && g.job().supersede_key.as_ref() == Some(key)) {
                 metrics::counter!("ghostline_cancelled_total", "reason" => "superseded").increment(1);
                 Self::finish_all(&mut self.pool, g, FinishReason::Cancelled);
             }
             let mut kept = VecDeque::new();
             for w in self.waiting.drain(..) {
-                if w.supersede_key.as_ref() == Some(key) {
+                if w.job.supersede_key.as_ref() == Some(key) {
                     metrics::counter!("ghostline_cancelled_total", "reason" => "superseded").increment(1);
                     self.pending.fetch_sub(1, Ordering::Relaxed);
-                    for i in 0..w.n {
+                    for i in 0..w.job.n {
                         let _ = w.events.send(Event::Done { index: i as u32, finish: FinishReason::Cancelled });
                     }
                     let now = Instant::now();
                     let _ = w.events.send(Event::Finished(Summary {
-                        prompt_tokens: w.prompt.len(),
-                        queue_ms: ms(w.submitted, now),
-                        total_ms: ms(w.submitted, now),
+                        prompt_tokens: w.job.prompt.len(),
+                        queue_ms: ms(w.job.submitted, now),
+                        total_ms: ms(w.job.submitted, now),
                         ..Summary::default()
                     }));
                 } else {
@@ -258,34 +227,34 @@ impl Loop {
         self.pending.fetch_sub(before - self.waiting.len(), Ordering::Relaxed);
     }
 
-    fn blocks_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.pool.shape().block_size)
+    /// KV blocks that are free or that evicting cached prefixes would free.
+    fn room(&self) -> usize {
+        self.pool.free_blocks() + self.cache.evictable(&self.pool)
     }
 
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running {
             let Some(req) = self.waiting.front() else { break };
+            let prompt = &req.job.prompt;
             let bs = self.pool.shape().block_size;
             // Reuse whole cached blocks, but always leave at least one prompt token to compute.
-            let max_blocks = req.prompt.len().saturating_sub(1) / bs;
-            let hit = if self.config.prefix_cache { self.cache.lookup(&req.prompt, max_blocks) } else { Vec::new() };
+            let max_blocks = prompt.len().saturating_sub(1) / bs;
+            let hit = if self.config.prefix_cache { self.cache.lookup(prompt, max_blocks) } else { Vec::new() };
             // Room for the uncached prompt plus the first blocks of each candidate.
-            let need = self.blocks_for(req.prompt.len()) - hit.len() + req.n;
-            if need > self.pool.free_blocks() + self.cache.evictable(&self.pool) {
-                if self.running.is_empty() {
-                    // Nothing will free memory: this request can never run.
-                    let req = self.waiting.pop_front().expect("front exists");
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
-                    let _ = req.events.send(Event::Error(format!(
-                        "the prompt needs {need} KV blocks but the KV cache holds {}; raise kv_memory_mb",
-                        self.pool.max_blocks()
-                    )));
-                    continue;
-                }
+            let need = prompt.len().div_ceil(bs) - hit.len() + req.job.n;
+            let decision = plan::admission(need, self.room(), self.running.is_empty());
+            if decision == Admission::Wait {
                 break;
             }
-            let req = self.waiting.pop_front().expect("front exists");
+            let Some(req) = self.waiting.pop_front() else { break };
             self.pending.fetch_sub(1, Ordering::Relaxed);
+            if decision == Admission::Refuse {
+                let _ = req.events.send(Event::Error(format!(
+                    "the prompt needs {need} KV blocks but the KV cache holds {}; raise kv_memory_mb",
+                    self.pool.max_blocks()
+                )));
+                continue;
+            }
             for &b in &hit {
                 self.pool.retain_block(b);
             }
@@ -306,200 +275,197 @@ impl Loop {
         }
     }
 
-    /// Makes sure `need` blocks are free, evicting cached prefixes if necessary.
-    fn make_room(&mut self, need: usize) -> bool {
-        if self.pool.free_blocks() < need {
-            self.cache.evict(&mut self.pool, need);
-        }
-        self.pool.free_blocks() >= need
-    }
-
-    fn step(&mut self) {
-        // Plan: every decoding candidate's next token, then prefill chunks in arrival order.
-        enum Slot {
-            Decode(usize, usize),
-            Prefill(usize, usize, usize),
-        }
-        let mut plan: Vec<Slot> = Vec::new();
-        let mut budget = self.config.max_batch_tokens.max(1);
-        let mut reserved = 0;
-        for gi in 0..self.running.len() {
-            let ncands = self.running[gi].cands.len();
-            for ci in 0..ncands {
-                let c = &self.running[gi].cands[ci];
+    /// What this step runs: the facts of every running sequence, handed to the planner.
+    fn plan(&self) -> StepPlan {
+        let mut decodes = Vec::new();
+        let mut prefills = Vec::new();
+        for (gi, g) in self.running.iter().enumerate() {
+            if g.finished {
+                continue;
+            }
+            if g.prefilling() {
+                prefills.push(PrefillNeed { group: gi, from: g.prefilled, left: g.job().prompt.len() - g.prefilled });
+                continue;
+            }
+            for (ci, c) in g.cands.iter().enumerate() {
                 if c.done || c.next.is_none() {
                     continue;
                 }
-                let need = self.pool.blocks_needed(&c.kv, c.kv.len + 1);
-                if !self.make_room(reserved + need) {
-                    // Out of KV memory mid-generation: end this candidate where it is.
-                    let g = &mut self.running[gi];
-                    Self::finish_cand(&mut self.pool, g, ci, FinishReason::Length);
-                    continue;
-                }
-                reserved += need;
-                plan.push(Slot::Decode(gi, ci));
-                budget = budget.saturating_sub(1);
+                let frees = c.kv.blocks.iter().filter(|&&b| self.pool.ref_count(b) == 1).count();
+                decodes.push(DecodeNeed {
+                    group: gi,
+                    cand: ci,
+                    blocks: self.pool.blocks_needed(&c.kv, c.kv.len + 1),
+                    frees,
+                });
             }
         }
-        for gi in 0..self.running.len() {
-            let g = &self.running[gi];
-            if g.finished || !g.prefilling() || budget == 0 {
-                continue;
-            }
-            let len = (g.req.prompt.len() - g.prefilled).min(budget);
-            let need = self.pool.blocks_needed(&g.base, g.prefilled + len);
-            let from = g.prefilled;
-            if !self.make_room(reserved + need) {
-                continue;
-            }
-            reserved += need;
-            budget -= len;
-            plan.push(Slot::Prefill(gi, from, len));
+        let running = &self.running;
+        plan::plan_step(&decodes, &prefills, self.config.max_batch_tokens, self.room(), |i, new_len| {
+            self.pool.blocks_needed(&running[prefills[i].group].base, new_len)
+        })
+    }
+
+    fn step(&mut self) {
+        let plan = self.plan();
+        for &(gi, ci) in &plan.out_of_room {
+            // Out of KV memory mid-generation: the candidate ends where it is.
+            Self::finish_cand(&mut self.pool, &mut self.running[gi], ci, FinishReason::Length);
         }
-        if plan.is_empty() {
+        if plan.slots.is_empty() {
             return;
         }
-        metrics::histogram!("ghostline_batch_size").record(plan.len() as f64);
+        if self.pool.free_blocks() < plan.blocks {
+            self.cache.evict(&mut self.pool, plan.blocks);
+        }
+        metrics::histogram!("ghostline_batch_size").record(plan.slots.len() as f64);
+        let mut batch = self.gather(&plan.slots);
+        match self.forward(&plan.slots, &mut batch) {
+            Ok((tokens, first_pick)) => self.accept(&plan.slots, batch, &tokens, &first_pick),
+            Err(e) => self.fail(&plan.slots, batch, &e),
+        }
+    }
 
-        // Split borrows: pull the sequences out, run the forward, put them back.
-        let mut seqs: Vec<SeqKv> = Vec::with_capacity(plan.len());
-        let mut toks: Vec<Vec<u32>> = Vec::with_capacity(plan.len());
-        let mut modes = Vec::with_capacity(plan.len());
-        for s in &plan {
+    /// Takes the slots' sequences out of their groups (split borrows: they go back in
+    /// `accept`), with the tokens each computes.
+    fn gather(&mut self, slots: &[Slot]) -> Batch {
+        let mut b = Batch {
+            seqs: Vec::with_capacity(slots.len()),
+            tokens: Vec::with_capacity(slots.len()),
+            logits: Vec::with_capacity(slots.len()),
+            fresh: Vec::new(),
+        };
+        for (k, s) in slots.iter().enumerate() {
             match *s {
-                Slot::Decode(gi, ci) => {
-                    let c = &mut self.running[gi].cands[ci];
-                    seqs.push(std::mem::take(&mut c.kv));
-                    toks.push(vec![c.next.take().expect("planned")]);
-                    modes.push(Logits::Last);
+                Slot::Decode { group, cand } => {
+                    let c = &mut self.running[group].cands[cand];
+                    b.seqs.push(std::mem::take(&mut c.kv));
+                    b.tokens.push(c.next.take().into_iter().collect());
+                    b.logits.push(Logits::Last);
                 }
-                Slot::Prefill(gi, from, len) => {
-                    let g = &mut self.running[gi];
-                    seqs.push(std::mem::take(&mut g.base));
-                    toks.push(g.req.prompt[from..from + len].to_vec());
-                    let last = from + len == g.req.prompt.len();
-                    modes.push(if last { Logits::Last } else { Logits::None });
-                }
-            }
-        }
-        // One token per decode slot; a finished prefill picks one per candidate, whose
-        // choosers are made here (candidate i's seed is the request's plus i).
-        let mut fresh: Vec<(usize, Vec<Picker>)> = Vec::new();
-        for (k, s) in plan.iter().enumerate() {
-            if let Slot::Prefill(gi, _, _) = *s {
-                if modes[k] == Logits::Last {
-                    let g = &self.running[gi];
-                    let pickers = (0..g.req.n)
-                        .map(|i| {
-                            let mut sp = g.req.sampling.clone();
-                            sp.seed = sp.seed.map(|s| s.wrapping_add(i as u64));
-                            let mut picker = Picker::new(sp);
-                            if let Some(h) = &g.req.heal {
-                                picker.restrict_next(h.allowed.clone());
-                            }
-                            picker
-                        })
-                        .collect();
-                    fresh.push((k, pickers));
-                }
-            }
-        }
-        let mut first_pick = Vec::with_capacity(plan.len() + 1);
-        let result = {
-            let mut items: Vec<BatchItem> = seqs
-                .iter_mut()
-                .zip(&toks)
-                .zip(&modes)
-                .map(|((kv, t), &m)| BatchItem { kv, tokens: t, logits: m })
-                .collect();
-            let mut cand_pickers: HashMap<(usize, usize), &mut Picker> = self
-                .running
-                .iter_mut()
-                .enumerate()
-                .flat_map(|(gi, g)| g.cands.iter_mut().enumerate().map(move |(ci, c)| ((gi, ci), &mut c.picker)))
-                .collect();
-            let mut picks: Vec<Pick> = Vec::with_capacity(plan.len());
-            let mut fresh_iter = fresh.iter_mut().peekable();
-            for (k, s) in plan.iter().enumerate() {
-                first_pick.push(picks.len());
-                match *s {
-                    Slot::Decode(gi, ci) => {
-                        if let Some(p) = cand_pickers.remove(&(gi, ci)) {
-                            picks.push(Pick { item: k, picker: p });
-                        }
-                    }
-                    Slot::Prefill(..) => {
-                        if fresh_iter.peek().is_some_and(|(fk, _)| *fk == k) {
-                            let (_, pickers) = fresh_iter.next().expect("peeked");
-                            picks.extend(pickers.iter_mut().map(|p| Pick { item: k, picker: p }));
-                        }
+                Slot::Prefill { group, from, len } => {
+                    let g = &mut self.running[group];
+                    b.seqs.push(std::mem::take(&mut g.base));
+                    b.tokens.push(g.req.job.prompt[from..from + len].to_vec());
+                    let last = from + len == g.req.job.prompt.len();
+                    b.logits.push(if last { Logits::Last } else { Logits::None });
+                    if last {
+                        let job = &g.req.job;
+                        let pickers = (0..job.n)
+                            .map(|i| {
+                                let mut sp = job.sampling.clone();
+                                sp.seed = sp.seed.map(|s| s.wrapping_add(i as u64));
+                                let mut picker = Picker::new(sp);
+                                if let Some(allowed) = &job.first_tokens {
+                                    picker.restrict_next(allowed.clone());
+                                }
+                                picker
+                            })
+                            .collect();
+                        b.fresh.push((k, pickers));
                     }
                 }
             }
+        }
+        b
+    }
+
+    /// Runs the batched forward: one token per decode slot, one per candidate of a finished
+    /// prefill. Returns the tokens and, per slot, where its tokens start (one past the end last).
+    fn forward(&mut self, slots: &[Slot], b: &mut Batch) -> Result<(Vec<u32>, Vec<usize>), EngineError> {
+        let mut first_pick = Vec::with_capacity(slots.len() + 1);
+        let mut items: Vec<BatchItem> = b
+            .seqs
+            .iter_mut()
+            .zip(&b.tokens)
+            .zip(&b.logits)
+            .map(|((kv, t), &m)| BatchItem { kv, tokens: t, logits: m })
+            .collect();
+        let mut cand_pickers: HashMap<(usize, usize), &mut Picker> = self
+            .running
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(gi, g)| g.cands.iter_mut().enumerate().map(move |(ci, c)| ((gi, ci), &mut c.picker)))
+            .collect();
+        let mut picks: Vec<Pick> = Vec::with_capacity(slots.len());
+        let mut fresh = b.fresh.iter_mut().peekable();
+        for (k, s) in slots.iter().enumerate() {
             first_pick.push(picks.len());
-            self.backend.step(&mut self.pool, &mut items, &mut picks)
-        };
-        let now = Instant::now();
-        let tokens = match result {
-            Ok(t) => t,
-            Err(e) => {
-                // Should not happen (room was made above); fail the requests involved, not the server.
-                tracing::error!("forward failed: {e}");
-                for (s, kv) in plan.iter().zip(seqs.iter_mut()) {
-                    let gi = match *s {
-                        Slot::Decode(gi, _) | Slot::Prefill(gi, _, _) => gi,
-                    };
-                    self.pool.release(kv);
-                    let g = &mut self.running[gi];
-                    if !g.finished {
-                        let _ = g.req.events.send(Event::Error(format!("inference failed: {e}")));
-                        Self::finish_all(&mut self.pool, g, FinishReason::Cancelled);
-                    }
-                }
-                return;
-            }
-        };
-        let mut fresh = fresh.into_iter();
-        for (k, (s, kv)) in plan.iter().zip(seqs).enumerate() {
-            // The tokens picked for this slot, one per candidate.
-            let picked = &tokens[first_pick[k]..first_pick[k + 1]];
             match *s {
-                Slot::Decode(gi, ci) => {
-                    self.running[gi].cands[ci].kv = kv;
-                    if let Some(&tok) = picked.first() {
-                        self.take(gi, ci, tok, now);
+                Slot::Decode { group, cand } => {
+                    if let Some(p) = cand_pickers.remove(&(group, cand)) {
+                        picks.push(Pick { item: k, picker: p });
                     }
                 }
-                Slot::Prefill(gi, from, len) => {
-                    let g = &mut self.running[gi];
+                Slot::Prefill { .. } => {
+                    if let Some((_, pickers)) = fresh.next_if(|(fk, _)| *fk == k) {
+                        picks.extend(pickers.iter_mut().map(|p| Pick { item: k, picker: p }));
+                    }
+                }
+            }
+        }
+        first_pick.push(picks.len());
+        let tokens = self.backend.step(&mut self.pool, &mut items, &mut picks)?;
+        Ok((tokens, first_pick))
+    }
+
+    /// A failed forward (room was made, so it should not happen) fails the requests involved,
+    /// not the server.
+    fn fail(&mut self, slots: &[Slot], mut b: Batch, e: &EngineError) {
+        tracing::error!("forward failed: {e}");
+        for (s, kv) in slots.iter().zip(b.seqs.iter_mut()) {
+            self.pool.release(kv);
+            let g = &mut self.running[s.group()];
+            if !g.finished {
+                let _ = g.req.events.send(Event::Error(format!("inference failed: {e}")));
+                Self::finish_all(&mut self.pool, g, FinishReason::Cancelled);
+            }
+        }
+    }
+
+    /// Puts the sequences back and hands each slot its tokens: a decode's next token, or the
+    /// first token of each candidate a finished prefill starts.
+    fn accept(&mut self, slots: &[Slot], b: Batch, tokens: &[u32], first_pick: &[usize]) {
+        let now = Instant::now();
+        let mut fresh = b.fresh.into_iter();
+        for (k, (s, kv)) in slots.iter().zip(b.seqs).enumerate() {
+            let picked = tokens.get(first_pick[k]..first_pick[k + 1]).unwrap_or_default();
+            match *s {
+                Slot::Decode { group, cand } => {
+                    self.running[group].cands[cand].kv = kv;
+                    if let Some(&tok) = picked.first() {
+                        self.take(group, cand, tok, now);
+                    }
+                }
+                Slot::Prefill { group, from, len } => {
+                    let g = &mut self.running[group];
                     g.base = kv;
                     g.prefilled = from + len;
-                    if g.prefilled < g.req.prompt.len() {
+                    if g.prefilled < g.req.job.prompt.len() {
                         continue;
                     }
                     g.prefill_done = Some(now);
                     if self.config.prefix_cache {
-                        self.cache.insert(&mut self.pool, &g.req.prompt, &g.base.blocks);
+                        self.cache.insert(&mut self.pool, &g.req.job.prompt, &g.base.blocks);
                     }
                     let base = std::mem::take(&mut g.base);
-                    let n = g.req.n;
+                    let n = g.req.job.n;
                     let pickers = fresh.next().map(|(_, p)| p).unwrap_or_default();
                     for (i, picker) in pickers.into_iter().enumerate() {
                         let kv = if i + 1 == n { base.clone() } else { self.pool.fork(&base, base.len) };
                         g.cands.push(Cand {
                             kv,
                             picker,
-                            decoder: StreamDecoder::new(&g.req.prompt),
-                            heal_left: g.req.heal.as_ref().map(|h| h.text.clone()).unwrap_or_default(),
-                            stops: StopMatcher::new(&g.req.stop),
+                            decoder: StreamDecoder::new(&g.req.job.prompt),
+                            lead_left: g.req.job.lead.clone(),
+                            stops: StopMatcher::new(&g.req.job.stop),
                             generated: 0,
                             next: None,
                             done: false,
                         });
                     }
                     for (ci, &tok) in picked.iter().enumerate() {
-                        self.take(gi, ci, tok, now);
+                        self.take(group, ci, tok, now);
                     }
                 }
             }
@@ -512,7 +478,7 @@ impl Loop {
         if g.finished || g.cands[ci].done {
             return;
         }
-        if g.req.stop_ids.contains(&tok) {
+        if g.req.job.stop_ids.contains(&tok) {
             let c = &mut g.cands[ci];
             let (tail, _) = c.stops.finish_with(&c.decoder.flush(&self.tok).unwrap_or_default());
             Self::send_text(g, ci, tail, now);
@@ -523,11 +489,11 @@ impl Loop {
         let c = &mut g.cands[ci];
         c.generated += 1;
         let mut piece = c.decoder.push(&self.tok, tok).unwrap_or_default();
-        if !c.heal_left.is_empty() {
-            piece = cut_healed(&mut c.heal_left, piece);
+        if !c.lead_left.is_empty() {
+            piece = cut_lead(&mut c.lead_left, piece);
         }
         let (out, hit) = c.stops.push(&piece);
-        let at_limit = c.generated >= g.req.max_tokens;
+        let at_limit = c.generated >= g.req.job.max_tokens;
         let mut text = out;
         let mut hit = hit;
         if !hit && at_limit {
@@ -568,7 +534,7 @@ impl Loop {
     fn finish_all(pool: &mut KvPool, g: &mut Group, finish: FinishReason) {
         if g.prefilling() {
             pool.release(&mut g.base);
-            for i in 0..g.req.n {
+            for i in 0..g.req.job.n {
                 let _ = g.req.events.send(Event::Done { index: i as u32, finish });
             }
             g.cands.clear();
@@ -596,9 +562,9 @@ impl Loop {
             for c in g.cands.iter_mut() {
                 self.pool.release(&mut c.kv);
             }
-            let s = g.req.submitted;
+            let s = g.req.job.submitted;
             let summary = Summary {
-                prompt_tokens: g.req.prompt.len(),
+                prompt_tokens: g.req.job.prompt.len(),
                 cached_tokens: g.cached_tokens,
                 completion_tokens: g.completion_tokens,
                 queue_ms: ms(s, g.admitted),
@@ -611,8 +577,8 @@ impl Loop {
     }
 }
 
-/// Cuts what is left of the healed text (already in the editor) off the start of a piece.
-fn cut_healed(left: &mut String, piece: String) -> String {
+/// Cuts what is left of the lead (text the client already has) off the start of a piece.
+fn cut_lead(left: &mut String, piece: String) -> String {
     if let Some(rest) = piece.strip_prefix(left.as_str()) {
         left.clear();
         rest.to_string()
@@ -620,8 +586,24 @@ fn cut_healed(left: &mut String, piece: String) -> String {
         *left = more.to_string();
         String::new()
     } else {
-        // Not what the first token was held to (cannot happen with a healed first token).
+        // Not what the first token was held to (cannot happen with a restricted first token).
         left.clear();
         piece
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lead_is_cut_across_pieces_once() {
+        let mut left = " os".to_string();
+        assert_eq!(cut_lead(&mut left, " o".into()), "");
+        assert_eq!(left, "s");
+        assert_eq!(cut_lead(&mut left, "s.path".into()), ".path");
+        assert!(left.is_empty());
+        let mut left = "=".to_string();
+        assert_eq!(cut_lead(&mut left, "x".into()), "x", "not the lead: kept whole");
     }
 }

@@ -139,7 +139,7 @@ pub fn report(store: &mut Store, since_ms: i64) -> anyhow::Result<Report> {
     let [lang, editor, key] = groups.map(|g| g.into_iter().map(|(k, a)| (k, a.finish())).collect());
     Ok(Report {
         since: since_ms / 1000,
-        until: crate::telemetry::unix_ms() / 1000,
+        until: crate::ingest::unix_ms() / 1000,
         overall: overall.finish(),
         by_language: lang,
         by_editor: editor,

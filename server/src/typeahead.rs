@@ -9,7 +9,7 @@ use ghostline_api::FinishReason;
 /// What must match besides the prompt: suffix, context and sampling settings, hashed.
 pub type Key = u64;
 
-struct Entry {
+struct Remembered {
     key: Key,
     prompt: String,
     text: String,
@@ -18,7 +18,7 @@ struct Entry {
 
 /// A small most-recent-first list of completions.
 pub struct TypeAhead {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Remembered>,
     capacity: usize,
 }
 
@@ -33,7 +33,7 @@ impl TypeAhead {
             return;
         }
         self.entries.retain(|e| !(e.key == key && e.prompt == prompt));
-        self.entries.push_front(Entry { key, prompt: prompt.to_string(), text: text.to_string(), finish });
+        self.entries.push_front(Remembered { key, prompt: prompt.to_string(), text: text.to_string(), finish });
         self.entries.truncate(self.capacity);
     }
 

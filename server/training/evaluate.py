@@ -20,9 +20,15 @@ Backends
                                   --token-healing)
   --backend server --url URL      ghostline-server HTTP API v1: POST /v1/completions with
                                   prompt=prefix, suffix=suffix, temperature 0, stream false,
-                                  stop ["\\n"] for single-line cases
+                                  stop ["\\n"] for single-line cases; for a model without FIM
+                                  (`fim: null` in GET /v1/models) the prefix alone, left to right
+  --backend lsp --ghostline BIN   the language server's whole pipeline against the server at
+                                  --url: `ghostline complete FILE:LINE:COL` on a file holding
+                                  prefix + suffix (context, request, post-processing as an
+                                  editor gets them); an empty answer counts as dropped
 
-Prints a markdown table; --out FILE writes the summary and per-case results as JSON.
+Prints a markdown table (with the share of empty answers: what the language server dropped, or
+what the model gave nothing for); --out FILE writes the summary and per-case results as JSON.
 
   python3 evaluate.py --backend hf --model ../models/ghostline-tiny
   python3 evaluate.py --backend server --url http://127.0.0.1:8484 --limit 100
@@ -148,7 +154,7 @@ class HFBackend:
         ids.pop()
         return text, allowed
 
-    def complete(self, prefix, suffix, single_line, max_new_tokens):
+    def complete(self, prefix, suffix, single_line, max_new_tokens, lang=None):
         torch = self.torch
         enc = lambda s: self.tok(s, add_special_tokens=False).input_ids
         room = self.ctx - max_new_tokens
@@ -197,28 +203,42 @@ class HFBackend:
 
 
 class ServerBackend:
-    """ghostline-server HTTP API v1 (see the project's design notes: POST /v1/completions)."""
+    """ghostline-server HTTP API v1 (docs/api.md: POST /v1/completions). A model without FIM
+    tokens (`fim: null` in GET /v1/models) gets the prefix alone, as the server refuses a suffix
+    for it."""
 
     def __init__(self, url, model=None, api_key=None, timeout=60):
-        self.url = url.rstrip("/") + "/v1/completions"
+        self.base = url.rstrip("/")
+        self.url = self.base + "/v1/completions"
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
-        self.name = f"server:{url}"
+        models = self._get("/v1/models")["data"]
+        info = next((m for m in models if m["id"] == model), models[0]) if models else {}
+        self.fim = info.get("fim")
+        self.name = f"server:{url} ({info.get('id', '?')}, fim: {self.fim or 'none: prefix only'})"
 
-    def complete(self, prefix, suffix, single_line, max_new_tokens):
+    def _headers(self):
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _get(self, path):
+        req = urllib.request.Request(self.base + path, headers=self._headers())
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            return json.loads(r.read())
+
+    def complete(self, prefix, suffix, single_line, max_new_tokens, lang=None):
         body = {"prompt": prefix, "max_tokens": max_new_tokens, "temperature": 0.0,
                 "top_p": 1.0, "n": 1, "stream": False, "truncate": True}
-        if suffix is not None:
+        if suffix is not None and self.fim:
             body["suffix"] = suffix
         if single_line:
             body["stop"] = ["\n"]
         if self.model:
             body["model"] = self.model
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=self._headers(), method="POST")
         for attempt in range(5):
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as r:
@@ -235,10 +255,46 @@ class ServerBackend:
         return text
 
 
+class LspBackend:
+    """The language server's whole pipeline: `ghostline complete FILE:LINE:COL` on a file that
+    holds prefix + suffix, against the ghostline-server at `url`. The language server decides
+    single- or multi-line itself (as in an editor), builds the prompt with its context window,
+    and post-processes the answer (line / block end, suffix overlap, syntax check); an answer
+    it drops comes back empty."""
+
+    EXT = {"python": ".py", "rust": ".rs"}
+
+    def __init__(self, ghostline, url, api_key=None, timeout=60):
+        import tempfile
+        self.bin = ghostline
+        self.env = dict(os.environ, GHOSTLINE_SERVER_URL=url.rstrip("/"))
+        if api_key:
+            self.env["GHOSTLINE_API_KEY"] = api_key
+        self.timeout = timeout
+        self.dir = tempfile.mkdtemp(prefix="ghostline-eval-")
+        self.name = f"lsp:{Path(ghostline).name} -> {url}"
+
+    def complete(self, prefix, suffix, single_line, max_new_tokens, lang=None):
+        import subprocess
+        path = Path(self.dir) / f"case{self.EXT.get(lang, '.txt')}"
+        path.write_text(prefix + (suffix or ""))
+        line = prefix.count("\n") + 1
+        col = len(prefix.rsplit("\n", 1)[-1]) + 1
+        r = subprocess.run([self.bin, "complete", f"{path}:{line}:{col}", "--max-tokens", str(max_new_tokens)],
+                           env=self.env, capture_output=True, text=True, timeout=self.timeout)
+        if r.returncode == 1:
+            return ""
+        if r.returncode != 0:
+            raise RuntimeError(f"ghostline complete exited {r.returncode}: {r.stderr[-300:]}")
+        # `println!` adds one newline after the suggestion.
+        return r.stdout[:-1] if r.stdout.endswith("\n") else r.stdout
+
+
 # ---------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["hf", "server"], required=True)
+    ap.add_argument("--backend", choices=["hf", "server", "lsp"], required=True)
+    ap.add_argument("--ghostline", default="ghostline", help="lsp: the language server binary")
     ap.add_argument("--model", help="hf: model directory; server: optional `model` field")
     ap.add_argument("--url", default="http://127.0.0.1:8484")
     ap.add_argument("--api-key", default=os.environ.get("GHOSTLINE_API_KEY"))
@@ -263,6 +319,8 @@ def main():
             ap.error("--backend hf needs --model DIR")
         backend = HFBackend(args.model, args.threads, mid_line=args.mid_line_prompt,
                             healing=None if args.token_healing is None else args.token_healing == "true")
+    elif args.backend == "lsp":
+        backend = LspBackend(args.ghostline, args.url, args.api_key)
     else:
         backend = ServerBackend(args.url, args.model, args.api_key)
     checker = SyntaxChecker()
@@ -276,13 +334,13 @@ def main():
             sel = [c for c in cases if c["kind"] == kind][:args.limit]
             if not sel:
                 continue
-            em = es = ok = 0
+            em = es = ok = empty = 0
             lat = []
             for c in sel:
                 single = kind in ("single", "mid")
                 t0 = time.time()
                 comp = backend.complete(c["prefix"], None if kind in plain_kinds else c["suffix"], single,
-                                        args.max_new_tokens if single else args.max_new_tokens_multi)
+                                        args.max_new_tokens if single else args.max_new_tokens_multi, lang=lang)
                 lat.append(time.time() - t0)
                 ref = c["middle"]
                 e = comp.strip() == ref.strip()
@@ -292,22 +350,25 @@ def main():
                 p = err_c <= err_ref
                 em += e
                 es += s
+                empty += comp.strip() == ""
                 ok += p
                 results.append({"id": c["id"], "completion": comp, "exact": e, "edit_sim": round(s, 4),
                                 "parses": p, "latency_s": round(lat[-1], 3)})
             n = len(sel)
             lat.sort()
             summary.append({"language": lang, "kind": kind, "n": n, "exact_match": em / n,
-                            "edit_similarity": es / n, "parse_rate": ok / n,
+                            "edit_similarity": es / n, "parse_rate": ok / n, "empty": empty / n,
                             "latency_p50_ms": 1000 * lat[n // 2]})
-            print(f"{lang}/{kind}: n={n} EM={em / n:.3f} ES={es / n:.3f} parse={ok / n:.3f}", file=sys.stderr)
+            print(f"{lang}/{kind}: n={n} EM={em / n:.3f} ES={es / n:.3f} parse={ok / n:.3f} empty={empty / n:.3f}",
+                  file=sys.stderr)
 
     print(f"\nbackend: {backend.name}\n")
-    print("| language | kind | n | exact match | edit similarity | parses | p50 latency (ms) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| language | kind | n | exact match | edit similarity | parses | empty | p50 latency (ms) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in summary:
         print(f"| {r['language']} | {r['kind']} | {r['n']} | {100 * r['exact_match']:.1f}% | "
-              f"{r['edit_similarity']:.3f} | {100 * r['parse_rate']:.1f}% | {r['latency_p50_ms']:.0f} |")
+              f"{r['edit_similarity']:.3f} | {100 * r['parse_rate']:.1f}% | {100 * r['empty']:.1f}% | "
+              f"{r['latency_p50_ms']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"backend": backend.name, "summary": summary, "cases": results},
                                              indent=1) + "\n")

@@ -34,8 +34,12 @@ pub fn temp_dir(what: &str) -> PathBuf {
     d
 }
 
-/// The server binary, built next to ours by `cargo build --workspace` (tests/run does it).
+/// The server binary, built next to ours by `cargo build --workspace` (tests/run does it), or
+/// the one `GHOSTLINE_SERVER_BIN` names (a benchmark comparing two builds).
 pub fn server_binary(ours: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("GHOSTLINE_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
     let ours = PathBuf::from(ours);
     let p = ours.with_file_name(format!("ghostline-server{}", std::env::consts::EXE_SUFFIX));
     assert!(

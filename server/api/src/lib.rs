@@ -239,8 +239,7 @@ mod tests {
     fn a_mistyped_extension_field_is_an_error() {
         let e = serde_json::from_str::<CompletionRequest>(r#"{"prompt":"x","truncate":"yes"}"#);
         assert!(e.is_err());
-        let r: CompletionRequest =
-            serde_json::from_str(r#"{"prompt":"x","truncate":true,"editor":"nvim"}"#).unwrap();
+        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":"x","truncate":true,"editor":"nvim"}"#).unwrap();
         assert_eq!((r.truncate, r.editor.as_deref()), (Some(true), Some("nvim")));
     }
 

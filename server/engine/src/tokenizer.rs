@@ -13,6 +13,8 @@ use crate::error::{io_err, EngineError, Result};
 /// A loaded tokenizer with the checkpoint's special-token conventions.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special tokens' text encoded as text (`encode_text`).
+    text_only: tokenizers::Tokenizer,
     /// Ids that end generation: generation_config's `eos_token_id` (one or several), the
     /// tokenizer config's `eos_token`, and config.json's `eos_token_id`.
     pub eos_ids: Vec<u32>,
@@ -99,7 +101,9 @@ impl Tokenizer {
             .and_then(|tc| named(tc.get("bos_token")))
             .or_else(|| gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied()));
         let add_bos = tc.as_ref().and_then(|tc| tc.get("add_bos_token")).and_then(Value::as_bool);
-        Ok(Tokenizer { inner, eos_ids, bos_id, add_bos, special })
+        let mut text_only = inner.clone();
+        text_only.set_encode_special_tokens(true);
+        Ok(Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special })
     }
 
     /// A tokenizer from an already built `tokenizers` model with its special-token conventions:
@@ -122,13 +126,25 @@ impl Tokenizer {
         for (content, id) in special {
             map.insert(content.clone(), *id);
         }
-        Tokenizer { inner, eos_ids, bos_id, add_bos, special: map }
+        let mut text_only = inner.clone();
+        text_only.set_encode_special_tokens(true);
+        Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special: map }
     }
 
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
     /// `add_special_tokens` is set. Special-token text such as `<|fim_prefix|>` becomes its id.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        self.encode_with(&self.inner, text, add_special_tokens)
+    }
+
+    /// Encodes untrusted text (a user's code): special-token text such as `<|endoftext|>` stays
+    /// text, so that only ids a caller puts in (a template's markers, BOS) are control tokens.
+    pub fn encode_text(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.encode_with(&self.text_only, text, add_special_tokens)
+    }
+
+    fn encode_with(&self, inner: &tokenizers::Tokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = inner.encode_fast(text, add_special_tokens).map_err(|e| EngineError::Tokenize(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special_tokens {
             if let (Some(add), Some(bos)) = (self.add_bos, self.bos_id) {
@@ -228,5 +244,23 @@ impl StreamDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn special_token_text_is_a_control_token_only_through_encode() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied-bf16");
+        let tok = Tokenizer::load(&dir, &[]).unwrap();
+        let special: Vec<u32> = tok.special_tokens().values().copied().collect();
+        let text = "EOS = \"<|endoftext|>\" + \"<|fim_middle|>\"";
+        assert!(tok.encode(text, false).unwrap().iter().any(|i| special.contains(i)));
+        let plain = tok.encode_text(text, false).unwrap();
+        assert!(!plain.iter().any(|i| special.contains(i)), "{plain:?}");
+        assert_eq!(tok.decode(&plain, false).unwrap(), text);
+        assert_eq!(tok.encode_text("def f(x):", false).unwrap(), tok.encode("def f(x):", false).unwrap());
     }
 }

@@ -20,7 +20,7 @@ use crate::redis_link::RedisLink;
 
 /// What a hit answers with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct CachedAnswer {
     pub text: String,
     pub finish: FinishReason,
     pub completion_tokens: u32,
@@ -110,17 +110,17 @@ pub fn key(p: &KeyParts) -> Key {
 
 /// LRU bounded by the bytes of its entries.
 struct Local {
-    lru: LruCache<Key, Arc<Entry>>,
+    lru: LruCache<Key, Arc<CachedAnswer>>,
     bytes: usize,
     max_bytes: usize,
 }
 
-fn cost(e: &Entry) -> usize {
+fn cost(e: &CachedAnswer) -> usize {
     e.text.len() + 32 + 64
 }
 
 impl Local {
-    fn put(&mut self, k: Key, e: Arc<Entry>) {
+    fn put(&mut self, k: Key, e: Arc<CachedAnswer>) {
         let c = cost(&e);
         if c > self.max_bytes {
             return;
@@ -159,7 +159,7 @@ impl ResponseCache {
     }
 
     /// The entry for `k`: from this process, else from Redis (then kept here too).
-    pub async fn get(&self, k: &Key) -> Option<Arc<Entry>> {
+    pub async fn get(&self, k: &Key) -> Option<Arc<CachedAnswer>> {
         if let Some(e) = self.local().lru.get(k) {
             return Some(e.clone());
         }
@@ -167,14 +167,14 @@ impl ResponseCache {
         let rk = redis_key(k);
         let raw: Option<String> =
             link.run("cache_get", |mut c| async move { redis::cmd("GET").arg(rk).query_async(&mut c).await }).await?;
-        let e: Entry = serde_json::from_str(&raw?).ok()?;
+        let e: CachedAnswer = serde_json::from_str(&raw?).ok()?;
         let e = Arc::new(e);
         self.local().put(*k, e.clone());
         Some(e)
     }
 
     /// Stores an entry here and, in the background, in Redis.
-    pub fn put(self: &Arc<Self>, k: Key, e: Entry) {
+    pub fn put(self: &Arc<Self>, k: Key, e: CachedAnswer) {
         let e = Arc::new(e);
         self.local().put(k, e.clone());
         if let Some(link) = self.redis.clone() {
@@ -194,8 +194,8 @@ impl ResponseCache {
 mod tests {
     use super::*;
 
-    fn entry(text: &str) -> Entry {
-        Entry { text: text.into(), finish: FinishReason::Stop, completion_tokens: 1 }
+    fn entry(text: &str) -> CachedAnswer {
+        CachedAnswer { text: text.into(), finish: FinishReason::Stop, completion_tokens: 1 }
     }
 
     #[test]

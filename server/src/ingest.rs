@@ -1,4 +1,4 @@
-//! The telemetry store: client events and the server's record of each completion it served.
+//! The telemetry ingest: client events and the server's record of each completion it served.
 //!
 //! Everything goes through one bounded queue to one writer thread, which drains whatever has
 //! arrived and commits it in a single transaction (group commit); a client's `202` is sent only
@@ -133,7 +133,7 @@ pub fn write_batch(store: &mut Store, events: &[EventRecord], completions: &[Com
     })
 }
 
-enum Job {
+enum Queued {
     Events(Vec<EventRecord>, oneshot::Sender<Result<(), String>>),
     Completion(Box<CompletionRecord>),
 }
@@ -149,7 +149,7 @@ pub enum IngestError {
 
 /// The handle HTTP handlers use.
 pub struct Ingest {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     /// Events and completion records queued, not yet committed.
     backlog: Arc<AtomicUsize>,
     capacity: usize,
@@ -186,7 +186,7 @@ impl Ingest {
             return Err(IngestError::Busy);
         }
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Events(events, tx)).is_err() {
+        if self.tx.send(Queued::Events(events, tx)).is_err() {
             self.backlog.fetch_sub(n, Ordering::AcqRel);
             return Err(IngestError::Failed("the telemetry writer has stopped".into()));
         }
@@ -199,7 +199,7 @@ impl Ingest {
 
     /// Queues the record of a served completion; dropped (and counted) when the backlog is full.
     pub fn record(&self, c: CompletionRecord) {
-        if !self.reserve(1) || self.tx.send(Job::Completion(Box::new(c))).is_err() {
+        if !self.reserve(1) || self.tx.send(Queued::Completion(Box::new(c))).is_err() {
             metrics::counter!("ghostline_completion_records_dropped_total").increment(1);
         }
     }
@@ -208,7 +208,7 @@ impl Ingest {
 /// Largest group one transaction takes.
 const MAX_GROUP: usize = 5000;
 
-fn writer(target: DbTarget, store: Store, rx: mpsc::Receiver<Job>, backlog: Arc<AtomicUsize>) {
+fn writer(target: DbTarget, store: Store, rx: mpsc::Receiver<Queued>, backlog: Arc<AtomicUsize>) {
     let mut store = Some(store);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -217,8 +217,8 @@ fn writer(target: DbTarget, store: Store, rx: mpsc::Receiver<Job>, backlog: Arc<
             match rx.try_recv() {
                 Ok(j) => {
                     size += match &j {
-                        Job::Events(e, _) => e.len(),
-                        Job::Completion(_) => 1,
+                        Queued::Events(e, _) => e.len(),
+                        Queued::Completion(_) => 1,
                     };
                     jobs.push(j);
                 }
@@ -230,11 +230,11 @@ fn writer(target: DbTarget, store: Store, rx: mpsc::Receiver<Job>, backlog: Arc<
         let mut replies = Vec::new();
         for j in jobs {
             match j {
-                Job::Events(e, reply) => {
+                Queued::Events(e, reply) => {
                     events.extend(e);
                     replies.push(reply);
                 }
-                Job::Completion(c) => completions.push(*c),
+                Queued::Completion(c) => completions.push(*c),
             }
         }
         let n = events.len() + completions.len();
