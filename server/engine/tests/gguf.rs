@@ -741,3 +741,31 @@ fn each_supported_pre_tokenizer_builds_and_round_trips() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every quantized type against gguf-py's dequantization of the same random blocks
+/// (`fixtures/gguf/dequant.json`), bit for bit, through the reference and through
+/// `matrix_from_ggml` into an f32 matrix (one row per block).
+#[test]
+fn dequantization_equals_gguf_py_bit_for_bit() {
+    use ghostline_engine::gguf::{dequant, matrix_from_ggml};
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/dequant.json");
+    let fx: Json = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let fx = fx.as_object().unwrap();
+    assert_eq!(fx.len(), 6);
+    for (name, case) in fx {
+        let ty = dequant::GgmlType::from_id(case["type"].as_u64().unwrap() as u32).unwrap();
+        assert_eq!(ty.name(), name);
+        let hex = case["blocks"].as_str().unwrap();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<u32> = case["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got: Vec<u32> = dequant::to_f32(ty, &bytes, want.len()).unwrap().iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "{name}");
+        let (per_block, _) = ty.block();
+        let rows = want.len() / per_block;
+        let m = matrix_from_ggml(&[(ty, rows, &bytes)], per_block, WeightFormat::F32).unwrap();
+        let mut out = vec![0f32; want.len()];
+        m.rows_into(0, &mut out);
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{name} through matrix_from_ggml");
+    }
+}
