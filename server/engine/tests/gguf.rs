@@ -385,6 +385,12 @@ fn a_gguf_file_loads_as_the_same_model_as_its_safetensors_checkpoint() {
     let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 1e-5, "gguf vs safetensors logits differ by {diff}");
 
+    // Without its extension (as Ollama keeps its blobs), the file is known by its magic.
+    let blob = d.join("sha256-0123abcd");
+    std::fs::copy(&gguf, &blob).unwrap();
+    let from_blob = Checkpoint::load(&blob).unwrap();
+    assert_eq!(last_logits(&from_blob.model, &ids), a);
+
     // A Q8_0 file loads in q8 by default; its logits stay near the f32 ones.
     let q8 = write(&d, &write_gguf(2, &metadata(), &gguf_tensors(8)).bytes);
     let ckpt = Checkpoint::load(&q8).unwrap();
@@ -565,6 +571,9 @@ fn each_kind_of_damaged_gguf_file_is_named() {
     check(&with_kv(|kv| kv.push(("llama.block_count".into(), Val::U32(1)))), &["llama.block_count appears twice"]);
     // A tensor of the wrong shape for the hyper-parameters.
     check(&with_kv(|kv| set(kv, "llama.feed_forward_length", Val::U32(FFN as u32 * 2))), &["ffn_gate", "dimensions"]);
+    // A file that is not there is named as a file, not as a missing directory.
+    let e = load_err(&d.join("absent.gguf"));
+    assert!(e.contains("absent.gguf") && e.contains("No such file"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
