@@ -253,6 +253,14 @@ mod tests {
         let a = model_digest(&dir).unwrap();
         std::fs::write(dir.join("model.safetensors"), "b").unwrap();
         assert_ne!(a, model_digest(&dir).unwrap());
+        // A .gguf file: its own bytes, not its directory's.
+        let gguf = dir.join("model.gguf");
+        std::fs::write(&gguf, "GGUF a").unwrap();
+        let g = model_digest(&gguf).unwrap();
+        std::fs::write(dir.join("model.safetensors"), "c").unwrap();
+        assert_eq!(g, model_digest(&gguf).unwrap());
+        std::fs::write(&gguf, "GGUF b").unwrap();
+        assert_ne!(g, model_digest(&gguf).unwrap());
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -142,10 +142,9 @@ impl Backend {
     /// checkpoint's own precision, see [`crate::default_format`]). The GPU keeps bf16 / f16.
     /// `dir` may also be a `.gguf` file (CPU only).
     pub fn load_as(dir: &Path, device: Device, format: Option<WeightFormat>) -> Result<Backend> {
-        if crate::gguf::is_gguf(dir) && dir.is_file() {
+        if crate::gguf::is_gguf(dir) && !dir.is_dir() {
             return match device {
                 Device::Cpu => Ok(Backend::cpu(Model::load_as(dir, format)?)),
-                #[allow(unreachable_patterns)]
                 _ => Err(EngineError::Device(format!(
                     "--device {device}: GGUF files run on the CPU only so far; use --device cpu or a checkpoint directory"
                 ))),

@@ -62,7 +62,7 @@ impl Checkpoint {
     /// Loads a checkpoint with its weight matrices in `format` (`None`: the lossless default;
     /// q8 for a block-quantized GGUF file). `dir` is a checkpoint directory or a `.gguf` file.
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
-        if gguf::is_gguf(dir) && dir.is_file() {
+        if gguf::is_gguf(dir) && !dir.is_dir() {
             let model = Model::load_as(dir, format)?;
             let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
             return Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer });

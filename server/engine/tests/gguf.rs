@@ -154,7 +154,7 @@ fn byte_tokens() -> Vec<String> {
 fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut tokens = byte_tokens();
     let g = |s: &str| s.replace(' ', "Ġ");
-    let merges: Vec<String> = vec!["Ġ t".into(), "h e".into(), "Ġt he".into(), "i n".into(), "Ġ in".into()];
+    let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "i n", "Ġ in", "1 2", "12 3", "4 5"].map(String::from).to_vec();
     for m in &merges {
         tokens.push(g(&m.replace(' ', "")));
     }
@@ -385,6 +385,12 @@ fn a_gguf_file_loads_as_the_same_model_as_its_safetensors_checkpoint() {
     let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 1e-5, "gguf vs safetensors logits differ by {diff}");
 
+    // Without its extension (as Ollama keeps its blobs), the file is known by its magic.
+    let blob = d.join("sha256-0123abcd");
+    std::fs::copy(&gguf, &blob).unwrap();
+    let from_blob = Checkpoint::load(&blob).unwrap();
+    assert_eq!(last_logits(&from_blob.model, &ids), a);
+
     // A Q8_0 file loads in q8 by default; its logits stay near the f32 ones.
     let q8 = write(&d, &write_gguf(2, &metadata(), &gguf_tensors(8)).bytes);
     let ckpt = Checkpoint::load(&q8).unwrap();
@@ -565,6 +571,9 @@ fn each_kind_of_damaged_gguf_file_is_named() {
     check(&with_kv(|kv| kv.push(("llama.block_count".into(), Val::U32(1)))), &["llama.block_count appears twice"]);
     // A tensor of the wrong shape for the hyper-parameters.
     check(&with_kv(|kv| set(kv, "llama.feed_forward_length", Val::U32(FFN as u32 * 2))), &["ffn_gate", "dimensions"]);
+    // A file that is not there is named as a file, not as a missing directory.
+    let e = load_err(&d.join("absent.gguf"));
+    assert!(e.contains("absent.gguf") && e.contains("No such file"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -719,4 +728,53 @@ fn smollm2_in_its_default_q8_format_stays_close_to_transformers() {
         n * 24
     );
     assert!(first + 1 >= cases.len(), "q8 first greedy token agrees on only {first} of {}", cases.len());
+}
+
+/// Every pre-tokenizer llama.cpp names for the families the server knows compiles and splits
+/// text into pieces that decode back to it.
+#[test]
+fn each_supported_pre_tokenizer_builds_and_round_trips() {
+    let d = tmp("pre");
+    let text = "def f(x):\n\treturn x + 12345  # café 数据 🚀\r\n    fn main() { let v = vec![1, 2]; }\n";
+    for pre in ["smollm", "starcoder", "qwen2", "deepseek-coder", "llama-bpe", "gpt2"] {
+        let bytes = with_kv(|kv| set(kv, "tokenizer.ggml.pre", Val::Str(pre.into())));
+        let p = write(&d, &bytes);
+        let tok = Tokenizer::load(&p, &[]).unwrap_or_else(|e| panic!("{pre}: {e}"));
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{pre}");
+        // Digits (the vocabulary merges 12, 123 and 45): one piece each where llama.cpp splits
+        // them singly, up to three for llama-bpe, all together for gpt2.
+        let digits = tok.encode("12345", true).unwrap().len();
+        let want = if matches!(pre, "llama-bpe" | "gpt2") { 2 } else { 5 };
+        assert_eq!(digits, want, "{pre}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Every quantized type against gguf-py's dequantization of the same random blocks
+/// (`fixtures/gguf/dequant.json`), bit for bit, through the reference and through
+/// `matrix_from_ggml` into an f32 matrix (one row per block).
+#[test]
+fn dequantization_equals_gguf_py_bit_for_bit() {
+    use ghostline_engine::gguf::{dequant, matrix_from_ggml};
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/dequant.json");
+    let fx: Json = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let fx = fx.as_object().unwrap();
+    assert_eq!(fx.len(), 6);
+    for (name, case) in fx {
+        let ty = dequant::GgmlType::from_id(case["type"].as_u64().unwrap() as u32).unwrap();
+        assert_eq!(ty.name(), name);
+        let hex = case["blocks"].as_str().unwrap();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<u32> = case["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got: Vec<u32> = dequant::to_f32(ty, &bytes, want.len()).unwrap().iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "{name}");
+        let (per_block, _) = ty.block();
+        let rows = want.len() / per_block;
+        let m = matrix_from_ggml(&[(ty, rows, &bytes)], per_block, WeightFormat::F32).unwrap();
+        let mut out = vec![0f32; want.len()];
+        m.rows_into(0, &mut out);
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{name} through matrix_from_ggml");
+    }
 }

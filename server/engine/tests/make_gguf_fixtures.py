@@ -6,7 +6,9 @@ transformers reads and dequantizes to f32.
     python3 server/engine/tests/make_gguf_fixtures.py [--gguf PATH]
         # PATH defaults to $GHOSTLINE_SMOLLM2_GGUF (tests/run fetches the file and sets it)
 
-Writes server/engine/tests/fixtures/gguf/smollm2-q4_1.json:
+Writes server/engine/tests/fixtures/gguf/dequant.json (random blocks of Q4_0, Q4_1, Q8_0, Q4_K,
+Q5_K and Q6_K with gguf-py's dequantization of them, an implementation independent of the
+engine's) and server/engine/tests/fixtures/gguf/smollm2-q4_1.json:
 - `cases`: code prompts (Python, Rust, JavaScript, ...), their ids, the greedy continuation
   (24 tokens, no stop) and the last-position logits (top 50 ids and values, plus the sum and the
   L2 norm of all 49,152 as a checksum);
@@ -77,7 +79,38 @@ def cut(text, start, length):
     return piece[: piece.rfind("\n") + 1] if "\n" in piece else piece
 
 
+# ggml type id and byte ranges of each block's f16 scales, which are set to ordinary values (a
+# random f16 could be inf or NaN); every other byte of the blocks is random.
+DEQUANT_TYPES = {"Q4_0": (2, [0]), "Q4_1": (3, [0, 2]), "Q8_0": (8, [0]), "Q4_K": (12, [0, 2]),
+                 "Q5_K": (13, [0, 2]), "Q6_K": (14, [208])}
+
+
+def write_dequant_fixture():
+    """Random blocks of every quantized type and gguf-py's dequantization of them (f32 bits)."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(21)
+    out = {}
+    for name, (type_id, scale_at) in DEQUANT_TYPES.items():
+        t = GGMLQuantizationType[name]
+        _, block_bytes = GGML_QUANT_SIZES[t]
+        raw = rng.integers(0, 256, size=(3, block_bytes), dtype=np.uint8)
+        for b in range(3):
+            for at in scale_at:
+                raw[b, at:at + 2] = np.frombuffer(np.float16(rng.uniform(-0.05, 0.05)).tobytes(), np.uint8)
+        values = quants.dequantize(raw.reshape(-1), t).astype(np.float32)
+        out[name] = {"type": type_id, "blocks": raw.reshape(-1).tobytes().hex(),
+                     "f32_bits": [int(v) for v in values.view(np.uint32)]}
+    path = os.path.join(os.path.dirname(OUT), "dequant.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    print(f"wrote {path}")
+
+
 def main():
+    write_dequant_fixture()
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=os.environ.get("GHOSTLINE_SMOLLM2_GGUF"))
     args = ap.parse_args()

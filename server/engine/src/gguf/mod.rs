@@ -24,16 +24,15 @@ use dequant::GgmlType;
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 
-/// Whether a path names a GGUF file (by its extension or its magic), as opposed to a checkpoint
-/// directory.
+/// Whether a path names a GGUF file, as opposed to a checkpoint directory: by its extension, or
+/// for a file without one (an Ollama blob is `sha256-…`) by its first four bytes.
 pub fn is_gguf(path: &Path) -> bool {
     if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return true;
     }
-    // Files without the extension (Ollama's blobs are named by digest) are known by their magic.
     let mut magic = [0u8; 4];
     path.is_file()
-        && std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
         && &magic == MAGIC
 }
 
