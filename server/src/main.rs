@@ -188,8 +188,9 @@ struct ServeArgs {
     /// Engine threads (default: all cores).
     #[arg(long, env = "GHOSTLINE_THREADS")]
     threads: Option<usize>,
-    /// How the CPU backend stores weights: f32, bf16 or q8 (int8 in groups of 32; fastest,
-    /// slightly less exact). Default: the checkpoint's own precision (bf16 or f32).
+    /// How the CPU backend stores weights: f32, bf16, q8 (int8 in groups of 32; fast, slightly
+    /// less exact) or q4 (ggml's Q4_0, 4 bits; a quarter of q8's memory, less exact still).
+    /// Default: the checkpoint's own precision (bf16 or f32).
     #[arg(long, env = "GHOSTLINE_WEIGHTS")]
     weights: Option<String>,
     /// How the CPU backend stores the KV cache: f16 (default; half the memory) or f32.
@@ -402,6 +403,18 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// The engine's CPU options: the threads, and from the environment the kernel cap
+/// (`GHOSTLINE_KERNELS`: auto, avx512, avx2, portable) and native bf16 products
+/// (`GHOSTLINE_BF16_NATIVE=1`).
+fn engine_cpu_options(threads: Option<usize>) -> anyhow::Result<ghostline_engine::CpuOptions> {
+    let kernels = std::env::var("GHOSTLINE_KERNELS").unwrap_or_default();
+    Ok(ghostline_engine::CpuOptions {
+        threads,
+        kernels: kernels.parse().map_err(|e: String| anyhow::anyhow!("GHOSTLINE_KERNELS: {e}"))?,
+        bf16_native: std::env::var("GHOSTLINE_BF16_NATIVE").is_ok_and(|v| v == "1"),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -427,6 +440,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
+            let threads = std::env::var("GHOSTLINE_THREADS").ok().map(|v| v.parse()).transpose()?;
+            ghostline_engine::cpu::configure(engine_cpu_options(threads)?)?;
             let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
             let t0 = Instant::now();
             let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
@@ -491,9 +506,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         a.telemetry_backlog.unwrap_or(10_000),
     );
     tracing::info!(database = %database.describe(), keys = auth.any(), "database ready");
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
-    }
+    ghostline_engine::cpu::configure(engine_cpu_options(a.threads)?)?;
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
     let weights = a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;

@@ -15,10 +15,11 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use half::f16;
 
+use crate::cpu::pool as threads;
 use crate::kv::{HostElem, KvDtype, KvPool, KvShape, SeqKv};
 use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
 use crate::ops;
-use crate::pool::{pool as threads, SendPtr};
+use crate::pool::SendPtr;
 use crate::weights::{DType, WeightFiles};
 
 /// A linear layer, weights in the PyTorch `[out, in]` layout, stored in the model's format.
