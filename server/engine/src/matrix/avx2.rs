@@ -6,7 +6,7 @@ use super::float::Weight;
 use super::input::BlockQ8A;
 use super::kernels::DotsQ;
 use super::q8_0::BlockQ8;
-use super::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, QuantBlock};
+use super::quant::{scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, QuantBlock, SubScales};
 use crate::ops::x86::hsum;
 
 /// A weight element type the kernels widen to f32 lanes.
@@ -83,6 +83,24 @@ unsafe fn dots_q8_r<const R: usize>(i: usize, x: &[BlockQ8A], w: &[BlockQ8], out
 /// [`QuantBlock::quants`] gives, without the round trip through memory).
 pub(super) trait Avx2Quants: QuantBlock {
     unsafe fn quants_v(&self, j: usize) -> __m256i;
+    /// [`QuantBlock::scales`] of sub-block `j` alone, the f16 fields converted in registers
+    /// (`half`'s conversion is a call that checks the CPU each time, too slow once a block).
+    unsafe fn scales_v(&self, j: usize) -> SubScales;
+}
+
+/// The f16 bits `h` as f32 (F16C).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16c(h: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
+/// Sub-block `j`'s scales of a Q4_K / Q5_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_scales_v(d: u16, dmin: u16, scales: &[u8; 12], j: usize) -> SubScales {
+    let (sc, m) = scale_min_k4(j, scales);
+    SubScales::uniform(f16c(d) * f32::from(sc), -(f16c(dmin) * f32::from(m)))
 }
 
 /// The 32 nibbles of 16 bytes, low nibbles first (Q4_0 and Q4_1).
@@ -109,6 +127,13 @@ impl Avx2Quants for BlockQ4_0 {
     unsafe fn quants_v(&self, _j: usize) -> __m256i {
         nibbles16(self.qs.as_ptr())
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales_v(&self, _j: usize) -> SubScales {
+        let d = f16c(self.d);
+        SubScales::uniform(d, -8.0 * d)
+    }
 }
 
 impl Avx2Quants for BlockQ4_1 {
@@ -117,6 +142,12 @@ impl Avx2Quants for BlockQ4_1 {
     unsafe fn quants_v(&self, _j: usize) -> __m256i {
         nibbles16(self.qs.as_ptr())
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales_v(&self, _j: usize) -> SubScales {
+        SubScales::uniform(f16c(self.d), f16c(self.m))
+    }
 }
 
 impl Avx2Quants for BlockQ4K {
@@ -124,6 +155,12 @@ impl Avx2Quants for BlockQ4K {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn quants_v(&self, j: usize) -> __m256i {
         nibbles32(self.qs.as_ptr().add(32 * (j / 2)), j % 2 == 1)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales_v(&self, j: usize) -> SubScales {
+        k4_scales_v(self.d, self.dmin, &self.scales, j)
     }
 }
 
@@ -137,6 +174,12 @@ impl Avx2Quants for BlockQ5K {
         let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), _mm256_set1_epi8(16));
         _mm256_or_si256(low, high)
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales_v(&self, j: usize) -> SubScales {
+        k4_scales_v(self.d, self.dmin, &self.scales, j)
+    }
 }
 
 impl Avx2Quants for BlockQ6K {
@@ -149,6 +192,14 @@ impl Avx2Quants for BlockQ6K {
         // Shifted in 16-bit lanes: what the neighbouring byte brings in lands above bit 1.
         let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), _mm256_set1_epi8(3));
         _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales_v(&self, j: usize) -> SubScales {
+        let d = f16c(self.d);
+        let a = [0, 1].map(|h| d * f32::from(self.scales[2 * j + h]));
+        SubScales { a, b: a.map(|a| -32.0 * a) }
     }
 }
 
@@ -189,8 +240,8 @@ macro_rules! quant_kernel {
             let mut acc = [_mm256_setzero_ps(); R];
             let mut offset = [0f32; R];
             for (bi, wb) in w.iter().enumerate() {
-                let sc = wb.scales();
-                for (j, sc) in sc.iter().enumerate().take(B::SUBS) {
+                for j in 0..B::SUBS {
+                    let sc = wb.scales_v(j);
                     let q = wb.quants_v(j);
                     let a = _mm256_setr_m128(_mm_set1_ps(sc.a[0]), _mm_set1_ps(sc.a[1]));
                     for l in 0..R {

@@ -3,9 +3,11 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::Avx2Quants;
 use super::float::Weight;
 use super::input::{BfPairs, Q8Rows};
 use super::q8_0::BlockQ8;
+use super::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, SubScales};
 
 /// A weight element type widened to sixteen f32 lanes.
 trait Lanes16: Weight {
@@ -331,6 +333,176 @@ unsafe fn q8_tile<const R: usize, const C: usize>(x: &Q8Rows, b0: usize, w: *con
             for (l, &s) in col.iter().enumerate() {
                 *dst.add((r * 16 + l) * ldc + c) = s;
             }
+        }
+    }
+}
+
+/// A ggml block format the VNNI GEMM takes: unsigned quants with one scale and one offset per
+/// sub-block of 32 (Q6_K, with a scale per 16, stays on the streaming kernels and the widened
+/// panels).
+pub(super) trait GemmBlock: Avx2Quants {}
+impl GemmBlock for BlockQ4_0 {}
+impl GemmBlock for BlockQ4_1 {}
+impl GemmBlock for BlockQ4K {}
+impl GemmBlock for BlockQ5K {}
+
+/// Sub-block `gi % SUBS` of block `gi / SUBS` of `C` weight rows (`per_row` blocks apart): the
+/// quants as eight words of four bytes each, and the scales.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack<B: GemmBlock, const C: usize>(
+    w: *const B,
+    per_row: usize,
+    gi: usize,
+) -> ([[u32; 8]; C], [SubScales; C]) {
+    let (bi, j) = (gi / B::SUBS, gi % B::SUBS);
+    let mut q = [[0u32; 8]; C];
+    let mut sc = [SubScales::default(); C];
+    for c in 0..C {
+        let blk = &*w.add(c * per_row + bi);
+        _mm256_storeu_si256(q[c].as_mut_ptr() as *mut __m256i, blk.quants_v(j));
+        sc[c] = blk.scales_v(j);
+    }
+    (q, sc)
+}
+
+/// [`gemm_q8_vnni`] for a ggml block format: the same packed inputs and register tiles, each
+/// weight row's sub-block unpacked once per group to unsigned bytes (no bias to take back
+/// out), and per group `a · dx · Σ q·xq + b · dx · Σ xq`, the input sums from the packed
+/// `128 · Σ xq`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_quant_vnni<B: GemmBlock>(x: &Q8Rows, w: &[B], rows: usize, dst: *mut f32, ldc: usize) {
+    const NC: usize = super::NATIVE_GEMM_COLS;
+    let (g, lanes) = (x.groups, x.lanes);
+    let per_row = g / B::SUBS;
+    assert!(lanes == 8 || lanes == 16);
+    assert!(g.is_multiple_of(B::SUBS) && w.len() >= rows * per_row);
+    assert!(x.words.len() >= x.m.div_ceil(lanes) * lanes * (g * 8 + 2 * g));
+    let shape = if lanes == 16 { (16, 4, 3) } else { (8, 1, 8) };
+    blocked(x.m, rows, shape, dst, ldc, |b, rb, j, cj, out| {
+        let wj = w.as_ptr().add(j * per_row);
+        macro_rules! tile {
+            ($($r:literal),*) => {
+                match (rb, cj) {
+                    $( (r, 3) if r == $r => quant_tile::<B, $r, 3>(x, b, wj, per_row, out, NC),
+                       (r, 2) if r == $r => quant_tile::<B, $r, 2>(x, b, wj, per_row, out, NC),
+                       (r, 1) if r == $r => quant_tile::<B, $r, 1>(x, b, wj, per_row, out, NC), )*
+                    _ => unreachable!("tile {rb} x {cj}"),
+                }
+            };
+        }
+        if lanes == 16 {
+            tile!(1, 2, 3, 4);
+        } else {
+            match cj {
+                8 => quant_tile8::<B, 8>(x, b, wj, per_row, out, NC),
+                7 => quant_tile8::<B, 7>(x, b, wj, per_row, out, NC),
+                6 => quant_tile8::<B, 6>(x, b, wj, per_row, out, NC),
+                5 => quant_tile8::<B, 5>(x, b, wj, per_row, out, NC),
+                4 => quant_tile8::<B, 4>(x, b, wj, per_row, out, NC),
+                3 => quant_tile8::<B, 3>(x, b, wj, per_row, out, NC),
+                2 => quant_tile8::<B, 2>(x, b, wj, per_row, out, NC),
+                _ => quant_tile8::<B, 1>(x, b, wj, per_row, out, NC),
+            }
+        }
+    });
+}
+
+/// Blocks `b0..b0 + R` of the packed inputs against `C` weight rows of format `B`, into rows
+/// `0..16 R` of `dst` (`ldc` apart).
+// `t` indexes the inputs' packed words and each row's quants alike.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn quant_tile<B: GemmBlock, const R: usize, const C: usize>(
+    x: &Q8Rows,
+    b0: usize,
+    w: *const B,
+    per_row: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let g = x.groups;
+    let (quads, stride) = (g * 8, 16 * (g * 8 + 2 * g));
+    let base: [*const u32; R] = std::array::from_fn(|r| x.words.as_ptr().add((b0 + r) * stride));
+    let mut acc = [[_mm512_setzero_ps(); R]; C];
+    for gi in 0..g {
+        let (q, sc) = unpack::<B, C>(w, per_row, gi);
+        let mut sums = [[_mm512_setzero_si512(); R]; C];
+        for t in 0..8 {
+            let xv: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_loadu_si512(base[r].add((gi * 8 + t) * 16) as *const _));
+            for (c, s) in sums.iter_mut().enumerate() {
+                let wv = _mm512_set1_epi32(q[c][t] as i32);
+                for r in 0..R {
+                    s[r] = _mm512_dpbusd_epi32(s[r], wv, xv[r]);
+                }
+            }
+        }
+        let sx: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(base[r].add((quads + gi) * 16) as *const f32));
+        let sxs: [__m512; R] = std::array::from_fn(|r| {
+            let corr = _mm512_loadu_si512(base[r].add((quads + g + gi) * 16) as *const _);
+            _mm512_mul_ps(sx[r], _mm512_cvtepi32_ps(_mm512_srai_epi32::<7>(corr)))
+        });
+        for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+            let (sa, sb) = (_mm512_set1_ps(sc[c].a[0]), _mm512_set1_ps(sc[c].b[0]));
+            for r in 0..R {
+                a[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_mul_ps(sx[r], sa), a[r]);
+                a[r] = _mm512_fmadd_ps(sxs[r], sb, a[r]);
+            }
+        }
+    }
+    let mut col = [0f32; 16];
+    for (c, a) in acc.iter().enumerate() {
+        for (r, v) in a.iter().enumerate() {
+            _mm512_storeu_ps(col.as_mut_ptr(), *v);
+            for (l, &s) in col.iter().enumerate() {
+                *dst.add((r * 16 + l) * ldc + c) = s;
+            }
+        }
+    }
+}
+
+/// Block `b0` of 8-row packed inputs against `C` weight rows of format `B`, as [`quant_tile`]
+/// on 256-bit registers, into rows `0..8` of `dst` (`ldc` apart).
+// `t` indexes the inputs' packed words and each row's quants alike.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn quant_tile8<B: GemmBlock, const C: usize>(
+    x: &Q8Rows,
+    b0: usize,
+    w: *const B,
+    per_row: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let g = x.groups;
+    let (quads, stride) = (g * 8, 8 * (g * 8 + 2 * g));
+    let base = x.words.as_ptr().add(b0 * stride);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for gi in 0..g {
+        let (q, sc) = unpack::<B, C>(w, per_row, gi);
+        let mut sums = [_mm256_setzero_si256(); C];
+        for t in 0..8 {
+            let xv = _mm256_loadu_si256(base.add((gi * 8 + t) * 8) as *const __m256i);
+            for (c, s) in sums.iter_mut().enumerate() {
+                *s = _mm256_dpbusd_epi32(*s, _mm256_set1_epi32(q[c][t] as i32), xv);
+            }
+        }
+        let sx = _mm256_loadu_ps(base.add((quads + gi) * 8) as *const f32);
+        let corr = _mm256_loadu_si256(base.add((quads + g + gi) * 8) as *const __m256i);
+        let sxs = _mm256_mul_ps(sx, _mm256_cvtepi32_ps(_mm256_srai_epi32::<7>(corr)));
+        for (c, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), _mm256_mul_ps(sx, _mm256_set1_ps(sc[c].a[0])), *a);
+            *a = _mm256_fmadd_ps(sxs, _mm256_set1_ps(sc[c].b[0]), *a);
+        }
+    }
+    let mut col = [0f32; 8];
+    for (c, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(col.as_mut_ptr(), *a);
+        for (l, &s) in col.iter().enumerate() {
+            *dst.add(l * ldc + c) = s;
         }
     }
 }

@@ -35,7 +35,9 @@ pub(super) type Dots2Bf16Native = fn(&[u16], usize, &[u16], &[u16], &mut [f32], 
 pub(super) type GemmBf16Native = unsafe fn(&BfPairs, &[u16], usize, *mut f32, usize);
 /// [`GemmBf16Native`] for q8: quantized input rows against `rows` q8 weight rows of
 /// `x.groups` groups each.
-pub(super) type GemmQ8 = unsafe fn(&Q8Rows, &[BlockQ8], usize, *mut f32, usize);
+pub(super) type GemmQ8 = GemmQ<BlockQ8>;
+/// The same for a ggml block format.
+pub(super) type GemmQ<B> = unsafe fn(&Q8Rows, &[B], usize, *mut f32, usize);
 
 /// `out[r * m + i] = xq_i · w_r` for `m` quantized rows (`g` groups of 32 each) and each weight
 /// row `w_r` of `w` in a block format of [`super::quant`].
@@ -61,8 +63,13 @@ pub(super) struct Kernels {
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     pub dots2_bf16_native: Option<Dots2Bf16Native>,
     pub gemm_bf16_native: Option<GemmBf16Native>,
-    /// Where the CPU has AVX-512 VNNI: many-row q8 products.
+    /// Where the CPU has AVX-512 VNNI: many-row q8 products, and those of the ggml block
+    /// formats with one scale per 32 weights.
     pub gemm_q8_vnni: Option<GemmQ8>,
+    pub gemm_q4_0_vnni: Option<GemmQ<BlockQ4_0>>,
+    pub gemm_q4_1_vnni: Option<GemmQ<BlockQ4_1>>,
+    pub gemm_q4_k_vnni: Option<GemmQ<BlockQ4K>>,
+    pub gemm_q5_k_vnni: Option<GemmQ<BlockQ5K>>,
 }
 
 /// The engine's kernels: those of [`crate::cpu::features`], chosen once.
@@ -100,6 +107,10 @@ impl Kernels {
                     },
                     gemm_bf16_native: if f.bf16 { Some(avx512::gemm_bf16_native) } else { None },
                     gemm_q8_vnni: if f.vnni { Some(avx512::gemm_q8_vnni) } else { None },
+                    gemm_q4_0_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4_0>) } else { None },
+                    gemm_q4_1_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4_1>) } else { None },
+                    gemm_q4_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4K>) } else { None },
+                    gemm_q5_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ5K>) } else { None },
                 };
             }
             Level::Avx2 => {
@@ -120,6 +131,10 @@ impl Kernels {
                     dots2_bf16_native: None,
                     gemm_bf16_native: None,
                     gemm_q8_vnni: None,
+                    gemm_q4_0_vnni: None,
+                    gemm_q4_1_vnni: None,
+                    gemm_q4_k_vnni: None,
+                    gemm_q5_k_vnni: None,
                 };
             }
             Level::Portable => {}
@@ -150,6 +165,10 @@ impl Kernels {
             dots2_bf16_native: None,
             gemm_bf16_native: None,
             gemm_q8_vnni: None,
+            gemm_q4_0_vnni: None,
+            gemm_q4_1_vnni: None,
+            gemm_q4_k_vnni: None,
+            gemm_q5_k_vnni: None,
         }
     }
 }

@@ -184,6 +184,7 @@ fn blocks<B: QuantBlock>(data: &[u8]) -> Vec<B> {
 }
 
 /// Dequantizes the blocks of whole rows into `out`.
+#[inline(never)]
 fn dequantize_blocks<B: QuantBlock>(w: &[B], out: &mut [f32]) {
     for (b, o) in w.iter().zip(out.chunks_exact_mut(32 * B::SUBS)) {
         b.dequantize(o);
@@ -306,14 +307,7 @@ impl Matrix {
                 v[rows(k)].convert_to_f32_slice(out)
             }
             Data::Bf16(v) => widen_bf16(&v[rows(k)], out),
-            Data::Q8(v) => {
-                for (b, o) in v[rows(k / Q8_GROUP)].iter().zip(out.chunks_exact_mut(Q8_GROUP)) {
-                    let d = f16::from_bits(b.d).to_f32();
-                    for (o, &q) in o.iter_mut().zip(&b.q) {
-                        *o = d * q as f32;
-                    }
-                }
-            }
+            Data::Q8(v) => q8_0::dequantize(&v[rows(k / Q8_GROUP)], out),
             Data::Q4_0(v) => dequantize_blocks(&v[rows(k / 32)], out),
             Data::Q4_1(v) => dequantize_blocks(&v[rows(k / 32)], out),
             Data::Q4K(v) => dequantize_blocks(&v[rows(k / 256)], out),
@@ -336,14 +330,23 @@ impl Matrix {
         if m == 0 || n == 0 {
             return;
         }
-        match (&self.data, m >= GEMM_MIN_ROWS) {
-            (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
-            (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
-            (Data::Q8(w), _) if m >= Q8_GEMM_MIN_ROWS && kernels().gemm_q8_vnni.is_some() => {
-                self.matmul_q8_gemm(w, x, y, m)
+        let kern = kernels();
+        let int_gemm = m >= Q8_GEMM_MIN_ROWS
+            && match &self.data {
+                Data::Q8(w) => self.matmul_blocks_gemm(w, 1, kern.gemm_q8_vnni, x, y, m),
+                Data::Q4_0(w) => self.matmul_blocks_gemm(w, 1, kern.gemm_q4_0_vnni, x, y, m),
+                Data::Q4_1(w) => self.matmul_blocks_gemm(w, 1, kern.gemm_q4_1_vnni, x, y, m),
+                Data::Q4K(w) => self.matmul_blocks_gemm(w, 8, kern.gemm_q4_k_vnni, x, y, m),
+                Data::Q5K(w) => self.matmul_blocks_gemm(w, 8, kern.gemm_q5_k_vnni, x, y, m),
+                _ => false,
+            };
+        if !int_gemm {
+            match (&self.data, m >= GEMM_MIN_ROWS) {
+                (Data::Bf16(w), _) if self.native_bf16(m) => self.matmul_native_bf16(w, x, y, m),
+                (Data::F32(w), true) => ops::matmul_t_gemm(x, w, y, m, k, n),
+                (_, true) => self.matmul_panels(x, y, m),
+                (_, false) => self.matmul_few_rows(x, y, m),
             }
-            (_, true) => self.matmul_panels(x, y, m),
-            (_, false) => self.matmul_few_rows(x, y, m),
         }
         if let Some(b) = bias {
             for row in y[..m * n].chunks_exact_mut(n) {
@@ -413,6 +416,14 @@ impl Matrix {
         INPUT_WORDS.set(xp.words);
     }
 
+    /// The q8 GEMM where the CPU has it, else the widened panels (for the tests).
+    #[cfg(test)]
+    fn matmul_q8_gemm(&self, w: &[BlockQ8], x: &[f32], y: &mut [f32], m: usize) {
+        if !self.matmul_blocks_gemm(w, 1, kernels().gemm_q8_vnni, x, y, m) {
+            self.matmul_panels(x, y, m)
+        }
+    }
+
     /// q8 product of `Q8_GEMM_MIN_ROWS` rows or more on AVX-512 VNNI: the input rows are
     /// quantized per group of 32 as for the streaming kernels and packed in blocks of 16 rows
     /// (8 for up to 8 rows), four columns at a time (`Q8Rows`), so one load holds the same four
@@ -420,16 +431,28 @@ impl Matrix {
     /// four int8 values are broadcast against it, biased to u8, and `vpdpbusd` adds the four
     /// products to 16 integer sums, one per input row, scaled into f32 once per group. The
     /// weights are read as stored.
-    fn matmul_q8_gemm(&self, w: &[BlockQ8], x: &[f32], y: &mut [f32], m: usize) {
-        let (k, n) = (self.cols, self.rows);
-        let Some(gemm) = kernels().gemm_q8_vnni else {
-            return self.matmul_panels(x, y, m);
+    /// The ggml block formats with one scale per 32 weights run the same, their sub-blocks
+    /// unpacked to unsigned bytes once per group (`subs` groups of 32 a block). Returns whether
+    /// it ran (`gemm` is `None` where the CPU has no VNNI).
+    fn matmul_blocks_gemm<B: Sync>(
+        &self,
+        w: &[B],
+        subs: usize,
+        gemm: Option<kernels::GemmQ<B>>,
+        x: &[f32],
+        y: &mut [f32],
+        m: usize,
+    ) -> bool {
+        let Some(gemm) = gemm else {
+            return false;
         };
-        let g = k / Q8_GROUP;
+        let k = self.cols;
+        let n = self.rows;
         let xq = Q8Rows::new(&x[..m * k], m, k, if m <= 8 { 8 } else { 16 }, INPUT_WORDS.take());
-        // SAFETY: `w` holds the n rows of g groups each, `y` the m x n output.
-        gemm_tasks(w, g, y, n, |w, rows, dst| unsafe { gemm(&xq, w, rows, dst, n) });
+        // SAFETY: `w` holds the n rows of k / 32 / subs blocks each, `y` the m x n output.
+        gemm_tasks(w, k / Q8_GROUP / subs, y, n, |w, rows, dst| unsafe { gemm(&xq, w, rows, dst, n) });
         INPUT_WORDS.set(xq.words);
+        true
     }
 
     /// Prefill-shaped product: per task, widen a panel of weight rows to f32 and run the
@@ -951,7 +974,8 @@ mod tests {
                     mat.matmul_t(&x, None, &mut y, m);
                     // Decode shapes run on the int8 inputs (and the q8 VNNI GEMM from 8 rows),
                     // prefill shapes widen the weights and keep the f32 inputs.
-                    let quantized = m < GEMM_MIN_ROWS || (ty == ggml_type::Q8_0 && kernels().gemm_q8_vnni.is_some());
+                    let int_gemm = ty != ggml_type::Q6_K && kernels().gemm_q8_vnni.is_some();
+                    let quantized = m < GEMM_MIN_ROWS || int_gemm;
                     let xr = if quantized { quantized_inputs(&x) } else { x.clone() };
                     // Relative to the sums of |x w| (the formats with offsets add two terms of
                     // about that size which cancel, llama.cpp's as much as these).

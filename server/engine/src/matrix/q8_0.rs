@@ -23,3 +23,16 @@ pub(super) fn quantize_group(g: &[f32]) -> BlockQ8 {
     }
     BlockQ8 { d: d.to_bits(), q }
 }
+
+/// The weights of whole blocks as f32 (`out` holds 32 per block). Not inlined into the
+/// dispatch over formats, where it compiled to several times the instructions.
+#[inline(never)]
+pub(super) fn dequantize(blocks: &[BlockQ8], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(Q8_GROUP)) {
+        let d = f16::from_bits(b.d).to_f32();
+        let o: &mut [f32; Q8_GROUP] = o.try_into().expect("chunks of 32");
+        for (o, &q) in o.iter_mut().zip(&b.q) {
+            *o = d * f32::from(q);
+        }
+    }
+}
