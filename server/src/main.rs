@@ -544,6 +544,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         model = %dir.display(),
         name = %model_name,
         device = %backend.describe(),
+        cpu = %ghostline_engine::cpu::describe(),
         params_m = backend.num_params() as f64 / 1e6,
         fim = template.as_ref().map(|t| t.family).unwrap_or("none"),
         mid_line = mid_line.name(),

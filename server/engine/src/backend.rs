@@ -182,7 +182,7 @@ impl Backend {
     /// The device in words (the GPU's name on CUDA).
     pub fn describe(&self) -> String {
         match &self.inner {
-            Inner::Cpu(m) => format!("cpu ({} weights, {})", m.format, crate::cpu::describe()),
+            Inner::Cpu(m) => format!("cpu ({} weights)", m.format),
             #[cfg(feature = "cuda")]
             Inner::Cuda(m) => format!("{} ({})", self.device, m.gpu().name),
         }
