@@ -36,8 +36,9 @@ def random_blocks(rng, qtype, rows, cols):
     size, per, scales = LAYOUT[qtype]
     raw = rng.integers(0, 256, size=(rows * cols // per, size), dtype=np.uint8)
     for off in scales:
-        # Q4_1's minimum may be negative; every other scale is positive.
-        lo = -0.5 if (qtype == T.Q4_1 and off == 2) else 0.001
+        # Q4_0's scale (ggml's quantizer makes it negative as often as not) and Q4_1's minimum
+        # may be negative; the k-quants' super-block scales are positive.
+        lo = -0.5 if qtype in (T.Q4_0, T.Q8_0) or (qtype == T.Q4_1 and off == 2) else 0.001
         val = rng.uniform(lo, 0.05 if per == 256 else 0.5, size=raw.shape[0]).astype(np.float16)
         raw[:, off : off + 2] = val.view(np.uint8).reshape(-1, 2)
     return raw.reshape(rows, -1)

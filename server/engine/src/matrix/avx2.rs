@@ -271,3 +271,32 @@ pub(super) fn dots_quant_fn<B: Avx2Quants>(vnni: bool) -> DotsQ<B> {
         |x, m, w, g, o| unsafe { dots_quant_maddubs::<B>(x, m, w, g, o) }
     }
 }
+
+/// The weights of whole blocks as f32 (the widened panels of prefill without VNNI, embeddings),
+/// to the bit as ggml computes them: `a · (q - ZERO)`, or `a · q + b` in one `fmadd` (which
+/// rounds once, as ggml's exact `a · q` plus `b` does).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize<B: Avx2Quants>(w: &[B], out: &mut [f32]) {
+    assert!(out.len() >= w.len() * 32 * B::SUBS);
+    let mut o = out.as_mut_ptr();
+    for b in w {
+        for j in 0..B::SUBS {
+            let (q, sc) = (b.quants_v(j), b.scales_v(j));
+            for (h, half) in [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)].into_iter().enumerate() {
+                let (a, off) = (_mm256_set1_ps(sc.a[h]), _mm256_set1_ps(sc.b[h]));
+                let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(half));
+                let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(half)));
+                let w = |q: __m256| {
+                    if B::ZERO > 0 {
+                        _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(f32::from(B::ZERO))), a)
+                    } else {
+                        _mm256_fmadd_ps(q, a, off)
+                    }
+                };
+                _mm256_storeu_ps(o, w(lo));
+                _mm256_storeu_ps(o.add(8), w(hi));
+                o = o.add(16);
+            }
+        }
+    }
+}

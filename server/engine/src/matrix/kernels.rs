@@ -42,6 +42,8 @@ pub(super) type GemmQ<B> = unsafe fn(&Q8Rows, &[B], usize, *mut f32, usize);
 /// `out[r * m + i] = xq_i · w_r` for `m` quantized rows (`g` groups of 32 each) and each weight
 /// row `w_r` of `w` in a block format of [`super::quant`].
 pub(super) type DotsQ<B> = fn(&[BlockQ8A], usize, &[B], usize, &mut [f32]);
+/// The weights of whole blocks as f32, as ggml dequantizes them (`out` holds all of them).
+pub(super) type Dequantize<B> = fn(&[B], &mut [f32]);
 
 /// One function per kernel kind and weight format, for one instruction set.
 pub(super) struct Kernels {
@@ -60,6 +62,11 @@ pub(super) struct Kernels {
     pub dots_q4_k: DotsQ<BlockQ4K>,
     pub dots_q5_k: DotsQ<BlockQ5K>,
     pub dots_q6_k: DotsQ<BlockQ6K>,
+    pub dequantize_q4_0: Dequantize<BlockQ4_0>,
+    pub dequantize_q4_1: Dequantize<BlockQ4_1>,
+    pub dequantize_q4_k: Dequantize<BlockQ4K>,
+    pub dequantize_q5_k: Dequantize<BlockQ5K>,
+    pub dequantize_q6_k: Dequantize<BlockQ6K>,
     /// Where the CPU multiplies bf16 pairs natively (AVX-512 BF16).
     pub dots2_bf16_native: Option<Dots2Bf16Native>,
     pub gemm_bf16_native: Option<GemmBf16Native>,
@@ -100,6 +107,11 @@ impl Kernels {
                     dots_q4_k: avx2::dots_quant_fn::<BlockQ4K>(f.vnni),
                     dots_q5_k: avx2::dots_quant_fn::<BlockQ5K>(f.vnni),
                     dots_q6_k: avx2::dots_quant_fn::<BlockQ6K>(f.vnni),
+                    dequantize_q4_0: |w, o| unsafe { avx2::dequantize::<BlockQ4_0>(w, o) },
+                    dequantize_q4_1: |w, o| unsafe { avx2::dequantize::<BlockQ4_1>(w, o) },
+                    dequantize_q4_k: |w, o| unsafe { avx2::dequantize::<BlockQ4K>(w, o) },
+                    dequantize_q5_k: |w, o| unsafe { avx2::dequantize::<BlockQ5K>(w, o) },
+                    dequantize_q6_k: |w, o| unsafe { avx2::dequantize::<BlockQ6K>(w, o) },
                     dots2_bf16_native: if f.bf16 {
                         Some(|x, m, w0, w1, o0, o1| unsafe { avx512::dots2_bf16_native(x, m, w0, w1, o0, o1) })
                     } else {
@@ -128,6 +140,11 @@ impl Kernels {
                     dots_q4_k: avx2::dots_quant_fn::<BlockQ4K>(false),
                     dots_q5_k: avx2::dots_quant_fn::<BlockQ5K>(false),
                     dots_q6_k: avx2::dots_quant_fn::<BlockQ6K>(false),
+                    dequantize_q4_0: |w, o| unsafe { avx2::dequantize::<BlockQ4_0>(w, o) },
+                    dequantize_q4_1: |w, o| unsafe { avx2::dequantize::<BlockQ4_1>(w, o) },
+                    dequantize_q4_k: |w, o| unsafe { avx2::dequantize::<BlockQ4K>(w, o) },
+                    dequantize_q5_k: |w, o| unsafe { avx2::dequantize::<BlockQ5K>(w, o) },
+                    dequantize_q6_k: |w, o| unsafe { avx2::dequantize::<BlockQ6K>(w, o) },
                     dots2_bf16_native: None,
                     gemm_bf16_native: None,
                     gemm_q8_vnni: None,
@@ -162,6 +179,11 @@ impl Kernels {
             dots_q4_k: portable::dots_quant::<BlockQ4K>,
             dots_q5_k: portable::dots_quant::<BlockQ5K>,
             dots_q6_k: portable::dots_quant::<BlockQ6K>,
+            dequantize_q4_0: portable::dequantize::<BlockQ4_0>,
+            dequantize_q4_1: portable::dequantize::<BlockQ4_1>,
+            dequantize_q4_k: portable::dequantize::<BlockQ4K>,
+            dequantize_q5_k: portable::dequantize::<BlockQ5K>,
+            dequantize_q6_k: portable::dequantize::<BlockQ6K>,
             dots2_bf16_native: None,
             gemm_bf16_native: None,
             gemm_q8_vnni: None,

@@ -183,14 +183,6 @@ fn blocks<B: QuantBlock>(data: &[u8]) -> Vec<B> {
     data.chunks_exact(B::BYTES).map(B::from_bytes).collect()
 }
 
-/// Dequantizes the blocks of whole rows into `out`.
-#[inline(never)]
-fn dequantize_blocks<B: QuantBlock>(w: &[B], out: &mut [f32]) {
-    for (b, o) in w.iter().zip(out.chunks_exact_mut(32 * B::SUBS)) {
-        b.dequantize(o);
-    }
-}
-
 impl Matrix {
     /// Stores `w` (`rows * cols` floats) in `format`. The block formats need `cols` to be a
     /// multiple of their block; other shapes fall back to bf16 (see [`Matrix::format`]).
@@ -308,11 +300,11 @@ impl Matrix {
             }
             Data::Bf16(v) => widen_bf16(&v[rows(k)], out),
             Data::Q8(v) => q8_0::dequantize(&v[rows(k / Q8_GROUP)], out),
-            Data::Q4_0(v) => dequantize_blocks(&v[rows(k / 32)], out),
-            Data::Q4_1(v) => dequantize_blocks(&v[rows(k / 32)], out),
-            Data::Q4K(v) => dequantize_blocks(&v[rows(k / 256)], out),
-            Data::Q5K(v) => dequantize_blocks(&v[rows(k / 256)], out),
-            Data::Q6K(v) => dequantize_blocks(&v[rows(k / 256)], out),
+            Data::Q4_0(v) => (kernels().dequantize_q4_0)(&v[rows(k / 32)], out),
+            Data::Q4_1(v) => (kernels().dequantize_q4_1)(&v[rows(k / 32)], out),
+            Data::Q4K(v) => (kernels().dequantize_q4_k)(&v[rows(k / 256)], out),
+            Data::Q5K(v) => (kernels().dequantize_q5_k)(&v[rows(k / 256)], out),
+            Data::Q6K(v) => (kernels().dequantize_q6_k)(&v[rows(k / 256)], out),
         }
     }
 
@@ -1032,6 +1024,27 @@ mod tests {
             if kern.features.vnni {
                 let plain = Kernels::for_features(crate::cpu::Features { vnni: false, ..kern.features });
                 check_block_kernels("avx512 without vnni", &plain, 5, 512);
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_dequantization_agree_to_the_bit() {
+        let port = Kernels::for_features(crate::cpu::Features::PORTABLE);
+        for (name, kern) in kernel_sets() {
+            for ty in [ggml_type::Q4_0, ggml_type::Q4_1, ggml_type::Q4_K, ggml_type::Q5_K, ggml_type::Q6_K] {
+                let mat = random_ggml(ty, 3, 512, 90 + ty);
+                let (mut a, mut b) = (vec![f32::NAN; 3 * 512], vec![0f32; 3 * 512]);
+                match &mat.data {
+                    Data::Q4_0(w) => ((kern.dequantize_q4_0)(w, &mut a), (port.dequantize_q4_0)(w, &mut b)),
+                    Data::Q4_1(w) => ((kern.dequantize_q4_1)(w, &mut a), (port.dequantize_q4_1)(w, &mut b)),
+                    Data::Q4K(w) => ((kern.dequantize_q4_k)(w, &mut a), (port.dequantize_q4_k)(w, &mut b)),
+                    Data::Q5K(w) => ((kern.dequantize_q5_k)(w, &mut a), (port.dequantize_q5_k)(w, &mut b)),
+                    Data::Q6K(w) => ((kern.dequantize_q6_k)(w, &mut a), (port.dequantize_q6_k)(w, &mut b)),
+                    _ => unreachable!(),
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{name} {}", mat.format());
             }
         }
     }

@@ -73,3 +73,10 @@ pub fn dots_quant<B: QuantBlock>(x: &[BlockQ8A], m: usize, w: &[B], g: usize, ou
         }
     }
 }
+
+/// The weights of whole blocks as f32 ([`QuantBlock::dequantize`] block by block).
+pub fn dequantize<B: QuantBlock>(w: &[B], out: &mut [f32]) {
+    for (b, o) in w.iter().zip(out.chunks_exact_mut(32 * B::SUBS)) {
+        b.dequantize(o);
+    }
+}

@@ -17,6 +17,7 @@ impl QuantBlock for BlockQ4_0 {
     const NAME: &'static str = "Q4_0";
     const SUBS: usize = 1;
     const BYTES: usize = 18;
+    const ZERO: u8 = 8;
 
     fn from_bytes(b: &[u8]) -> Self {
         // SAFETY: integer fields only, 18 bytes (checked above), `b` checked by read_block.

@@ -22,6 +22,7 @@ impl QuantBlock for BlockQ6K {
     const NAME: &'static str = "Q6_K";
     const SUBS: usize = 8;
     const BYTES: usize = 210;
+    const ZERO: u8 = 32;
 
     fn from_bytes(b: &[u8]) -> Self {
         // SAFETY: integer fields only, 210 bytes (checked above), `b` checked by read_block.
@@ -45,16 +46,5 @@ impl QuantBlock for BlockQ6K {
             let low = if g < 2 { ql[t] & 0xf } else { ql[t] >> 4 };
             low | ((qh[t] >> (2 * g)) & 3) << 4
         })
-    }
-
-    /// As ggml: `d · sc · (q - 32)`, the signed quant times the group's scale.
-    fn dequantize(&self, out: &mut [f32]) {
-        let d = f16_to_f32(self.d);
-        for (j, o) in out.chunks_exact_mut(32).take(8).enumerate() {
-            let q = self.quants(j);
-            for (t, o) in o.iter_mut().enumerate() {
-                *o = d * f32::from(self.scales[2 * j + t / 16]) * (f32::from(q[t]) - 32.0);
-            }
-        }
     }
 }

@@ -52,6 +52,11 @@ pub trait QuantBlock: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static
     /// The unsigned quants of sub-block `j`.
     fn quants(&self, j: usize) -> [u8; 32];
 
+    /// The quant that stands for zero in formats without a separate offset (Q4_0's 8, Q6_K's
+    /// 32: `w = a · (q - ZERO)`, as ggml computes them, so that a zero keeps the scale's sign);
+    /// 0 for the formats with one (`w = a · q + b`).
+    const ZERO: u8 = 0;
+
     /// The block's `32 · SUBS` weights as f32, as ggml dequantizes them.
     fn dequantize(&self, out: &mut [f32]) {
         let sc = self.scales();
@@ -59,7 +64,11 @@ pub trait QuantBlock: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static
             let q = self.quants(j);
             for (t, o) in o.iter_mut().enumerate() {
                 let h = t / 16;
-                *o = sc[j].a[h] * f32::from(q[t]) + sc[j].b[h];
+                *o = if Self::ZERO > 0 {
+                    sc[j].a[h] * (f32::from(q[t]) - f32::from(Self::ZERO))
+                } else {
+                    sc[j].a[h] * f32::from(q[t]) + sc[j].b[h]
+                };
             }
         }
     }
