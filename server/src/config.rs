@@ -122,7 +122,7 @@ serve_options! {
         [num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new()],
         "On a CPU with AVX-512 BF16, compute bf16 products of 8 rows or more natively (logits move by about 1e-2).";
     kernels: String, env "GHOSTLINE_KERNELS",
-        "Cap the CPU kernels: avx2 or portable (to compare kernels on one machine). Default: the best the CPU has.";
+        "Cap the CPU kernels: auto, avx512, avx2 or portable (to compare kernels on one machine). Default: auto, the best the CPU has.";
     weights: String, env "GHOSTLINE_WEIGHTS",
         "How the CPU backend stores weights: f32, bf16 or q8 (int8 in groups of 32; fastest, slightly less \
          exact). Default: the checkpoint's own precision (bf16 or f32).";
@@ -205,28 +205,27 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// Native AVX-512 BF16 products.
     pub bf16_native: bool,
-    /// Cap on the CPU kernels: `avx2` or `portable`.
+    /// Cap on the CPU kernels: `auto`, `avx512`, `avx2` or `portable`.
     pub kernels: Option<String>,
 }
 
 impl EngineOptions {
-    /// Hands the options to the engine, which today reads them from its environment (and its
-    /// thread count from rayon's global pool): the one place that changes when the engine takes
-    /// an options struct. Call before any thread starts (it sets environment variables).
-    pub fn hand_to_engine(&self) {
-        if let Some(t) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().ok();
-            std::env::set_var("GHOSTLINE_THREADS", t.max(1).to_string());
-        }
-        if self.bf16_native {
-            std::env::set_var("GHOSTLINE_BF16_NATIVE", "1");
-        } else {
-            std::env::remove_var("GHOSTLINE_BF16_NATIVE");
-        }
-        match &self.kernels {
-            Some(k) => std::env::set_var("GHOSTLINE_KERNELS", k),
-            None => std::env::remove_var("GHOSTLINE_KERNELS"),
-        }
+    /// The engine's CPU options; a kernel cap it does not know is an error naming the option.
+    pub fn cpu(&self) -> anyhow::Result<ghostline_engine::CpuOptions> {
+        let kernels = match &self.kernels {
+            Some(k) => k.parse().map_err(|e: String| anyhow::anyhow!("--kernels / GHOSTLINE_KERNELS: {e}"))?,
+            None => Default::default(),
+        };
+        Ok(ghostline_engine::CpuOptions {
+            threads: self.threads.map(|t| t.max(1)),
+            kernels,
+            bf16_native: self.bf16_native,
+        })
+    }
+
+    /// Hands the options to the engine, once, before the model loads.
+    pub fn hand_to_engine(&self) -> anyhow::Result<()> {
+        ghostline_engine::cpu::configure(self.cpu()?).context("configuring the engine's CPU kernels and threads")
     }
 }
 

@@ -202,6 +202,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
+            // The engine's knobs from the environment (GHOSTLINE_THREADS, _KERNELS, _BF16_NATIVE).
+            cli.serve.resolve()?.engine().hand_to_engine()?;
             let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
             let t0 = Instant::now();
             let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
@@ -236,7 +238,7 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(a: Settings) -> anyhow::Result<()> {
     // First, while no other thread runs: the engine reads some of its options from the environment.
-    a.engine().hand_to_engine();
+    a.engine().hand_to_engine()?;
     init_tracing();
     let addr = a.addr;
     let device = Device::parse(&a.device).map_err(anyhow::Error::msg)?;
@@ -280,6 +282,7 @@ fn serve(a: Settings) -> anyhow::Result<()> {
         model = %dir.display(),
         name = %model_name,
         device = %backend.describe(),
+        cpu = %ghostline_engine::cpu::describe(),
         params_m = backend.num_params() as f64 / 1e6,
         fim = prompts.family().unwrap_or("none"),
         mid_line = prompts.mid_line().name(),

@@ -1,7 +1,7 @@
 //! Prefill and decode throughput of the engine on a checkpoint.
 //!
 //! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompts 128,512,1500]
-//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8]
+//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8|q4]
 //!     [--kv f16|f32] [--latency]
 //!
 //! Prints one JSON object per measurement: tokens/s as min / median / max over `--reps`
@@ -11,12 +11,15 @@
 //! steps. Decode runs `--batches` sequences of `--context` prompt tokens each (prefilled, not
 //! timed); `--prompts 0` skips the prefill figures. Token ids are drawn deterministically from
 //! the vocabulary, so no tokenizer work is timed. The KV cache is f16 unless `--kv f32`, as
-//! the server's.
+//! the server's. The engine's CPU options come from `GHOSTLINE_THREADS`, `GHOSTLINE_KERNELS`
+//! (auto, avx512, avx2, portable) and `GHOSTLINE_BF16_NATIVE=1`, as for the server.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ghostline_engine::{argmax, BatchItem, Checkpoint, KvDtype, KvPool, Logits, Model, SeqKv, WeightFormat};
+use ghostline_engine::{
+    argmax, cpu, BatchItem, Checkpoint, CpuOptions, KvDtype, KvPool, Logits, Model, SeqKv, WeightFormat,
+};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -64,10 +67,17 @@ fn main() {
     let Some(model) = arg(&args, "--model") else {
         eprintln!(
             "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] \
-             [--weights f32|bf16|q8] [--kv f16|f32] [--latency]"
+             [--weights f32|bf16|q8|q4] [--kv f16|f32] [--latency]"
         );
         return;
     };
+    let env = |name: &str| std::env::var(name).ok();
+    let options = CpuOptions {
+        threads: env("GHOSTLINE_THREADS").map(|v| v.parse().unwrap_or_else(|e| panic!("GHOSTLINE_THREADS: {e}"))),
+        kernels: env("GHOSTLINE_KERNELS").unwrap_or_default().parse().unwrap_or_else(|e: String| panic!("{e}")),
+        bf16_native: env("GHOSTLINE_BF16_NATIVE").is_some_and(|v| v == "1"),
+    };
+    cpu::configure(options).unwrap_or_else(|e| panic!("{e}"));
     let prompts = list(&args, "--prompts", "512");
     let steps: usize = arg(&args, "--decode").and_then(|s| s.parse().ok()).unwrap_or(32);
     let reps: usize = arg(&args, "--reps").and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
@@ -83,10 +93,10 @@ fn main() {
         arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
     let mut pool = ckpt.kv_pool_as(1 << 30, kv);
     eprintln!(
-        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, threads {}",
+        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, {}",
         m.num_params() as f64 / 1e6,
         m.weight_bytes() as f64 / 1e6,
-        rayon::current_num_threads()
+        cpu::describe()
     );
     let report = |phase: &str, batch: usize, tokens: usize, rates: Vec<f64>| {
         let (lo, med, hi) = stats(rates);

@@ -394,7 +394,9 @@ impl ModelConfig {
                 for f in inv.iter_mut() {
                     let wavelen = 2.0 * std::f32::consts::PI / *f;
                     let scaled = if wavelen > low_freq_wavelen { *f / factor } else { *f };
-                    let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
+                    // Between the two wavelengths, both included (and NaN, as transformers lets it through).
+                    let medium = wavelen.partial_cmp(&high_freq_wavelen) != Some(std::cmp::Ordering::Less)
+                        && wavelen.partial_cmp(&low_freq_wavelen) != Some(std::cmp::Ordering::Greater);
                     *f = if medium {
                         let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled

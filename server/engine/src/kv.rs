@@ -122,6 +122,18 @@ pub struct SeqKv {
     pub len: usize,
 }
 
+/// A device backend's storage of all of a pool's blocks in one allocation (the CUDA backend
+/// implements it; the pool only hands out block ids and asks for copies).
+#[cfg(feature = "cuda")]
+pub(crate) trait DeviceBlocks: Send + Sync {
+    /// Blocks the allocation holds.
+    fn max_blocks(&self) -> usize;
+    /// Device address of the first block.
+    fn base(&self) -> u64;
+    /// Copies one block (copy-on-write of a shared partial block), in stream order.
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<()>;
+}
+
 /// Where the blocks' keys and values are stored.
 enum Storage {
     /// f32 blocks in host memory, allocated as they are first handed out.
@@ -130,7 +142,7 @@ enum Storage {
     HostF16(Vec<Box<[f16]>>),
     /// All `max_blocks` blocks in one device allocation.
     #[cfg(feature = "cuda")]
-    Device(crate::cuda::DeviceKv),
+    Device(Box<dyn DeviceBlocks>),
 }
 
 /// All KV blocks of a model, allocated lazily up to `max_blocks`.
@@ -165,16 +177,16 @@ impl KvPool {
 
     /// A pool whose blocks live on a CUDA device (made by the CUDA backend).
     #[cfg(feature = "cuda")]
-    pub(crate) fn on_device(shape: KvShape, storage: crate::cuda::DeviceKv) -> Self {
+    pub(crate) fn on_device(shape: KvShape, storage: Box<dyn DeviceBlocks>) -> Self {
         let max_blocks = storage.max_blocks();
         KvPool::with_storage(shape, max_blocks, Storage::Device(storage))
     }
 
     /// The device storage, when the blocks live on a CUDA device.
     #[cfg(feature = "cuda")]
-    pub(crate) fn device(&self) -> Option<&crate::cuda::DeviceKv> {
+    pub(crate) fn device(&self) -> Option<&dyn DeviceBlocks> {
         match &self.storage {
-            Storage::Device(d) => Some(d),
+            Storage::Device(d) => Some(d.as_ref()),
             Storage::Host(_) | Storage::HostF16(_) => None,
         }
     }

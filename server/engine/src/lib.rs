@@ -6,17 +6,22 @@
 //! - [`config`]: config.json into a validated [`ModelConfig`].
 //! - [`weights`]: memory-mapped safetensors (single or sharded), f32/f16/bf16.
 //! - [`gguf`]: llama.cpp's GGUF files (metadata, tokenizer, block-quantized tensors).
+//! - [`matrix`]: weight matrices in their storage formats (f32, f16, bf16, ggml's Q8_0, Q4_0,
+//!   Q4_1, Q4_K, Q5_K, Q6_K) and the products on them.
 //! - [`tokenizer`]: encode/decode with the checkpoint's special tokens; streaming decode.
 //! - [`model`]: the forward pass, batched over sequences of different lengths.
 //! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
 //! - [`sampling`], [`generate`]: token choice, stop strings, one-sequence generation.
 //! - [`backend`]: the one interface over the CPU model and (feature `cuda`) the CUDA model.
+//! - [`cpu`]: the caller's CPU options, the instruction set every kernel dispatches on, the
+//!   thread pool; [`matrix`], [`ops`]: the kernels.
 //!
 //! Invariant: the engine knows nothing about HTTP, requests or users; it turns token ids into
 //! logits and logits into token ids, and reports every bad input as an [`EngineError`].
 
 pub mod backend;
 pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
@@ -35,6 +40,7 @@ use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, Device, Pick, Picker};
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use cpu::{CpuOptions, KernelCap};
 pub use error::{EngineError, Result};
 pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
 pub use kv::{BlockId, KvDtype, KvPool, KvShape, SeqKv};

@@ -15,10 +15,11 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use half::f16;
 
+use crate::cpu::pool as threads;
 use crate::kv::{HostElem, KvDtype, KvPool, KvShape, SeqKv};
 use crate::matrix::{Matrix, WeightFormat};
 use crate::ops;
-use crate::pool::{pool as threads, SendPtr};
+use crate::pool::SendPtr;
 use crate::weights::{DType, TensorSource, WeightFiles};
 
 /// A linear layer, weights in the PyTorch `[out, in]` layout, stored in the model's format.
@@ -123,8 +124,12 @@ impl Model {
     /// A path to a `.gguf` file loads that file (see [`crate::gguf`]).
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
         if crate::gguf::is_gguf(dir) {
-            let (file, config) = crate::gguf::open_model(dir)?;
-            let format = format.unwrap_or_else(|| crate::gguf::default_format(&file));
+            let (mut file, config) = crate::gguf::open_model(dir)?;
+            // Unless a format is asked for, the file's blocks are computed on as stored.
+            let format = match format {
+                Some(f) => f,
+                None => file.keep_as_stored(),
+            };
             return Self::from_weights(config, &file, format);
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;

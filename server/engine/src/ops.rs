@@ -1,11 +1,11 @@
 //! CPU kernels on f32 activations: the blocked GEMM entry points, dot products, RMSNorm,
 //! rotary embedding, softmax, SwiGLU. (Products with stored weights in their storage formats
-//! are in [`crate::matrix`].) SIMD variants are picked at run time, so one binary runs on any
-//! x86-64 (and elsewhere through the portable fallback).
+//! are in [`crate::matrix`].) SIMD variants are picked once from [`crate::cpu::features`], so
+//! one binary runs on any x86-64 (and elsewhere through the portable fallback).
 
 use std::sync::OnceLock;
 
-use crate::pool::pool;
+use crate::cpu::{pool, Features, Level};
 
 /// Dot product of two equally long slices.
 #[inline]
@@ -406,14 +406,16 @@ struct Vector {
 
 fn vector() -> &'static Vector {
     static V: OnceLock<Vector> = OnceLock::new();
-    V.get_or_init(|| {
+    V.get_or_init(|| Vector::for_features(crate::cpu::features()))
+}
+
+impl Vector {
+    /// The kernels for an instruction set (the engine's own: [`vector`]).
+    fn for_features(f: Features) -> Vector {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
+        if f.level >= Level::Avx2 {
             return Vector {
-                dot: if std::is_x86_feature_detected!("avx512f") {
+                dot: if f.level == Level::Avx512 {
                     |a, b| unsafe { x86::dot_avx512(a, b) }
                 } else {
                     |a, b| unsafe { x86::dot_avx2(a, b) }
@@ -426,6 +428,7 @@ fn vector() -> &'static Vector {
                 attn_weighted_sum_f16: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
             };
         }
+        let _ = f;
         Vector {
             dot: dot_portable,
             exp_shift_sum: exp_shift_sum_portable,
@@ -435,7 +438,7 @@ fn vector() -> &'static Vector {
             attn_scores_f16: attn_scores_portable,
             attn_weighted_sum_f16: attn_weighted_sum_portable,
         }
-    })
+    }
 }
 
 /// An element of the KV cache: f32 (the reference) or f16 (half the memory and bandwidth).
@@ -721,6 +724,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_portable_activation_kernels_are_the_portable_code_and_agree_with_the_simd_ones() {
+        let port = Vector::for_features(Features::PORTABLE);
+        let best = Vector::for_features(Features::detect(crate::cpu::KernelCap::Auto));
+        let (a, b) = (test_data(203, 90), test_data(203, 91));
+        // Bit for bit the portable functions (the SIMD ones sum in another order and use their
+        // own e^x), and within rounding of the SIMD ones.
+        assert_eq!((port.dot)(&a, &b).to_bits(), dot_portable(&a, &b).to_bits());
+        assert!(((port.dot)(&a, &b) - (best.dot)(&a, &b)).abs() < 1e-4);
+        let (mut v1, mut v2, mut v3) = (a.clone(), a.clone(), a.clone());
+        let s1 = (port.exp_shift_sum)(&mut v1, 0.5);
+        let s2 = exp_shift_sum_portable(&mut v2, 0.5);
+        let s3 = (best.exp_shift_sum)(&mut v3, 0.5);
+        assert_eq!((s1.to_bits(), &v1), (s2.to_bits(), &v2));
+        assert!((s1 - s3).abs() < 1e-4 * s1 && v1.iter().zip(&v3).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs()));
+        let (mut o1, mut o2, mut o3) = (vec![0f32; 203], vec![0f32; 203], vec![0f32; 203]);
+        (port.silu_mul)(&a, &b, &mut o1);
+        silu_mul_portable(&a, &b, &mut o2);
+        (best.silu_mul)(&a, &b, &mut o3);
+        assert_eq!(o1, o2);
+        assert!(o1.iter().zip(&o3).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs())));
+        let (q, keys) = (test_data(64, 92), test_data(64 * 9, 93));
+        let keys16: Vec<half::f16> = keys.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let (mut s1, mut s2, mut s3) = (vec![0f32; 9], vec![0f32; 9], vec![0f32; 9]);
+        (port.attn_scores)(&q, &keys, 0.125, &mut s1);
+        attn_scores_portable(&q, &keys, 0.125, &mut s2);
+        (best.attn_scores)(&q, &keys, 0.125, &mut s3);
+        assert_eq!(s1, s2);
+        assert!(s1.iter().zip(&s3).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs())));
+        (port.attn_scores_f16)(&q, &keys16, 0.125, &mut s1);
+        attn_scores_portable(&q, &keys16, 0.125, &mut s2);
+        assert_eq!(s1, s2);
+        let p = test_data(9, 94);
+        let (mut w1, mut w2, mut w3) = (vec![0f32; 64], vec![0f32; 64], vec![0f32; 64]);
+        (port.attn_weighted_sum)(&p, &keys, &mut w1);
+        attn_weighted_sum_portable(&p, &keys, &mut w2);
+        (best.attn_weighted_sum)(&p, &keys, &mut w3);
+        assert_eq!(w1, w2);
+        assert!(w1.iter().zip(&w3).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs())));
+        (port.attn_weighted_sum_f16)(&p, &keys16, &mut w1);
+        attn_weighted_sum_portable(&p, &keys16, &mut w2);
+        assert_eq!(w1, w2);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -241,7 +241,7 @@ fn worker(s: &Shared) {
                 break st >> 1;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
                 *sleepers += 1;
                 while s.state.0.load(Ordering::Acquire) >> 1 == seen {
@@ -272,19 +272,6 @@ fn worker(s: &Shared) {
         }
         s.active.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// The engine's pool, sized by the first of `GHOSTLINE_THREADS` and rayon's global thread
-/// count (which the server's `--threads` sets) when first used.
-pub fn pool() -> &'static ThreadPool {
-    static POOL: OnceLock<ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let n = std::env::var("GHOSTLINE_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(rayon::current_num_threads);
-        ThreadPool::new(n)
-    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
-        !(self.temperature > 0.0)
+        // A NaN temperature is greedy too.
+        self.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
     }
 }
 

@@ -41,8 +41,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decode_steps_allocate_only_their_logits() {
-    // Read once, when the engine's pool is first used (below).
-    std::env::set_var("GHOSTLINE_THREADS", "1");
+    ghostline_engine::cpu::configure(ghostline_engine::CpuOptions { threads: Some(1), ..Default::default() }).unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ghostline-tiny");
     let mut report = Vec::new();
     for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Q8] {

@@ -701,33 +701,36 @@ fn smollm2_logits_and_greedy_continuations_match_transformers() {
     assert!(agree + 1 >= cases.len(), "greedy continuations identical for only {agree} of {}", cases.len());
 }
 
-/// The default format of a quantized file (q8) against transformers' f32: reported, and the
-/// first greedy token must agree on most prompts.
+/// A quantized file computed on as stored (its default: SmolLM2's Q4_1 and Q8_0 blocks as they
+/// are) and converted to q8 (`--weights q8`), against transformers' f32 on the dequantized
+/// weights: reported, and the first greedy token must agree on most prompts in both.
 #[test]
-fn smollm2_in_its_default_q8_format_stays_close_to_transformers() {
+fn smollm2_as_stored_and_in_q8_stays_close_to_transformers() {
     let Some(path) = real_file() else { return };
-    let ckpt = Checkpoint::load(&path).unwrap();
-    assert_eq!(ckpt.model.format, WeightFormat::Q8);
     let fx = fixture();
     let cases = fx["cases"].as_array().unwrap();
-    let mut pool = ckpt.kv_pool(256 << 20);
-    let (mut first, mut whole, mut same_tokens) = (0, 0, 0);
-    for case in cases {
-        let prompt_ids = ids(&case["input_ids"]);
-        let params =
-            GenerateParams { max_tokens: 24, sampling: SamplingParams::default(), stop: vec![], stop_ids: vec![] };
-        let g = generate(&ckpt.model, &ckpt.tokenizer, &mut pool, &prompt_ids, &params, |_| true).unwrap();
-        let want = ids(&case["greedy"]);
-        first += (g.tokens.first() == want.first()) as usize;
-        whole += (g.tokens == want) as usize;
-        same_tokens += g.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    for (asked, name) in [(None, "as stored"), (Some(WeightFormat::Q8), "q8")] {
+        let ckpt = Checkpoint::load_as(&path, asked).unwrap();
+        assert_eq!(ckpt.model.format, asked.unwrap_or(WeightFormat::Q4_1), "{name}");
+        let mut pool = ckpt.kv_pool(256 << 20);
+        let (mut first, mut whole, mut same_tokens) = (0, 0, 0);
+        for case in cases {
+            let prompt_ids = ids(&case["input_ids"]);
+            let params =
+                GenerateParams { max_tokens: 24, sampling: SamplingParams::default(), stop: vec![], stop_ids: vec![] };
+            let g = generate(&ckpt.model, &ckpt.tokenizer, &mut pool, &prompt_ids, &params, |_| true).unwrap();
+            let want = ids(&case["greedy"]);
+            first += (g.tokens.first() == want.first()) as usize;
+            whole += (g.tokens == want) as usize;
+            same_tokens += g.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        }
+        let n = cases.len();
+        eprintln!(
+            "{name}: first token equal {first} of {n}, whole continuation {whole} of {n}, {same_tokens} of {} tokens before the first difference",
+            n * 24
+        );
+        assert!(first + 1 >= n, "{name}: the first greedy token agrees on only {first} of {n}");
     }
-    let n = cases.len();
-    eprintln!(
-        "q8: first token equal {first} of {n}, whole continuation {whole} of {n}, {same_tokens} of {} tokens before the first difference",
-        n * 24
-    );
-    assert!(first + 1 >= cases.len(), "q8 first greedy token agrees on only {first} of {}", cases.len());
 }
 
 /// Every pre-tokenizer llama.cpp names for the families the server knows compiles and splits

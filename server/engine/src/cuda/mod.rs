@@ -21,7 +21,7 @@ use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result as drv_result, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 
 use crate::error::{EngineError, Result};
-use crate::kv::BlockId;
+use crate::kv::{BlockId, DeviceBlocks};
 
 pub use model::CudaModel;
 pub(crate) use model::{DevicePick, StepOutput};
@@ -165,19 +165,25 @@ impl DeviceKv {
         Ok(DeviceKv { gpu, data, block_elems, max_blocks })
     }
 
-    pub(crate) fn max_blocks(&self) -> usize {
+    /// Device address of the first block.
+    fn first(&self) -> u64 {
+        addr(&self.data, &self.gpu.stream)
+    }
+}
+
+impl DeviceBlocks for DeviceKv {
+    fn max_blocks(&self) -> usize {
         self.max_blocks
     }
 
-    /// Device address of the first block.
-    pub(crate) fn base(&self) -> u64 {
-        addr(&self.data, &self.gpu.stream)
+    fn base(&self) -> u64 {
+        self.first()
     }
 
     /// Copies one block (copy-on-write of a shared partial block), in stream order.
-    pub(crate) fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<()> {
+    fn copy_block(&mut self, src: BlockId, dst: BlockId) -> Result<()> {
         let bytes = self.block_elems * 2;
-        let base = self.base();
+        let base = self.first();
         self.gpu.bind()?;
         // SAFETY: both blocks are inside the allocation (ids below max_blocks), and distinct.
         unsafe {

@@ -318,7 +318,7 @@ impl CudaModel {
         let block_elems = shape.block_floats();
         let max_blocks = (budget_bytes / (2 * block_elems).max(1)).max(1);
         let storage = DeviceKv::new(self.gpu.clone(), block_elems, max_blocks)?;
-        Ok(KvPool::on_device(shape, storage))
+        Ok(KvPool::on_device(shape, Box::new(storage)))
     }
 
     /// Runs one batched step: appends each item's tokens to its sequence, then either returns

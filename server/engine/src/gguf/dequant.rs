@@ -22,6 +22,37 @@ pub enum GgmlType {
 const QK_K: usize = 256;
 
 impl GgmlType {
+    /// ggml's numeric id of the type.
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Bf16 => 30,
+        }
+    }
+
+    /// The weight format that computes on this type's blocks as they are stored.
+    pub fn stored_format(self) -> crate::matrix::WeightFormat {
+        use crate::matrix::WeightFormat as F;
+        match self {
+            GgmlType::F32 => F::F32,
+            GgmlType::F16 => F::F16,
+            GgmlType::Bf16 => F::Bf16,
+            GgmlType::Q4_0 => F::Q4,
+            GgmlType::Q4_1 => F::Q4_1,
+            GgmlType::Q8_0 => F::Q8,
+            GgmlType::Q4K => F::Q4K,
+            GgmlType::Q5K => F::Q5K,
+            GgmlType::Q6K => F::Q6K,
+        }
+    }
+
     /// The type of a ggml type id; a known type the loader does not read is refused by name.
     pub fn from_id(id: u32) -> Result<GgmlType, String> {
         Ok(match id {

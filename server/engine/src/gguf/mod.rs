@@ -132,6 +132,9 @@ pub struct GgufFile {
     map: Mmap,
     /// Set for `llama` files: q and k rows come back in transformers' order.
     unpermute: Option<(usize, usize)>,
+    /// Matrices keep the blocks of their tensors as stored (4 bits stay 4 bits) where the
+    /// kernels compute on that type; see [`GgufFile::keep_as_stored`].
+    as_stored: bool,
 }
 
 impl GgufFile {
@@ -142,7 +145,7 @@ impl GgufFile {
         // what the engine can defend against, as with any mmap-based loader.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
         let (version, metadata, tensors) = parse(&map, path)?;
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, map, unpermute: None })
+        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, map, unpermute: None, as_stored: false })
     }
 
     fn err(&self, message: String) -> EngineError {
@@ -175,6 +178,17 @@ impl GgufFile {
     }
 
     /// Whether any weight matrix is stored in a block-quantized type.
+    /// Matrices are built from the tensors' blocks as stored, each in its own type, instead of
+    /// being converted into one format; returns the format most of them are in.
+    pub fn keep_as_stored(&mut self) -> WeightFormat {
+        self.as_stored = true;
+        let mut counts: HashMap<u32, (usize, GgmlType)> = HashMap::new();
+        for t in self.tensors.values().filter(|t| t.dims.len() >= 2) {
+            counts.entry(t.ty.id()).or_insert((0, t.ty)).0 += 1;
+        }
+        counts.into_values().max_by_key(|&(n, ty)| (n, ty.id())).map_or(WeightFormat::F32, |(_, ty)| ty.stored_format())
+    }
+
     pub fn is_quantized(&self) -> bool {
         self.tensors.values().any(|t| t.ty.is_quantized())
     }
@@ -265,8 +279,21 @@ impl TensorSource for GgufFile {
         }
         let views: Vec<(GgmlType, usize, &[u8])> = owned.iter().map(|(t, r, d)| (*t, *r, &d[..])).collect();
         let names: Vec<&str> = infos.iter().map(|(g, _)| g.as_str()).collect();
-        let m = matrix_from_ggml(&views, cols, format)
-            .map_err(|m| self.err(format!("tensor {}: {m}", names.join(" + "))))?;
+        let one_type = views.first().map(|v| v.0).filter(|&t| views.iter().all(|v| v.0 == t));
+        let m = match one_type {
+            // As stored: the parts' rows are whole blocks, so stacking them is concatenating.
+            Some(ty) if self.as_stored => {
+                let rows = views.iter().map(|v| v.1).sum();
+                let data: std::borrow::Cow<'_, [u8]> = match views.as_slice() {
+                    [one] => std::borrow::Cow::Borrowed(one.2),
+                    many => std::borrow::Cow::Owned(many.iter().flat_map(|v| v.2.iter().copied()).collect()),
+                };
+                Matrix::from_ggml(ty.id(), rows, cols, &data)
+                    .map_err(|e| self.err(format!("tensor {}: {e}", names.join(" + "))))?
+            }
+            _ => matrix_from_ggml(&views, cols, format)
+                .map_err(|m| self.err(format!("tensor {}: {m}", names.join(" + "))))?,
+        };
         for (_, info) in infos {
             self.release(info);
         }
@@ -351,8 +378,10 @@ pub fn open_model(path: &Path) -> Result<(GgufFile, crate::config::ModelConfig)>
     Ok((file, config))
 }
 
-/// The weight format a GGUF file loads into unless asked otherwise: q8 for a block-quantized
-/// file (the nearest format the kernels compute on), else the file's own float precision.
+/// The weight format a GGUF file converts into when asked for one format (`--weights`, or
+/// for the parts of a stacked matrix stored in different types): q8 for a block-quantized file,
+/// else the file's own float precision. Unless asked, matrices keep their blocks as stored
+/// ([`GgufFile::keep_as_stored`]).
 pub fn default_format(file: &GgufFile) -> WeightFormat {
     if file.is_quantized() {
         WeightFormat::Q8
