@@ -62,6 +62,7 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Sha
     let mode = shape.mode;
     let mut raw = raw.replace("\r\n", "\n");
     if shape.left_to_right {
+        raw = skip_restarted_line(&raw, doc, cursor);
         raw = cut_repeated_suffix(&raw, doc, cursor);
     }
     let mut text = match mode {
@@ -105,6 +106,21 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Sha
         }
     }
     Some(text)
+}
+
+/// A left-to-right answer on a line that holds only indentation often ends that line and
+/// starts the next one (`\n` + the same indentation + code): the cursor's line is the line the
+/// code belongs on, so the line break and the indentation the line already has are skipped.
+fn skip_restarted_line(text: &str, doc: &Document, cursor: usize) -> String {
+    let (before, after) = line_around(doc, cursor);
+    if !before.trim().is_empty() || !after.trim().is_empty() || !text.starts_with('\n') {
+        return text.to_string();
+    }
+    let rest = text.trim_start_matches('\n');
+    match rest.strip_prefix(before.as_str()) {
+        Some(code) if !code.starts_with([' ', '\t']) && !code.trim().is_empty() => code.to_string(),
+        _ => text.to_string(),
+    }
 }
 
 /// Cuts a left-to-right answer (the model saw no suffix) where it starts repeating the text
@@ -322,6 +338,17 @@ mod tests {
     fn left_to_right(text_with_caret: &str, lang: &str, mode: Mode, raw: &str) -> Option<String> {
         let (doc, syn, cursor) = crate::syntax::parsed_at(text_with_caret, lang);
         finish(&doc, cursor, syn.as_ref(), Shape { mode, left_to_right: true }, raw)
+    }
+
+    #[test]
+    fn a_left_to_right_answer_that_restarts_an_indented_blank_line_goes_on_that_line() {
+        let py = "def f(self, conn):\n    # keep the connection\n    |\n    self.cache = {}\n";
+        assert_eq!(
+            left_to_right(py, "python", Mode::SingleLine, "\n    self.conn = conn\n    self.cache = {}\n").as_deref(),
+            Some("self.conn = conn")
+        );
+        // Deeper indentation on the next line is a new block, not this line: left as it was.
+        assert_eq!(left_to_right(py, "python", Mode::SingleLine, "\n        x = 1\n"), None);
     }
 
     #[test]
