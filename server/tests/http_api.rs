@@ -229,19 +229,19 @@ fn health_ready_models_and_metrics() {
 
 #[test]
 fn every_weight_format_serves_and_an_unknown_one_is_refused() {
-    // q8 on this fixture (hidden 64) holds int8 groups; greedy answers of bf16 storage equal
+    // q8 and q4 on this fixture (hidden 64) hold int8 / 4-bit groups; greedy answers of bf16 storage equal
     // those of the checkpoint's own bf16 weights, since nothing is rounded.
     let body = json!({"prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 8, "temperature": 0.0});
     let mut texts = Vec::new();
-    for w in ["f32", "bf16", "q8"] {
+    for w in ["f32", "bf16", "q8", "q4"] {
         let s = start("qwen2-tied-bf16", &["--cache-mb", "0", "--weights", w]);
         let v = s.complete(body.clone());
         assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{w}: {v}");
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
     assert_eq!(texts[0], texts[1], "f32 and bf16 storage of a bf16 checkpoint compute the same products");
-    let err = refused_startup(&["--weights", "q4"]);
-    assert!(err.contains("q4") && err.contains("bf16"), "{err}");
+    let err = refused_startup(&["--weights", "q3"]);
+    assert!(err.contains("q3") && err.contains("bf16"), "{err}");
 }
 
 #[test]
