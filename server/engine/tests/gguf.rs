@@ -112,13 +112,13 @@ fn write_gguf(version: u32, kvs: &[(String, Val)], tensors: &[Tensor]) -> Writte
         out.extend(offset.to_le_bytes());
         offset += (t.data.len() as u64).div_ceil(32) * 32;
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     let data_at = out.len();
     for t in tensors {
         out.extend(&t.data);
-        while (out.len() - data_at) % 32 != 0 {
+        while !(out.len() - data_at).is_multiple_of(32) {
             out.push(0);
         }
     }
