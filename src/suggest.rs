@@ -394,6 +394,13 @@ impl Core {
         let snippets = self.documents.snippets_for(&snap.uri, &snap.doc, snap.cursor, cfg.chars(snippet_tokens));
         let n = ask.n.clamp(1, 8);
         let shape = Shape { mode, left_to_right };
+        // One line is asked for by stopping at its end. A left-to-right model left on a line of
+        // indentation alone often ends that line first and writes the code on the next one
+        // (`\n` + indentation + code), which post-processing puts back on the cursor's line:
+        // there the stop would end the answer before it starts.
+        let (before, after) = crate::trigger::line_around(&snap.doc, snap.cursor);
+        let restarts_line = left_to_right && before.trim().is_empty() && after.trim().is_empty();
+        let stop = (mode == Mode::SingleLine && !restarts_line).then(|| vec!["\n".to_string()]);
         let req = CompletionRequest {
             model: s.model.clone(),
             prompt: window.prefix,
@@ -405,7 +412,7 @@ impl Core {
             // Sampled candidates are reproducible for the same prompt.
             seed: Some(7),
             n: Some(n),
-            stop: (mode == Mode::SingleLine).then(|| vec!["\n".to_string()]),
+            stop,
             stream: Some(true),
             user: Some(self.session.clone()),
             language: Some(snap.doc.language.clone()),

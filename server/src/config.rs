@@ -105,9 +105,9 @@ serve_options! {
     fim_template: String, env "GHOSTLINE_FIM_TEMPLATE",
         "FIM template: qwen, starcoder, deepseek, codellama or none. Default: detected from the tokenizer.";
     token_healing: bool, env "GHOSTLINE_TOKEN_HEALING",
-        "Token healing of FIM prompts with the cursor inside a line: the prefix's last token is left for \
+        "Token healing of prompts with the cursor inside a line: the prompt's last token is left for \
          the model to choose again, so that a completion can start inside it (true/false). Default: the \
-         model directory's ghostline.json, else false.";
+         model directory's ghostline.json, else true.";
     mid_line_prompt: MidLine, env "GHOSTLINE_MID_LINE_PROMPT",
         "How FIM requests with the cursor inside a line (code before it, nothing after it on the line) \
          are prompted: fim (the template) or plain (the prefix alone, completed to the end of the line). \

@@ -271,7 +271,8 @@ fn serve(a: Settings) -> anyhow::Result<()> {
     });
     let template = prompt::detect(&tokenizer, a.fim_template.as_deref()).map_err(anyhow::Error::msg)?;
     let serving = ModelServing::read(&dir)?;
-    let token_healing = a.token_healing.or(serving.token_healing).unwrap_or(false);
+    // On unless told otherwise: measured to help on every vocabulary tried (docs/models.md).
+    let token_healing = a.token_healing.or(serving.token_healing).unwrap_or(true);
     let mid_line = a.mid_line_prompt.or(serving.mid_line_prompt).unwrap_or_default();
     let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
     let pool = backend.kv_pool_as(kv_bytes, kv_dtype).context("allocating the KV cache")?;

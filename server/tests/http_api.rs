@@ -129,7 +129,8 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
 
 #[test]
 fn a_model_without_fim_tokens_refuses_a_suffix() {
-    let s = start("llama-gqa-f32", &[]);
+    // Healing off: the prompt's token count is what is checked.
+    let s = start("llama-gqa-f32", &["--token-healing", "false"]);
     let (st, v) = s.post_raw(json!({"prompt": "x", "suffix": ""}).to_string());
     assert_eq!(st, 400);
     assert_eq!(v["error"]["param"], "suffix");
@@ -246,8 +247,9 @@ fn every_weight_format_serves_and_an_unknown_one_is_refused() {
 
 #[test]
 fn token_healing_gives_the_prompts_last_token_back_to_the_model() {
-    let plain = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
-    let healed = start("qwen2-tied-bf16", &["--cache-mb", "0", "--token-healing", "true"]);
+    let plain = start("qwen2-tied-bf16", &["--cache-mb", "0", "--token-healing", "false"]);
+    // On by default.
+    let healed = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
     let ask = |s: &Server, prefix: &str| {
         s.complete(json!({"prompt": prefix, "suffix": "\n    return total\n", "max_tokens": 6, "temperature": 0.0}))
     };
@@ -278,8 +280,10 @@ fn token_healing_gives_the_prompts_last_token_back_to_the_model() {
 
 #[test]
 fn mid_line_plain_prompts_the_line_alone_and_ends_with_it() {
-    let fim = start("qwen2-tied-bf16", &["--cache-mb", "0"]);
-    let plain = start("qwen2-tied-bf16", &["--cache-mb", "0", "--mid-line-prompt", "plain"]);
+    // Healing off here: this test is about the mid-line prompt alone.
+    let fim = start("qwen2-tied-bf16", &["--cache-mb", "0", "--token-healing", "false"]);
+    let plain =
+        start("qwen2-tied-bf16", &["--cache-mb", "0", "--mid-line-prompt", "plain", "--token-healing", "false"]);
     let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
     let ask = |s: &Server, prefix: &str, suffix: Option<&str>| {
         let mut body = json!({"prompt": prefix, "max_tokens": 24, "temperature": 0.0});

@@ -327,6 +327,20 @@ async fn a_model_without_fim_is_asked_for_the_prefix_alone_and_its_answer_is_cut
 }
 
 #[tokio::test]
+async fn a_left_to_right_model_on_a_line_of_indentation_may_start_with_a_line_break() {
+    // SmolLM2-like: left on `        |` it ends that line and writes the code on the next one.
+    let script = Script::new(vec![Reply::Texts(vec!["\n        total = sum(sizes)\n        sizes.append(size)\n"])]);
+    script.set_models(Models::List(one_model(8192, None)));
+    let (core, _) = core_with(&script, settings(), PY);
+    core.update_settings(&serde_json::json!({"multiline": "never"}));
+    type_at(&core, 2, Position::new(6, 15), "\n        ");
+    let s = core.suggest(URI, Position::new(7, 8), INVOKED).await.unwrap();
+    assert_eq!(texts(&s), ["total = sum(sizes)"]);
+    // No stop at the line's end, which would have ended the answer before it began.
+    assert_eq!(script.sent()[0].stop, None);
+}
+
+#[tokio::test]
 async fn a_refused_suffix_is_asked_again_left_to_right_and_remembered() {
     let refused = ApiError::Status {
         code: 400,
