@@ -61,16 +61,16 @@ pub fn complete_at(mode: Mode, text: &str) -> Option<usize> {
 pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Shape, raw: &str) -> Option<String> {
     let mode = shape.mode;
     let mut raw = raw.replace("\r\n", "\n");
+    let (before, after) = line_around(doc, cursor);
     if shape.left_to_right {
-        raw = skip_restarted_line(&raw, doc, cursor);
-        raw = cut_repeated_suffix(&raw, doc, cursor);
+        raw = skip_restarted_line(&raw, &before, &after);
+        raw = cut_repeated_suffix(&raw, doc, cursor, &before, &after);
     }
     let mut text = match mode {
         // One line means the rest of this line: nothing from a line break on.
         Mode::SingleLine => raw.split(['\n', '\r']).next().unwrap_or("").to_string(),
         _ => raw,
     };
-    let (before, after) = line_around(doc, cursor);
     if matches!(mode, Mode::MultiLine { .. }) {
         if let Some(syn) = syntax {
             if let Some(end) = block_end(doc, cursor, syn, &text) {
@@ -111,13 +111,12 @@ pub fn finish(doc: &Document, cursor: usize, syntax: Option<&Syntax>, shape: Sha
 /// A left-to-right answer on a line that holds only indentation often ends that line and
 /// starts the next one (`\n` + the same indentation + code): the cursor's line is the line the
 /// code belongs on, so the line break and the indentation the line already has are skipped.
-fn skip_restarted_line(text: &str, doc: &Document, cursor: usize) -> String {
-    let (before, after) = line_around(doc, cursor);
+fn skip_restarted_line(text: &str, before: &str, after: &str) -> String {
     if !before.trim().is_empty() || !after.trim().is_empty() || !text.starts_with('\n') {
         return text.to_string();
     }
     let rest = text.trim_start_matches('\n');
-    match rest.strip_prefix(before.as_str()) {
+    match rest.strip_prefix(before) {
         Some(code) if !code.starts_with([' ', '\t']) && !code.trim().is_empty() => code.to_string(),
         _ => text.to_string(),
     }
@@ -128,8 +127,7 @@ fn skip_restarted_line(text: &str, doc: &Document, cursor: usize) -> String {
 /// answered `a, b)` and more keeps `a, b`), else before the first line that is the document's
 /// next non-blank line, indentation included (the closing `}` or the next statement the
 /// document already has).
-fn cut_repeated_suffix(text: &str, doc: &Document, cursor: usize) -> String {
-    let (before, after) = line_around(doc, cursor);
+fn cut_repeated_suffix(text: &str, doc: &Document, cursor: usize, before: &str, after: &str) -> String {
     let rest = after.trim();
     let first_end = text.find('\n').unwrap_or(text.len());
     if !rest.is_empty() {

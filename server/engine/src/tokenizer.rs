@@ -101,9 +101,7 @@ impl Tokenizer {
             .and_then(|tc| named(tc.get("bos_token")))
             .or_else(|| gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied()));
         let add_bos = tc.as_ref().and_then(|tc| tc.get("add_bos_token")).and_then(Value::as_bool);
-        let mut text_only = inner.clone();
-        text_only.set_encode_special_tokens(true);
-        Ok(Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special })
+        Ok(Tokenizer { text_only: text_only(&inner), inner, eos_ids, bos_id, add_bos, special })
     }
 
     /// A tokenizer from an already built `tokenizers` model with its special-token conventions:
@@ -126,9 +124,7 @@ impl Tokenizer {
         for (content, id) in special {
             map.insert(content.clone(), *id);
         }
-        let mut text_only = inner.clone();
-        text_only.set_encode_special_tokens(true);
-        Tokenizer { inner, text_only, eos_ids, bos_id, add_bos, special: map }
+        Tokenizer { text_only: text_only(&inner), inner, eos_ids, bos_id, add_bos, special: map }
     }
 
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
@@ -245,6 +241,13 @@ impl StreamDecoder {
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or("").to_string())
     }
+}
+
+/// A copy of `inner` that reads special tokens' text as plain text (for untrusted input).
+fn text_only(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut t = inner.clone();
+    t.set_encode_special_tokens(true);
+    t
 }
 
 #[cfg(test)]
