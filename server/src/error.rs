@@ -38,6 +38,8 @@ pub enum HttpError {
     NoSuchEndpoint,
     /// No valid API key; the answer never says which.
     Unauthorized,
+    /// A valid key that may not do this (the dashboard needs an admin key).
+    Forbidden(&'static str),
     KeyStoreUnavailable,
     /// The key's rate bucket is empty for `retry_secs`.
     RateLimited {
@@ -83,6 +85,7 @@ impl HttpError {
             HttpError::ModelNotFound { .. } | HttpError::NoSuchEndpoint => StatusCode::NOT_FOUND,
             HttpError::BodyTooLarge { .. } | HttpError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::RateLimited { .. } | HttpError::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::KeyStoreUnavailable
             | HttpError::Busy
@@ -128,6 +131,7 @@ impl HttpError {
             | HttpError::BodyTooLarge { .. } => "invalid_request_error",
             HttpError::ModelNotFound { .. } | HttpError::NoSuchEndpoint => "not_found_error",
             HttpError::Unauthorized => "authentication_error",
+            HttpError::Forbidden(_) => "permission_error",
             HttpError::RateLimited { .. } | HttpError::TooManyInFlight { .. } => "rate_limit_error",
             HttpError::KeyStoreUnavailable
             | HttpError::Busy
@@ -146,6 +150,7 @@ impl HttpError {
             HttpError::BodyTooLarge { .. } => Some("body_too_large"),
             HttpError::TooManyEvents { .. } => Some("too_many_events"),
             HttpError::Unauthorized => Some("invalid_api_key"),
+            HttpError::Forbidden(_) => Some("admin_key_required"),
             HttpError::RateLimited { .. } => Some("rate_limit_exceeded"),
             HttpError::TooManyInFlight { .. } => Some("too_many_in_flight"),
             _ => None,
@@ -175,6 +180,7 @@ impl HttpError {
             HttpError::TooManyEvents { sent, max } => format!("{sent} events in one batch; send at most {max}"),
             HttpError::NoSuchEndpoint => "no such endpoint".into(),
             HttpError::Unauthorized => "a valid API key is required: send the header Authorization: Bearer KEY".into(),
+            HttpError::Forbidden(m) => (*m).into(),
             HttpError::KeyStoreUnavailable => "the key store cannot be read; retry shortly".into(),
             HttpError::RateLimited { .. } => {
                 "this key's rate limit is reached; retry after the time in Retry-After".into()
@@ -223,6 +229,7 @@ mod tests {
             HttpError::TooManyEvents { sent: 1001, max: 1000 },
             HttpError::NoSuchEndpoint,
             HttpError::Unauthorized,
+            HttpError::Forbidden(crate::dashboard::ADMIN_ONLY),
             HttpError::KeyStoreUnavailable,
             HttpError::RateLimited { retry_secs: 0 },
             HttpError::TooManyInFlight { cap: 16 },

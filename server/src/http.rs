@@ -52,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/v1/dashboard", get(crate::dashboard::data))
         .fallback(|| async { HttpError::NoSuchEndpoint })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn(count_requests))
@@ -67,7 +69,8 @@ async fn authenticate(State(st): State<Arc<AppState>>, mut req: HttpRequest, nex
     req.extensions_mut().insert(Arrived(Instant::now()));
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
     let needed = match path.as_deref() {
-        None | Some("/health" | "/ready") => false,
+        // The dashboard's page holds no data; what it reads (/v1/dashboard) needs a key.
+        None | Some("/health" | "/ready" | "/dashboard") => false,
         Some("/metrics" | "/v1/stats") => !st.open_metrics,
         Some(_) => true,
     };

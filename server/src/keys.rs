@@ -24,6 +24,8 @@ pub struct KeyRecord {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
     pub revoked_at: Option<i64>,
+    /// May read the team dashboard (`keys add NAME --admin`).
+    pub admin: bool,
 }
 
 /// Who a request comes from. `name` is None when auth is off.
@@ -32,6 +34,15 @@ pub struct Principal {
     pub name: Option<String>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
+    pub admin: bool,
+}
+
+impl Principal {
+    /// Whether this request may read what only admins see: with auth off (no keys on a
+    /// loopback server) everyone may; with keys, only an admin key.
+    pub fn may_administer(&self) -> bool {
+        self.name.is_none() || self.admin
+    }
 }
 
 pub fn unix_s() -> i64 {
@@ -84,7 +95,7 @@ fn limit(v: &Val) -> Option<u32> {
 /// Every key, revoked ones included, oldest first.
 pub fn list(store: &mut Store) -> anyhow::Result<Vec<KeyRecord>> {
     let rows = store.query(
-        "SELECT name, key_hash, created_at, requests_per_minute, tokens_per_minute, revoked_at FROM api_keys ORDER BY created_at, name",
+        "SELECT name, key_hash, created_at, requests_per_minute, tokens_per_minute, revoked_at, admin FROM api_keys ORDER BY created_at, name",
         &[],
     )?;
     Ok(rows
@@ -97,6 +108,7 @@ pub fn list(store: &mut Store) -> anyhow::Result<Vec<KeyRecord>> {
                 requests_per_minute: limit(&r[3]),
                 tokens_per_minute: limit(&r[4]),
                 revoked_at: r[5].int(),
+                admin: r[6].int().is_some_and(|a| a != 0),
             })
         })
         .collect())
@@ -114,6 +126,11 @@ fn bump(store: &mut Store) -> anyhow::Result<()> {
 
 /// Adds a key and returns it (the only time it exists outside the caller's hands).
 pub fn add(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>) -> anyhow::Result<String> {
+    add_as(store, name, rpm, tpm, false)
+}
+
+/// Adds a key, an admin one when `admin` (it may read the dashboard).
+pub fn add_as(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>, admin: bool) -> anyhow::Result<String> {
     if !valid_name(name) {
         bail!("key name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'");
     }
@@ -127,13 +144,14 @@ pub fn add(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>) ->
             bail!("a key named {name:?} exists; revoke it first (ghostline-server keys revoke {name})");
         }
         s.exec(
-            "INSERT INTO api_keys (name, key_hash, created_at, requests_per_minute, tokens_per_minute) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO api_keys (name, key_hash, created_at, requests_per_minute, tokens_per_minute, admin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             &[
                 Val::Text(Some(name.into())),
                 Val::Text(Some(hex(&hash(&key)))),
                 Val::Int(Some(unix_s())),
                 Val::Int(rpm.map(i64::from)),
                 Val::Int(tpm.map(i64::from)),
+                Val::Int(Some(admin as i64)),
             ],
         )?;
         bump(s)
@@ -251,6 +269,7 @@ impl Auth {
             name: Some(k.name.clone()),
             requests_per_minute: k.requests_per_minute,
             tokens_per_minute: k.tokens_per_minute,
+            admin: k.admin,
         })
     }
 
@@ -268,11 +287,13 @@ impl Auth {
 /// `ghostline-server keys …`: prints what it did; the new key is the last line.
 pub fn run_cli(store: &mut Store, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Add { name, requests_per_minute, tokens_per_minute } => {
-            let key = add(store, &name, requests_per_minute, tokens_per_minute).context("adding the key")?;
+        KeysCommand::Add { name, requests_per_minute, tokens_per_minute, admin } => {
+            let key =
+                add_as(store, &name, requests_per_minute, tokens_per_minute, admin).context("adding the key")?;
             let lim = |v: Option<u32>| v.map_or("unlimited".to_string(), |v| v.to_string());
             println!(
-                "added key {name:?} (requests/min: {}, tokens/min: {}). It is shown only now; store it safely:",
+                "added {}key {name:?} (requests/min: {}, tokens/min: {}). It is shown only now; store it safely:",
+                if admin { "admin " } else { "" },
                 lim(requests_per_minute),
                 lim(tokens_per_minute)
             );
@@ -284,16 +305,17 @@ pub fn run_cli(store: &mut Store, cmd: KeysCommand) -> anyhow::Result<()> {
                 println!("no keys (the server accepts requests without a key on loopback addresses)");
                 return Ok(());
             }
-            println!("{:<24} {:>12} {:>12} {:<12} STATUS", "NAME", "REQ/MIN", "TOK/MIN", "CREATED");
+            println!("{:<24} {:>12} {:>12} {:<12} {:<6} STATUS", "NAME", "REQ/MIN", "TOK/MIN", "CREATED", "ROLE");
             for k in keys {
                 let lim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 let status = k.revoked_at.map_or("active".to_string(), |t| format!("revoked at {t}"));
                 println!(
-                    "{:<24} {:>12} {:>12} {:<12} {}",
+                    "{:<24} {:>12} {:>12} {:<12} {:<6} {}",
                     k.name,
                     lim(k.requests_per_minute),
                     lim(k.tokens_per_minute),
                     k.created_at,
+                    if k.admin { "admin" } else { "user" },
                     status
                 );
             }
@@ -320,6 +342,9 @@ pub enum KeysCommand {
         /// Generated tokens per minute this key may use (default: no limit).
         #[arg(long)]
         tokens_per_minute: Option<u32>,
+        /// The key may also read the team dashboard (`/dashboard`, `/v1/dashboard`).
+        #[arg(long)]
+        admin: bool,
     },
     /// Show the keys' names, limits and state (never the keys).
     List,
@@ -364,6 +389,12 @@ mod tests {
         assert!(revoke(&mut other, "bob").unwrap());
         assert_eq!(auth.check(None), Err(Denied::Unauthorized), "revoking the last key does not open the server");
         add(&mut store, "alice", None, None).unwrap();
+        let boss = add_as(&mut store, "boss", None, None, true).unwrap();
+        let (a, b) = (auth.check(Some(&format!("Bearer {k2}"))), auth.check(Some(&format!("Bearer {boss}"))));
+        assert_eq!(a.map(|p| p.may_administer()), Err(Denied::Unauthorized), "bob was revoked");
+        assert!(b.unwrap().may_administer(), "an admin key");
+        assert!(Principal::default().may_administer(), "auth off: the loopback default");
+        assert!(!Principal { name: Some("alice".into()), ..Principal::default() }.may_administer());
         assert!(add(&mut store, "bad name", None, None).is_err());
         assert!(add(&mut store, "zero", Some(0), None).is_err());
         std::fs::remove_dir_all(dir).ok();

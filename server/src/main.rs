@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod dashboard;
 mod error;
 mod filters;
 mod gateway;

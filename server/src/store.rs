@@ -120,6 +120,9 @@ CREATE TABLE completions (
     completion TEXT
 );
 CREATE INDEX completions_created ON completions (created_ms);
+", "
+ALTER TABLE api_keys ADD COLUMN admin BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX completions_key ON completions (key_name, created_ms);
 "];
 
 /// One open connection.
