@@ -124,13 +124,9 @@ fn bump(store: &mut Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds a key and returns it (the only time it exists outside the caller's hands).
-pub fn add(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>) -> anyhow::Result<String> {
-    add_as(store, name, rpm, tpm, false)
-}
-
-/// Adds a key, an admin one when `admin` (it may read the dashboard).
-pub fn add_as(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>, admin: bool) -> anyhow::Result<String> {
+/// Adds a key, an admin one when `admin` (it may read the dashboard), and returns it (the only
+/// time it exists outside the caller's hands).
+pub fn add(store: &mut Store, name: &str, rpm: Option<u32>, tpm: Option<u32>, admin: bool) -> anyhow::Result<String> {
     if !valid_name(name) {
         bail!("key name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'");
     }
@@ -288,8 +284,7 @@ impl Auth {
 pub fn run_cli(store: &mut Store, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Add { name, requests_per_minute, tokens_per_minute, admin } => {
-            let key =
-                add_as(store, &name, requests_per_minute, tokens_per_minute, admin).context("adding the key")?;
+            let key = add(store, &name, requests_per_minute, tokens_per_minute, admin).context("adding the key")?;
             let lim = |v: Option<u32>| v.map_or("unlimited".to_string(), |v| v.to_string());
             println!(
                 "added {}key {name:?} (requests/min: {}, tokens/min: {}). It is shown only now; store it safely:",
@@ -369,11 +364,11 @@ mod tests {
         let target = DbTarget::Sqlite(dir.join("g.db"));
         let auth = Auth::new(target.clone(), Store::open(&target).unwrap(), false);
         assert_eq!(auth.check(None), Ok(Principal::default()), "no keys: auth is off");
-        let k1 = add(&mut store, "alice", Some(10), None).unwrap();
-        let k2 = add(&mut other, "bob", None, Some(100)).unwrap();
+        let k1 = add(&mut store, "alice", Some(10), None, false).unwrap();
+        let k2 = add(&mut other, "bob", None, Some(100), false).unwrap();
         assert_ne!(k1, k2);
         assert!(k1.len() >= 3 + 32, "at least 128 bits");
-        assert!(add(&mut store, "alice", None, None).is_err(), "names are unique among active keys");
+        assert!(add(&mut store, "alice", None, None, false).is_err(), "names are unique among active keys");
         assert_eq!(auth.check(None), Err(Denied::Unauthorized));
         assert_eq!(auth.check(Some("Bearer gl-nope")), Err(Denied::Unauthorized));
         assert_eq!(auth.check(Some(&k1)), Err(Denied::Unauthorized), "the Bearer scheme is required");
@@ -388,15 +383,15 @@ mod tests {
         assert!(!revoke(&mut other, "alice").unwrap());
         assert!(revoke(&mut other, "bob").unwrap());
         assert_eq!(auth.check(None), Err(Denied::Unauthorized), "revoking the last key does not open the server");
-        add(&mut store, "alice", None, None).unwrap();
-        let boss = add_as(&mut store, "boss", None, None, true).unwrap();
+        add(&mut store, "alice", None, None, false).unwrap();
+        let boss = add(&mut store, "boss", None, None, true).unwrap();
         let (a, b) = (auth.check(Some(&format!("Bearer {k2}"))), auth.check(Some(&format!("Bearer {boss}"))));
         assert_eq!(a.map(|p| p.may_administer()), Err(Denied::Unauthorized), "bob was revoked");
         assert!(b.unwrap().may_administer(), "an admin key");
         assert!(Principal::default().may_administer(), "auth off: the loopback default");
         assert!(!Principal { name: Some("alice".into()), ..Principal::default() }.may_administer());
-        assert!(add(&mut store, "bad name", None, None).is_err());
-        assert!(add(&mut store, "zero", Some(0), None).is_err());
+        assert!(add(&mut store, "bad name", None, None, false).is_err());
+        assert!(add(&mut store, "zero", Some(0), None, false).is_err());
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -75,7 +75,8 @@ impl Val {
 
 /// The schema, one migration per entry; `schema_version` counts the ones applied. Types are
 /// ones both SQLite and Postgres accept.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE api_keys (
     name TEXT NOT NULL,
     key_hash TEXT NOT NULL UNIQUE,
@@ -120,10 +121,12 @@ CREATE TABLE completions (
     completion TEXT
 );
 CREATE INDEX completions_created ON completions (created_ms);
-", "
+",
+    "
 ALTER TABLE api_keys ADD COLUMN admin BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX completions_key ON completions (key_name, created_ms);
-"];
+",
+];
 
 /// One open connection.
 pub enum Store {

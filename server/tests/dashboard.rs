@@ -30,9 +30,8 @@ fn event(id: &str, completion: &str, kind: &str, chars: Option<u32>) -> Value {
 /// (7 characters). Returns the completion ids.
 fn seed(s: &Server) -> Vec<String> {
     let mut ids = Vec::new();
-    for (i, (lang, editor)) in [("python", "vscode"), ("python", "vscode"), ("python", "vscode"), ("rust", "nvim")]
-        .into_iter()
-        .enumerate()
+    for (i, (lang, editor)) in
+        [("python", "vscode"), ("python", "vscode"), ("python", "vscode"), ("rust", "nvim")].into_iter().enumerate()
     {
         let done = s.complete(json!({
             "prompt": format!("def f{i}(x):\n    return "), "suffix": "\n", "max_tokens": 3,
@@ -70,7 +69,11 @@ fn group<'a>(v: &'a Value, dim: &str, name: &str) -> &'a Value {
 
 fn check_figures(v: &Value) {
     let t = &v["totals"];
-    assert_eq!((t["shown"].as_u64(), t["accepted"].as_u64(), t["rejected"].as_u64()), (Some(4), Some(2), Some(1)), "{v}");
+    assert_eq!(
+        (t["shown"].as_u64(), t["accepted"].as_u64(), t["rejected"].as_u64()),
+        (Some(4), Some(2), Some(1)),
+        "{v}"
+    );
     assert_eq!(t["partially_accepted"], 1);
     assert_eq!(t["accepted_chars"], 21);
     assert_eq!(t["acceptance_rate"], 0.75);
@@ -98,7 +101,10 @@ fn the_dashboard_reads_what_the_api_stored_and_needs_an_admin_key() {
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = page.text().unwrap();
-    assert!(html.contains("/v1/dashboard") && !html.contains("http://") && !html.contains("https://"), "no outside fetch");
+    assert!(html.contains("/v1/dashboard"));
+    // Nothing from elsewhere: no script or style files, and the only absolute URL is SVG's namespace.
+    assert!(!html.contains(" src=") && !html.contains("<link") && !html.contains("https://"));
+    assert_eq!(html.matches("http://").count(), html.matches("http://www.w3.org/2000/svg").count());
     let anonymous = client().get(format!("{}/v1/dashboard", s.base)).send().unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     let (st, v) = s.get("/v1/dashboard");
@@ -110,7 +116,10 @@ fn the_dashboard_reads_what_the_api_stored_and_needs_an_admin_key() {
     check_figures(&v);
     let keys = v["keys"].as_array().unwrap();
     let dev = keys.iter().find(|k| k["name"] == "dev").unwrap();
-    assert_eq!((dev["admin"].as_bool(), keys.iter().find(|k| k["name"] == "lead").unwrap()["admin"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (dev["admin"].as_bool(), keys.iter().find(|k| k["name"] == "lead").unwrap()["admin"].as_bool()),
+        (Some(false), Some(true))
+    );
     assert!(dev["last_used_ms"].as_i64().unwrap() > 0, "dev made the completions: {dev}");
     assert!(!v.to_string().contains(&user), "never a key itself");
     assert!(v["live"]["kv_blocks_used"].is_number(), "{}", v["live"]);
@@ -144,7 +153,8 @@ fn the_dashboard_on_postgres() {
 #[ignore = "needs playwright-core and Chromium (see the file's header)"]
 fn the_page_draws_the_stored_figures_in_a_real_browser() {
     let tools = std::path::PathBuf::from(
-        std::env::var("GHOSTLINE_EDITOR_TOOLS").expect("GHOSTLINE_EDITOR_TOOLS: the folder tests/editor-tools installs into"),
+        std::env::var("GHOSTLINE_EDITOR_TOOLS")
+            .expect("GHOSTLINE_EDITOR_TOOLS: the folder tests/editor-tools installs into"),
     );
     let data = TempDir::new("dash-browser");
     let db = ["--data-dir", data.arg()];
@@ -188,7 +198,11 @@ fn the_page_draws_the_stored_figures_in_a_real_browser() {
     assert!(a["chart_points"]["latency"].as_u64().unwrap() >= 1, "{report}");
     // The language filter narrows the page.
     let r = &report["rust"];
-    assert_eq!((r["tiles"]["shown"].as_str(), r["tiles"]["accepted_chars"].as_str()), (Some("1"), Some("7")), "{report}");
+    assert_eq!(
+        (r["tiles"]["shown"].as_str(), r["tiles"]["accepted_chars"].as_str()),
+        (Some("1"), Some("7")),
+        "{report}"
+    );
     assert_eq!(r["languages"], json!(["rust"]), "{report}");
     // It refreshes while open: an event posted after it loaded shows up without a reload.
     assert_eq!(report["refreshed"]["shown"], "2", "{report}");

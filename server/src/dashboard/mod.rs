@@ -91,7 +91,9 @@ pub struct Dashboard {
 
 fn filter(v: Option<String>, name: &str) -> Result<Option<String>, HttpError> {
     match v.filter(|s| !s.is_empty()) {
-        Some(s) if s.len() > MAX_FILTER => Err(HttpError::invalid(format!("{name} is longer than {MAX_FILTER} bytes"), name)),
+        Some(s) if s.len() > MAX_FILTER => {
+            Err(HttpError::invalid(format!("{name} is longer than {MAX_FILTER} bytes"), name))
+        }
         v => Ok(v),
     }
 }

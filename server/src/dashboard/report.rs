@@ -240,7 +240,7 @@ pub fn report(store: &mut Store, w: &Window) -> anyhow::Result<Report> {
     let [by_language, by_editor, by_key] = groups.map(|g| {
         let mut v: Vec<Group> = g.into_iter().map(|(name, c)| Group { name, figures: c.rates() }).collect();
         // Most shown first, then by name (the map's order), so the table leads with what matters.
-        v.sort_by(|a, b| b.figures.counts.shown.cmp(&a.figures.counts.shown));
+        v.sort_by_key(|g| std::cmp::Reverse(g.figures.counts.shown));
         v
     });
     Ok(Report {
@@ -292,10 +292,8 @@ fn latencies(store: &mut Store, w: &Window, range: &[Val; 3]) -> anyhow::Result<
 
 /// When each key last made a completion (unix ms), by name.
 pub fn last_use(store: &mut Store) -> anyhow::Result<BTreeMap<String, i64>> {
-    let rows = store.query(
-        "SELECT key_name, MAX(created_ms) FROM completions WHERE key_name IS NOT NULL GROUP BY key_name",
-        &[],
-    )?;
+    let rows = store
+        .query("SELECT key_name, MAX(created_ms) FROM completions WHERE key_name IS NOT NULL GROUP BY key_name", &[])?;
     Ok(rows.iter().filter_map(|r| Some((r[0].text()?, r[1].int()?))).collect())
 }
 
