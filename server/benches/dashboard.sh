@@ -51,16 +51,22 @@ for i in range(comps):
     ttft = rng.lognormvariate(4.5, 0.5) if cache in ("miss", "cancelled") else rng.uniform(0.5, 3)
     rows.append((f"c{i}", t, rng.choice(keys), rng.choice(langs), rng.choice(editors), "ghostline-tiny",
                  300, 200, 12, 1.0, ttft, ttft * 2.5, cache))
+# Rows arrive in time order, as they do on a server.
+rows.sort(key=lambda r: r[1])
 c.executemany("INSERT INTO completions (id, created_ms, key_name, language, editor, model, prompt_tokens, "
               "cached_tokens, completion_tokens, queue_ms, ttft_ms, total_ms, cache) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 ev = []
 for i in range(n):
-    j = rng.randrange(comps)
+    r = rows[rng.randrange(comps)]
     kind = rng.choices(["shown", "accepted", "partially_accepted", "rejected"], [50, 15, 5, 30])[0]
     chars = rng.randrange(1, 200) if kind in ("accepted", "partially_accepted") else None
-    ev.append((f"e{i}", f"c{j}", 0, kind, chars, 150, rows[j][1] + 500))
+    # The language server sends language and editor and the server adds the key; 5% of the
+    # events come bare (another client), so the dashboard takes their completion's.
+    lang, editor, key = (None, None, None) if rng.random() < 0.05 else (r[3], r[4], r[2])
+    ev.append((f"e{i}", r[0], 0, kind, chars, 150, r[1] + 500, editor, lang, key))
+ev.sort(key=lambda e: e[6])
 c.executemany("INSERT INTO telemetry_events (event_id, completion_id, choice_index, kind, accepted_chars, shown_ms, "
-              "received_ms) VALUES (?,?,?,?,?,?,?)", ev)
+              "received_ms, editor, language, key_name) VALUES (?,?,?,?,?,?,?,?,?,?)", ev)
 c.commit()
 print(f"# store: {n} events, {comps} completions over 30 days", file=sys.stderr)
 PY

@@ -192,11 +192,16 @@ pub fn report(store: &mut Store, w: &Window) -> anyhow::Result<Report> {
          WHERE created_ms >= ?1 AND created_ms < ?2 GROUP BY 1, 2, 3, 4, 5",
         &range,
     )?;
+    // The language server sends language and editor with each event and the server adds the
+    // key, so the completion is looked up only for the few events that lack one (a scalar
+    // subquery that COALESCE evaluates only then), not joined for every event.
     let events = store.query(
-        "SELECT e.received_ms / ?3, e.kind, COALESCE(e.language, c.language), COALESCE(e.editor, c.editor), \
-         COALESCE(e.key_name, c.key_name), COUNT(*), CAST(SUM(COALESCE(e.accepted_chars, 0)) AS BIGINT) \
-         FROM telemetry_events e LEFT JOIN completions c ON c.id = e.completion_id \
-         WHERE e.received_ms >= ?1 AND e.received_ms < ?2 GROUP BY 1, 2, 3, 4, 5",
+        "SELECT e.received_ms / ?3, e.kind, \
+         COALESCE(e.language, (SELECT c.language FROM completions c WHERE c.id = e.completion_id)), \
+         COALESCE(e.editor, (SELECT c.editor FROM completions c WHERE c.id = e.completion_id)), \
+         COALESCE(e.key_name, (SELECT c.key_name FROM completions c WHERE c.id = e.completion_id)), \
+         COUNT(*), CAST(SUM(COALESCE(e.accepted_chars, 0)) AS BIGINT) \
+         FROM telemetry_events e WHERE e.received_ms >= ?1 AND e.received_ms < ?2 GROUP BY 1, 2, 3, 4, 5",
         &range,
     )?;
 
