@@ -55,8 +55,11 @@ struct Shared {
     jobs: AtomicUsize,
     next_id: AtomicU64,
     /// The live job of each supersession key and how to cancel it.
-    live: Mutex<HashMap<(String, String), (u64, oneshot::Sender<()>)>>,
+    live: Mutex<HashMap<SupersedeKey, (u64, oneshot::Sender<()>)>>,
 }
+
+/// (user, path), as in `Job::supersede_key`.
+type SupersedeKey = (String, String);
 
 impl Upstream {
     /// Must be called inside the runtime that will run the jobs.
@@ -173,7 +176,7 @@ impl JobState {
 struct JobGuard {
     sh: Arc<Shared>,
     id: u64,
-    key: Option<(String, String)>,
+    key: Option<SupersedeKey>,
 }
 
 impl Drop for JobGuard {
