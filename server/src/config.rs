@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::prompt::MidLine;
+use crate::upstream::UpstreamKind;
 
 /// The type of a resolved option: the value itself when it has a default, else an `Option`.
 macro_rules! resolved_ty {
@@ -128,6 +129,17 @@ serve_options! {
          exact). Default: the checkpoint's own precision (bf16 or f32).";
     kv_cache: String = "f16".into() => "f16", env "GHOSTLINE_KV_CACHE",
         "How the CPU backend stores the KV cache: f16 (half the memory) or f32.";
+    upstream: String, env "GHOSTLINE_UPSTREAM",
+        "Send inference to this engine instead of running the model here: its base URL, http://HOST:PORT \
+         (llama.cpp's llama-server, vLLM, SGLang; see docs/scale.md). --model still gives the tokenizer and \
+         FIM template (a directory with only the tokenizer files will do). Default: none, the model runs here.";
+    upstream_kind: UpstreamKind = UpstreamKind::LlamaCpp => "llama-cpp", env "GHOSTLINE_UPSTREAM_KIND",
+        "The upstream's API: llama-cpp (llama-server's /completion) or openai (/v1/completions of vLLM, \
+         SGLang or llama-server).";
+    upstream_model: String, env "GHOSTLINE_UPSTREAM_MODEL",
+        "The model name sent to an openai upstream (vLLM's --served-model-name). Default: none sent.";
+    upstream_timeout_ms: u64 = 30_000 => "30000", env "GHOSTLINE_UPSTREAM_TIMEOUT_MS",
+        "Longest wait in milliseconds for the upstream's answer to start, and between two of its chunks.";
     shutdown_grace_secs: u64 = 10 => "10", env "GHOSTLINE_SHUTDOWN_GRACE_SECS",
         "Seconds running streams get to finish after SIGTERM.";
     redis: String, env "GHOSTLINE_REDIS",
@@ -287,6 +299,16 @@ mod tests {
         let s =
             Settings::resolve(parse(&["--bf16-native", "false", "--mid-line-prompt", "plain"]), FileConfig::default());
         assert_eq!((s.bf16_native, s.mid_line_prompt), (false, Some(MidLine::Plain)));
+        assert_eq!(
+            (s.upstream.as_deref(), s.upstream_kind, s.upstream_timeout_ms),
+            (None, UpstreamKind::LlamaCpp, 30_000)
+        );
+        let file: FileConfig =
+            toml::from_str("upstream = \"http://127.0.0.1:8080\"\nupstream_kind = \"openai\"").unwrap();
+        let s = Settings::resolve(parse(&["--upstream-timeout-ms", "500"]), file);
+        assert_eq!((s.upstream.as_deref(), s.upstream_kind), (Some("http://127.0.0.1:8080"), UpstreamKind::OpenAi));
+        assert_eq!(s.upstream_timeout_ms, 500);
+        assert!(Only::try_parse_from(["serve", "--upstream-kind", "vllm"]).is_err(), "an unknown kind is refused");
         assert!(toml::from_str::<FileConfig>("model_nmae = 1").is_err(), "an unknown key is refused");
     }
 

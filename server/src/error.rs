@@ -55,6 +55,9 @@ pub enum HttpError {
     TelemetryBacklogFull,
     TelemetryFailed(String),
     StatsUnavailable(String),
+    /// The inference upstream cannot be reached, is overloaded or too slow, and nothing was
+    /// produced yet.
+    Unavailable(String),
     /// Inference failed or stopped early.
     Internal(String),
 }
@@ -92,7 +95,8 @@ impl HttpError {
             | HttpError::ShuttingDown
             | HttpError::TelemetryBacklogFull
             | HttpError::TelemetryFailed(_)
-            | HttpError::StatsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | HttpError::StatsUnavailable(_)
+            | HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,7 +109,8 @@ impl HttpError {
             | HttpError::KeyStoreUnavailable
             | HttpError::Busy
             | HttpError::ShuttingDown
-            | HttpError::TelemetryBacklogFull => Some(1),
+            | HttpError::TelemetryBacklogFull
+            | HttpError::Unavailable(_) => Some(1),
             HttpError::TelemetryFailed(_) | HttpError::StatsUnavailable(_) => Some(5),
             _ => None,
         }
@@ -138,7 +143,8 @@ impl HttpError {
             | HttpError::ShuttingDown
             | HttpError::TelemetryBacklogFull
             | HttpError::TelemetryFailed(_)
-            | HttpError::StatsUnavailable(_) => "overloaded_error",
+            | HttpError::StatsUnavailable(_)
+            | HttpError::Unavailable(_) => "overloaded_error",
             HttpError::Internal(_) => "server_error",
         }
     }
@@ -195,6 +201,7 @@ impl HttpError {
             }
             HttpError::TelemetryFailed(m) => format!("{m}; nothing of this batch was acknowledged, retry it later"),
             HttpError::StatsUnavailable(m) => format!("the telemetry store cannot be read: {m}"),
+            HttpError::Unavailable(m) => format!("inference is unavailable: {m}; retry shortly"),
             HttpError::Internal(m) => m.clone(),
         }
     }
@@ -238,6 +245,7 @@ mod tests {
             HttpError::TelemetryBacklogFull,
             HttpError::TelemetryFailed("the telemetry store failed: disk full".into()),
             HttpError::StatsUnavailable("no such table".into()),
+            HttpError::Unavailable("the upstream cannot be reached: connection refused".into()),
             HttpError::Internal("inference failed: out of memory".into()),
         ];
         let answers: Vec<String> = all

@@ -13,13 +13,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use ghostline_api::{CacheOutcome, ModelInfo, ModelList};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::error::HttpError;
 use crate::gateway::{gateway_time, Gateway};
-use crate::inference::{Inference, Job, SubmitError};
+use crate::inference::{Event, Inference, Job, SubmitError};
 use crate::keys::{Auth, Denied, Principal};
 use crate::prompt::{PromptBuilder, PromptPlan};
 use crate::respond::{respond, unix_now, Reply};
@@ -186,11 +187,17 @@ async fn complete(st: &AppState, who: Principal, t0: Instant, body: Body) -> Res
         submitted: t0,
     };
     gateway_time(t0, "miss");
-    let events = st.inference.submit(job).map_err(|e| match e {
+    let mut events = st.inference.submit(job).map_err(|e| match e {
         SubmitError::QueueFull => HttpError::Busy,
         SubmitError::Stopped => HttpError::ShuttingDown,
     })?;
-    let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events);
+    // Inference that cannot be reached says so before anything is produced: a 503 to retry,
+    // not a stream that fails.
+    let first = events.recv().await;
+    if let Some(Event::Unavailable(m)) = first {
+        return Err(HttpError::Unavailable(m));
+    }
+    let events = futures_util::stream::iter(first).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(events));
     Ok(respond(reply, CacheOutcome::Miss, events, ticket).await)
 }
 

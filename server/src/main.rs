@@ -24,6 +24,7 @@ mod scheduler;
 mod stats;
 mod store;
 mod typeahead;
+mod upstream;
 mod validate;
 
 use std::io::Write;
@@ -257,13 +258,35 @@ fn serve(a: Settings) -> anyhow::Result<()> {
     tracing::info!(database = %database.describe(), keys = auth.any(), "database ready");
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
-    let weights = a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
-    let kv_dtype = a.kv_cache.parse::<KvDtype>().map_err(anyhow::Error::msg)?;
-    let backend = Backend::load_as(&dir, device, weights)
-        .with_context(|| format!("loading model {} on {device}", dir.display()))?;
-    let backend_desc = backend.describe();
-    let tokenizer = Tokenizer::load(&dir, &backend.config().eos_token_ids)
-        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    // What runs the model: the engine here, or an upstream (then only the tokenizer loads).
+    let local = match &a.upstream {
+        Some(_) => None,
+        None => {
+            let weights =
+                a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
+            let kv_dtype = a.kv_cache.parse::<KvDtype>().map_err(anyhow::Error::msg)?;
+            let backend = Backend::load_as(&dir, device, weights)
+                .with_context(|| format!("loading model {} on {device}", dir.display()))?;
+            let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
+            let pool = backend.kv_pool_as(kv_bytes, kv_dtype).context("allocating the KV cache")?;
+            Some((backend, pool))
+        }
+    };
+    let mut meta = match &local {
+        Some((backend, _)) => model_source::ModelMeta {
+            eos_ids: backend.config().eos_token_ids.clone(),
+            context_length: Some(backend.config().max_position_embeddings),
+        },
+        None => model_source::meta_without_weights(&dir)?,
+    };
+    let (backend_desc, kv_name) = match (&local, &a.upstream) {
+        (Some((backend, pool)), _) => (backend.describe(), pool.host_dtype().map_or("device", KvDtype::name)),
+        (None, url) => {
+            (format!("upstream {} {}", a.upstream_kind.name(), url.as_deref().unwrap_or_default()), "upstream")
+        }
+    };
+    let tokenizer =
+        Tokenizer::load(&dir, &meta.eos_ids).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
@@ -275,41 +298,39 @@ fn serve(a: Settings) -> anyhow::Result<()> {
     // On unless told otherwise: measured to help on every vocabulary tried (docs/models.md).
     let token_healing = a.token_healing.or(serving.token_healing).unwrap_or(true);
     let mid_line = a.mid_line_prompt.or(serving.mid_line_prompt).unwrap_or_default();
-    let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
-    let pool = backend.kv_pool_as(kv_bytes, kv_dtype).context("allocating the KV cache")?;
-    let kv_name = pool.host_dtype().map_or("device", KvDtype::name);
     let tokenizer = Arc::new(tokenizer);
     let prompts = Arc::new(prompt::PromptBuilder::new(tokenizer.clone(), template, token_healing, mid_line));
     tracing::info!(
         model = %dir.display(),
         name = %model_name,
-        device = %backend.describe(),
+        device = %backend_desc,
         cpu = %ghostline_engine::cpu::describe(),
-        params_m = backend.num_params() as f64 / 1e6,
+        params_m = local.as_ref().map_or(0.0, |(b, _)| b.num_params() as f64 / 1e6),
         fim = prompts.family().unwrap_or("none"),
         mid_line = prompts.mid_line().name(),
-        kv_blocks = pool.max_blocks(),
+        kv_blocks = local.as_ref().map_or(0, |(_, p)| p.max_blocks()),
         kv_cache = kv_name,
         load_s = t0.elapsed().as_secs_f64(),
         "model loaded"
     );
-    let model = validate::ModelFacts {
-        name: model_name.clone(),
-        context_length: backend.config().max_position_embeddings,
-        fim: prompts.family(),
+    let mut model = validate::ModelFacts { name: model_name.clone(), context_length: 0, fim: prompts.family() };
+    let sched: Option<Arc<dyn inference::Inference>> = match local {
+        None => None,
+        Some((backend, pool)) => Some(Arc::new(
+            scheduler::Scheduler::start(
+                Arc::new(backend),
+                tokenizer.clone(),
+                pool,
+                scheduler::SchedulerConfig {
+                    max_batch_tokens: a.max_batch_tokens,
+                    max_running: a.max_running,
+                    max_queue: a.max_queue,
+                    prefix_cache: a.prefix_cache,
+                },
+            )
+            .context("starting the engine thread")?,
+        )),
     };
-    let sched = scheduler::Scheduler::start(
-        Arc::new(backend),
-        tokenizer,
-        pool,
-        scheduler::SchedulerConfig {
-            max_batch_tokens: a.max_batch_tokens,
-            max_running: a.max_running,
-            max_queue: a.max_queue,
-            prefix_cache: a.prefix_cache,
-        },
-    )
-    .context("starting the engine thread")?;
     let latency = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("ghostline_ttft_seconds".into()), &latency)?
@@ -361,12 +382,40 @@ fn serve(a: Settings) -> anyhow::Result<()> {
         filters,
         gateway::Recording { ingest, model: model_name, store_text: a.store_completion_text },
     );
+    let inference = match sched {
+        Some(s) => s,
+        None => {
+            let cfg = upstream::UpstreamConfig {
+                url: a.upstream.clone().unwrap_or_default(),
+                kind: a.upstream_kind,
+                timeout: Duration::from_millis(a.upstream_timeout_ms.max(1)),
+                max_jobs: a.max_running + a.max_queue,
+                model: a.upstream_model.clone(),
+            };
+            let up = upstream::Upstream::new(cfg, tokenizer)?;
+            let served = rt.block_on(up.context_length());
+            tracing::info!(upstream = %backend_desc, context = ?served, "inference goes upstream");
+            // The upstream's own limit, when it says, bounds the model's.
+            meta.context_length = match (meta.context_length, served) {
+                (Some(m), Some(s)) => Some(m.min(s)),
+                (m, s) => m.or(s),
+            };
+            Arc::new(up)
+        }
+    };
+    model.context_length = meta.context_length.with_context(|| {
+        format!(
+            "{} says nothing of the model's context length (no config.json, no model_max_length in \
+             tokenizer_config.json) and the upstream did not say either; add the checkpoint's config.json",
+            dir.display()
+        )
+    })?;
     drop(entered);
     let state = Arc::new(http::AppState {
         model,
         limits,
         prompts,
-        inference: Arc::new(sched),
+        inference,
         gateway: Arc::new(gateway),
         auth,
         open_metrics: a.open_metrics,

@@ -261,6 +261,63 @@ fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+// ---- Without weights -------------------------------------------------------------------------
+
+/// What the gateway needs of a model that an upstream runs: the EOS ids beside the tokenizer's
+/// own and the context length, when the files say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelMeta {
+    pub eos_ids: Vec<u32>,
+    pub context_length: Option<usize>,
+}
+
+/// Reads `ModelMeta` without touching any weights: from a GGUF file's metadata, a checkpoint
+/// directory's `config.json` (any architecture: the upstream runs it, not this engine), or,
+/// in a directory with only the tokenizer files, `tokenizer_config.json`'s `model_max_length`.
+pub fn meta_without_weights(path: &Path) -> anyhow::Result<ModelMeta> {
+    if path.is_file() {
+        let f = ghostline_engine::gguf::GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let arch = match f.get("general.architecture") {
+            Some(ghostline_engine::gguf::Value::Str(a)) => a.clone(),
+            _ => bail!("{}: the GGUF file names no general.architecture", path.display()),
+        };
+        let context_length = f.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64()).map(|n| n as usize);
+        return Ok(ModelMeta { eos_ids: Vec::new(), context_length });
+    }
+    if !path.join("tokenizer.json").is_file() && !path.join("config.json").is_file() {
+        bail!(
+            "{}: neither a checkpoint nor a tokenizer directory (it needs tokenizer.json, beside it optionally \
+             tokenizer_config.json, generation_config.json and config.json)",
+            path.display()
+        );
+    }
+    let read = |name: &str| -> anyhow::Result<Option<serde_json::Value>> {
+        let p = path.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| format!("{} is not valid JSON", p.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    };
+    let mut meta = ModelMeta::default();
+    if let Some(c) = read("config.json")? {
+        meta.eos_ids = match c.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+            Some(v) => v.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let keys = ["max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"];
+        meta.context_length = keys.iter().find_map(|k| c.get(*k)?.as_u64()).map(|n| n as usize);
+    }
+    if meta.context_length.is_none() {
+        // transformers writes a huge sentinel when the tokenizer has no limit of its own.
+        let t = read("tokenizer_config.json")?;
+        let n = t.as_ref().and_then(|t| t.get("model_max_length")?.as_u64()).filter(|&n| n > 0 && n <= 1 << 24);
+        meta.context_length = n.map(|n| n as usize);
+    }
+    Ok(meta)
+}
+
 // ---- Listing ---------------------------------------------------------------------------------
 
 /// One model available without a download.
@@ -545,6 +602,29 @@ mod tests {
         assert!(e.contains("GGUF"), "{e}");
         let e = format!("{:#}", resolve(&ModelSpec::Path(t.join("nope")), false).unwrap_err());
         assert!(e.contains("not found") && e.contains("ghostline-server models"), "{e}");
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn a_tokenizer_directory_gives_its_facts_without_weights() {
+        let t = tempdir();
+        let e = format!("{:#}", meta_without_weights(&t).unwrap_err());
+        assert!(e.contains("tokenizer.json"), "{e}");
+        std::fs::write(t.join("tokenizer.json"), "{}").unwrap();
+        assert_eq!(meta_without_weights(&t).unwrap(), ModelMeta::default());
+        std::fs::write(t.join("tokenizer_config.json"), r#"{"model_max_length": 1000000000000000019884624838656}"#)
+            .unwrap();
+        assert_eq!(meta_without_weights(&t).unwrap().context_length, None, "transformers' no-limit sentinel");
+        std::fs::write(t.join("tokenizer_config.json"), r#"{"model_max_length": 8192}"#).unwrap();
+        assert_eq!(meta_without_weights(&t).unwrap().context_length, Some(8192));
+        std::fs::write(
+            t.join("config.json"),
+            r#"{"architectures":["Qwen3ForCausalLM"],"max_position_embeddings":32768,"eos_token_id":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!(meta_without_weights(&t).unwrap(), ModelMeta { eos_ids: vec![1, 2], context_length: Some(32768) });
+        std::fs::write(t.join("config.json"), "{oops").unwrap();
+        assert!(format!("{:#}", meta_without_weights(&t).unwrap_err()).contains("not valid JSON"));
         std::fs::remove_dir_all(&t).unwrap();
     }
 

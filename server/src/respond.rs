@@ -116,6 +116,7 @@ where
                 Event::Text { index, text } => outs[index as usize].held.push_str(&text),
                 Event::Done { index, finish } => outs[index as usize].finish = Some(finish),
                 Event::Error(m) => return HttpError::Internal(m).into_response(),
+                Event::Unavailable(m) => return HttpError::Unavailable(m).into_response(),
                 Event::Finished(summary) => {
                     for o in outs.iter_mut() {
                         o.flush(&|t| ticket.blocked(t).is_some());
@@ -159,7 +160,7 @@ where
                     }
                 }
                 Event::Done { index, finish } => s.outs[index as usize].finish = Some(finish),
-                Event::Error(m) => {
+                Event::Error(m) | Event::Unavailable(m) => {
                     s.done = true;
                     let e = HttpError::Internal(m).body();
                     let ev = SseEvent::default().data(serde_json::to_string(&e).unwrap_or_default());

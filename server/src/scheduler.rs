@@ -578,7 +578,7 @@ impl Loop {
 }
 
 /// Cuts what is left of the lead (text the client already has) off the start of a piece.
-fn cut_lead(left: &mut String, piece: String) -> String {
+pub(crate) fn cut_lead(left: &mut String, piece: String) -> String {
     if let Some(rest) = piece.strip_prefix(left.as_str()) {
         left.clear();
         rest.to_string()
