@@ -73,7 +73,9 @@ impl Rules {
         if self.line_comments.iter().any(|c| t.starts_with(c)) {
             return false;
         }
-        self.openers.iter().any(|o| t.ends_with(o.ends) && (o.starts.is_empty() || o.starts.iter().any(|s| t.starts_with(s))))
+        self.openers
+            .iter()
+            .any(|o| t.ends_with(o.ends) && (o.starts.is_empty() || o.starts.iter().any(|s| t.starts_with(s))))
     }
 }
 
@@ -141,11 +143,7 @@ const SOURCES: &[Source] = &[
     Source {
         ids: &["javascript", "javascriptreact"],
         language: || tree_sitter_javascript::LANGUAGE.into(),
-        files: [
-            scm!("javascript" / "context"),
-            scm!("javascript", "jsx" / "blocks"),
-            scm!("javascript" / "inert"),
-        ],
+        files: [scm!("javascript" / "context"), scm!("javascript", "jsx" / "blocks"), scm!("javascript" / "inert")],
         rules: &C_LIKE,
     },
     Source {

@@ -169,9 +169,9 @@ fn real_files_of_every_language_get_post_processed_suggestions_from_the_house_mo
     assert!(shown.iter().any(|(_, n)| *n > 0), "no suggestion in any file: {shown:?}");
 }
 
-/// SmolLM2 writes code in every one of these languages, so most answers survive; about 40 s of
-/// decoding on 2 cores, too long for every run: `cargo test -p ghostline --test lsp_languages --
-/// --ignored` with GHOSTLINE_SMOLLM2_GGUF set.
+/// SmolLM2 writes code in every one of these languages, so most answers survive. It takes
+/// minutes on 2 shared cores (21 requests, each a full prompt), too long for every run: `cargo
+/// test -p ghostline --test lsp_languages -- --ignored` with GHOSTLINE_SMOLLM2_GGUF set.
 #[test]
 #[ignore]
 fn real_files_of_every_language_get_post_processed_suggestions_from_smollm2() {
