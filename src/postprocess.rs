@@ -318,9 +318,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_text_cursor_and_completion_is_handled_without_panic(
-            text in "[a-z(){}:;'\"\n =é😀\r\t]{0,60}", at in 0usize..80, raw in "[a-z(){}:;'\"\n =é😀\t]{0,40}", lang in 0usize..3, m in 0usize..3,
+            text in "[a-z(){}:;'\"\n =é😀\r\t]{0,60}", at in 0usize..80, raw in "[a-z(){}:;'\"\n =é😀\t]{0,40}", lang in 0usize..10, m in 0usize..3,
         ) {
-            let lang = ["python", "rust", "text"][lang];
+            let lang = ["python", "rust", "text", "javascript", "typescript", "typescriptreact", "go", "java", "c", "cpp"][lang];
             let doc = Document::new(&text, 1, lang);
             let mut syn = Syntax::new(lang);
             if let Some(s) = syn.as_mut() {
