@@ -60,17 +60,20 @@ impl Cli {
     }
 }
 
-/// The LSP language id for a file name.
+/// The LSP language id for a file name (a `.h` header is taken for C; `--language cpp` says
+/// otherwise).
 pub fn language_for(path: &str) -> &'static str {
     match std::path::Path::new(path).extension().and_then(|e| e.to_str()).unwrap_or("") {
         "py" | "pyi" => "python",
         "rs" => "rust",
         "js" | "mjs" | "cjs" => "javascript",
-        "ts" => "typescript",
+        "jsx" => "javascriptreact",
+        "ts" | "mts" | "cts" => "typescript",
+        "tsx" => "typescriptreact",
         "go" => "go",
-        "c" | "h" => "c",
-        "cpp" | "cc" | "hpp" => "cpp",
         "java" => "java",
+        "c" | "h" => "c",
+        "cpp" | "cc" | "cxx" | "c++" | "hpp" | "hh" | "hxx" | "h++" | "ipp" => "cpp",
         _ => "plaintext",
     }
 }
@@ -172,7 +175,21 @@ mod tests {
         for bad in ["a.py", "a.py:3", "a.py:0:1", ":1:1", "a.py:x:1"] {
             assert!(parse_location(bad).is_err(), "{bad}");
         }
-        assert_eq!(language_for("src/x.rs"), "rust");
-        assert_eq!(language_for("README"), "plaintext");
+        for (file, id) in [
+            ("src/x.rs", "rust"),
+            ("README", "plaintext"),
+            ("app/main.ts", "typescript"),
+            ("app/View.tsx", "typescriptreact"),
+            ("lib/index.mjs", "javascript"),
+            ("lib/App.jsx", "javascriptreact"),
+            ("cmd/main.go", "go"),
+            ("src/Main.java", "java"),
+            ("lexer.c", "c"),
+            ("lexer.h", "c"),
+            ("sais.hxx", "cpp"),
+            ("x.cc", "cpp"),
+        ] {
+            assert_eq!(language_for(file), id, "{file}");
+        }
     }
 }

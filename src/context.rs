@@ -89,26 +89,23 @@ pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, 
             let start_byte = rope.char_to_byte(start);
             // Imports that the window cut off.
             let root = tree.root_node();
-            let mut walk = root.walk();
-            for child in root.children(&mut walk) {
-                if child.start_byte() >= start_byte {
-                    break;
-                }
-                if spec.is(child, Role::Import) {
-                    extra.push_str(&node_lines(doc, child));
-                }
-            }
-            // Headers of enclosing scopes that begin before the window, outermost first.
+            imports_before(doc, spec, root, start_byte, &mut extra);
+            // Headers of enclosing scopes that begin before the window, outermost first; one
+            // line once (`const f = async () => {` starts two scopes).
             let cursor_byte = rope.char_to_byte(cursor);
-            let mut headers = Vec::new();
+            let mut headers: Vec<(usize, String)> = Vec::new();
             let mut node = root.descendant_for_byte_range(cursor_byte, cursor_byte);
             while let Some(n) = node {
-                if n.start_byte() < start_byte && spec.is(n, Role::Scope) {
-                    headers.push(first_line(doc, n));
+                let row = n.start_position().row;
+                if n.start_byte() < start_byte
+                    && headers.last().is_none_or(|(r, _)| *r != row)
+                    && spec.is(n, Role::Scope)
+                {
+                    headers.push((row, first_line(doc, n)));
                 }
                 node = n.parent();
             }
-            for h in headers.iter().rev() {
+            for (_, h) in headers.iter().rev() {
                 extra.push_str(h);
             }
             // Keep the total within budget: the extra lines displace the far end of the window.
@@ -127,6 +124,22 @@ pub fn build(doc: &Document, cursor: usize, syntax: Option<(&LangSpec, &Tree)>, 
     Window { prefix, suffix }
 }
 
+/// Appends the lines of the imports among `parent`'s children that begin before `start_byte`,
+/// looking inside `@section` children too (an include guard holds a header's `#include`s).
+fn imports_before(doc: &Document, spec: &LangSpec, parent: Node, start_byte: usize, out: &mut String) {
+    let mut walk = parent.walk();
+    for child in parent.children(&mut walk) {
+        if child.start_byte() >= start_byte {
+            break;
+        }
+        if spec.is(child, Role::Import) {
+            out.push_str(&node_lines(doc, child));
+        } else if spec.is(child, Role::Section) {
+            imports_before(doc, spec, child, start_byte, out);
+        }
+    }
+}
+
 /// Whole lines `first..=last` of the document, ending in a newline.
 fn lines(doc: &Document, first: usize, last: usize) -> String {
     let rope = doc.rope();
@@ -139,8 +152,12 @@ fn lines(doc: &Document, first: usize, last: usize) -> String {
     s
 }
 
+/// The lines a node spans; a node that ends at the start of a line (C's `#include` takes its
+/// line break) does not take that line.
 fn node_lines(doc: &Document, n: Node) -> String {
-    lines(doc, n.start_position().row, n.end_position().row)
+    let (start, end) = (n.start_position(), n.end_position());
+    let last = if end.column == 0 && end.row > start.row { end.row - 1 } else { end.row };
+    lines(doc, start.row, last)
 }
 
 fn first_line(doc: &Document, n: Node) -> String {

@@ -16,10 +16,6 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("GHOSTLINE_LOG").unwrap_or_else(|_| "ghostline=info".into()),
         )
         .init();
-    if let Err(e) = ghostline::lang::check_all() {
-        eprintln!("ghostline: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -7,7 +7,7 @@ use tree_sitter::{Node, Tree};
 use crate::document::{Document, PositionEncoding};
 use crate::lang::Role;
 use crate::syntax::Syntax;
-use crate::trigger::{line_around, Mode};
+use crate::trigger::{is_closer, line_around, Mode};
 
 /// How a raw completion becomes a suggestion: the line mode, and whether the model answered
 /// left to right (a model without FIM saw the prefix alone).
@@ -191,10 +191,12 @@ fn drop_repeated_suffix_lines(text: &str, doc: &Document, cursor: usize) -> Stri
         .collect();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let content: Vec<usize> = (0..lines.len()).filter(|&i| !lines[i].trim().is_empty()).collect();
+    // A line of closers alone (`}`) repeats a next line that begins with it (C's `};`).
+    let repeats = |line: &str, next: &str| line == next || (line.chars().all(is_closer) && next.starts_with(line));
     // The largest m such that the completion's last m content lines equal the next m lines.
     for m in (1..=content.len().min(next.len())).rev() {
         let tail = &content[content.len() - m..];
-        if tail.iter().zip(&next).all(|(&i, n)| lines[i].trim() == n) {
+        if tail.iter().zip(&next).all(|(&i, n)| repeats(lines[i].trim(), n)) {
             if tail[0] == 0 {
                 return String::new();
             }
@@ -316,9 +318,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_text_cursor_and_completion_is_handled_without_panic(
-            text in "[a-z(){}:;'\"\n =é😀\r\t]{0,60}", at in 0usize..80, raw in "[a-z(){}:;'\"\n =é😀\t]{0,40}", lang in 0usize..3, m in 0usize..3,
+            text in "[a-z(){}:;'\"\n =é😀\r\t]{0,60}", at in 0usize..80, raw in "[a-z(){}:;'\"\n =é😀\t]{0,40}", lang in 0usize..10, m in 0usize..3,
         ) {
-            let lang = ["python", "rust", "text"][lang];
+            let lang = ["python", "rust", "text", "javascript", "typescript", "typescriptreact", "go", "java", "c", "cpp"][lang];
             let doc = Document::new(&text, 1, lang);
             let mut syn = Syntax::new(lang);
             if let Some(s) = syn.as_mut() {

@@ -145,10 +145,16 @@ mod tests {
         /// text of applying them to a string and the tree of a parse from scratch.
         #[test]
         fn random_edits_match_a_full_reparse(
-            lang in 0usize..2,
+            lang in 0usize..5,
             edits in proptest::collection::vec((0u32..8, 0u32..30, 0u32..8, 0u32..30, "[a-z_(){}:;=\\n\r 😀é\"#/]{0,12}"), 1..12),
         ) {
-            let (lang, seed) = [("python", "def f(a):\n    return a  # é\n\nclass C:\n    x = '😀'\n"), ("rust", "fn main() {\r\n    let s = \"😀\";\r\n}\r\n// end\r\n")][lang];
+            let (lang, seed) = [
+                ("python", "def f(a):\n    return a  # é\n\nclass C:\n    x = '😀'\n"),
+                ("rust", "fn main() {\r\n    let s = \"😀\";\r\n}\r\n// end\r\n"),
+                ("typescriptreact", "const f = (a: number) => <p>{`${a} 😀`}</p>;\n// é\n"),
+                ("go", "package m\n\nfunc f() {\r\n\ts := `é`\r\n}\r\n"),
+                ("cpp", "#include <x>\nint f() {\n    return R\"(😀)\"[0]; // é\n}\n"),
+            ][lang];
             let mut doc = Document::new(seed, 1, lang);
             let mut model: Vec<char> = seed.chars().collect();
             let mut syn = Syntax::new(lang).unwrap();

@@ -44,12 +44,7 @@ pub fn indent_of(line: &str) -> usize {
 }
 
 fn opens_block(language: &str, before: &str) -> bool {
-    let t = before.trim_end();
-    match language {
-        "python" => t.ends_with(':') && !t.trim_start().starts_with('#'),
-        "rust" => t.ends_with('{'),
-        _ => t.ends_with('{') || t.ends_with(':'),
-    }
+    crate::lang::rules(language).opens_block(before)
 }
 
 const LINE_CAP: usize = 2000;
@@ -69,7 +64,8 @@ pub fn line_around(doc: &Document, char_idx: usize) -> (String, String) {
 }
 
 /// Whether the byte offset is strictly inside a string or a comment (a line comment's end
-/// counts as inside: typing there continues the comment).
+/// counts as inside: typing there continues the comment). Code inside a string (a template
+/// literal's `${...}`) is code: the innermost string, comment or code around the offset decides.
 pub fn in_string_or_comment(spec: &LangSpec, tree: &Tree, doc: &Document, byte: usize) -> bool {
     let rope = doc.rope();
     let probes = [byte, byte.saturating_sub(1)];
@@ -77,6 +73,9 @@ pub fn in_string_or_comment(spec: &LangSpec, tree: &Tree, doc: &Document, byte: 
         let mut node = tree.root_node().descendant_for_byte_range(probe, probe);
         while let Some(n) = node {
             let (s, e) = (n.start_byte(), n.end_byte());
+            if s < byte && byte < e && spec.is(n, Role::Code) {
+                return false;
+            }
             if s < byte && byte < e && spec.is(n, Role::String) {
                 return true;
             }
@@ -184,6 +183,8 @@ mod tests {
             ("python", "s = 'abc|def'\n", "skip"),
             ("python", "x = 1  # note|\n", "skip"),
             ("python", "x = f(|)\n", "single"),
+            ("python", "s = f\"total: {|n}\"\n", "single"),
+            ("python", "s = f\"total: |{n}\"\n", "skip"),
             ("rust", "fn main() {|}\n", "multi"),
             ("rust", "fn main() {\n    |\n}\n", "multi"),
             ("rust", "fn main() {\n    // todo\n    |\n}\n", "multi"),

@@ -3,3 +3,6 @@
 
 (string) @string
 (comment) @comment
+
+; @code: an f-string's `{...}`, code inside a string, where requests are made again.
+(interpolation) @code

@@ -15,7 +15,10 @@ M.config = {
   cmd = nil, -- default: { 'ghostline' } (or $GHOSTLINE_BIN)
   server_url = nil, -- default: $GHOSTLINE_SERVER_URL or http://127.0.0.1:8484
   api_key = nil, -- default: $GHOSTLINE_API_KEY
-  filetypes = { 'python', 'rust', 'javascript', 'typescript', 'go', 'c', 'cpp', 'java', 'lua', 'sh' },
+  filetypes = {
+    'python', 'rust', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'java', 'c', 'cpp',
+    'lua', 'sh',
+  },
   settings = {}, -- more of the LSP settings object (debounceMs, multiline, telemetry, ...)
   keymaps = {
     accept = '<Tab>',
