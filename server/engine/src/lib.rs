@@ -69,8 +69,10 @@ impl Checkpoint {
     /// q8 for a block-quantized GGUF file). `dir` is a checkpoint directory or a `.gguf` file.
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
         if gguf::is_gguf(dir) && !dir.is_dir() {
-            let model = Model::load_as(dir, format)?;
-            let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
+            // The file's header and metadata are read once, for the weights and the tokenizer.
+            let (mut file, config) = gguf::open_model(dir)?;
+            let model = Model::from_gguf(&mut file, config, format)?;
+            let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
             return Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer });
         }
         if !dir.is_dir() {

@@ -125,17 +125,26 @@ impl Model {
     pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
         if crate::gguf::is_gguf(dir) {
             let (mut file, config) = crate::gguf::open_model(dir)?;
-            // Unless a format is asked for, the file's blocks are computed on as stored.
-            let format = match format {
-                Some(f) => f,
-                None => file.keep_as_stored(),
-            };
-            return Self::from_weights(config, &file, format);
+            return Self::from_gguf(&mut file, config, format);
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFiles::open_dir(dir)?;
         let format = format.unwrap_or_else(|| default_format(weights.main_dtype()));
         Self::from_weights(config, &weights, format)
+    }
+
+    /// The model of an opened GGUF file ([`crate::gguf::open_model`]): unless a format is asked
+    /// for, the file's blocks are computed on as stored.
+    pub fn from_gguf(
+        file: &mut crate::gguf::GgufFile,
+        config: ModelConfig,
+        format: Option<WeightFormat>,
+    ) -> Result<Self> {
+        let format = match format {
+            Some(f) => f,
+            None => file.keep_as_stored(),
+        };
+        Self::from_weights(config, &*file, format)
     }
 
     /// Builds the model from an already parsed config and opened weight files.
@@ -151,7 +160,9 @@ impl Model {
             }
         };
         // q/k/v and gate/up are stacked into one matrix each.
-        let matrix = |parts: &[(String, usize)], in_dim: usize| w.stacked(parts, in_dim, format);
+        // 4-bit rows are interleaved for the products where the CPU has AVX-512 VNNI.
+        let matrix =
+            |parts: &[(String, usize)], in_dim: usize| w.stacked(parts, in_dim, format).map(Matrix::interleaved);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");

@@ -27,6 +27,23 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*`); `config_eos` are
+    /// EOS ids to add to the file's.
+    fn from_gguf(file: &crate::gguf::GgufFile, config_eos: &[u32]) -> Result<Self> {
+        let t = crate::gguf::tokenizer::build(file)?;
+        let mut eos_ids = t.eos_ids;
+        for &id in config_eos {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        // No post-processor adds BOS here, so there is none to take away when the file says
+        // not to add it (a prompt may begin with the BOS text itself, as SmolLM2's
+        // `<|im_start|>` does).
+        let add_bos = t.add_bos.then_some(true);
+        Ok(Self::from_parts(t.inner, t.bos_id, eos_ids, add_bos, &t.special))
+    }
+
     /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` and
     /// `generation_config.json` from a checkpoint directory. `config_eos` are the EOS ids of
     /// config.json.
@@ -34,24 +51,21 @@ impl Tokenizer {
     /// `dir` may also be a `.gguf` file: its tokenizer comes from the file's metadata, unless a
     /// `tokenizer.json` lies beside it, which wins (with that directory's configs).
     pub fn load(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        Self::load_with(dir, config_eos, None)
+    }
+
+    /// [`Tokenizer::load`], for a `.gguf` file already opened (`file`, the one at `dir`) from
+    /// that file's metadata, so that it is not read twice.
+    pub fn load_with(dir: &Path, config_eos: &[u32], file: Option<&crate::gguf::GgufFile>) -> Result<Self> {
         if crate::gguf::is_gguf(dir) {
             let beside = dir.parent().unwrap_or(Path::new("."));
             if beside.join("tokenizer.json").is_file() {
                 return Self::load(beside, config_eos);
             }
-            let file = crate::gguf::GgufFile::open(dir)?;
-            let t = crate::gguf::tokenizer::build(&file)?;
-            let mut eos_ids = t.eos_ids;
-            for &id in config_eos {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
-            }
-            // No post-processor adds BOS here, so there is none to take away when the file
-            // says not to add it (a prompt may begin with the BOS text itself, as SmolLM2's
-            // `<|im_start|>` does).
-            let add_bos = t.add_bos.then_some(true);
-            return Ok(Self::from_parts(t.inner, t.bos_id, eos_ids, add_bos, &t.special));
+            return match file {
+                Some(f) => Self::from_gguf(f, config_eos),
+                None => Self::from_gguf(&crate::gguf::GgufFile::open(dir)?, config_eos),
+            };
         }
         let path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;

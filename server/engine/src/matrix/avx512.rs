@@ -5,7 +5,8 @@ use std::arch::x86_64::*;
 
 use super::avx2::Avx2Quants;
 use super::float::Weight;
-use super::input::{BfPairs, Q8Rows};
+use super::input::{BfPairs, BlockQ8A, Q8Rows};
+use super::interleaved::{Q4x16, Q8x16, LANES};
 use super::q8_0::BlockQ8;
 use super::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, SubScales};
 
@@ -504,5 +505,168 @@ unsafe fn quant_tile8<B: GemmBlock, const C: usize>(
         for (l, &s) in col.iter().enumerate() {
             *dst.add(l * ldc + c) = s;
         }
+    }
+}
+
+/// See [`super::interleaved::gemm_q4x16`]: per interleaved block (sixteen weight rows), the
+/// four words of nibbles are loaded and split once for up to four input rows; per input row,
+/// eight `vpdpbusd` (four inputs broadcast against four weights of each row) give the sixteen
+/// rows' integer sums in the lanes of one register, scaled and offset in two `fmadd`s.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q4x16_vnni(
+    x: &[BlockQ8A],
+    m: usize,
+    w: &[Q4x16],
+    per_row: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let groups = w.len() / per_row;
+    assert!(x.len() >= m * per_row && cols <= groups * LANES);
+    for g in 0..groups {
+        let valid = cols.saturating_sub(g * LANES).min(LANES);
+        if valid == 0 {
+            break;
+        }
+        let mask: __mmask16 = if valid == LANES { !0 } else { (1u16 << valid) - 1 };
+        let wg = w.as_ptr().add(g * per_row);
+        let out = dst.add(g * LANES);
+        let mut i = 0;
+        while i < m {
+            let xi = x.as_ptr().add(i * per_row);
+            let o = out.add(i * ldc);
+            match m - i {
+                1 => q4x16_rows::<1>(xi, wg, per_row, o, ldc, mask),
+                2 => q4x16_rows::<2>(xi, wg, per_row, o, ldc, mask),
+                3 => q4x16_rows::<3>(xi, wg, per_row, o, ldc, mask),
+                _ => q4x16_rows::<4>(xi, wg, per_row, o, ldc, mask),
+            }
+            i += 4;
+        }
+    }
+}
+
+/// `R` input rows (from `x`, `per_row` groups apart) against one interleaved group of weight
+/// rows, into `dst` (`ldc` apart), the lanes of `mask` only.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4x16_rows<const R: usize>(
+    x: *const BlockQ8A,
+    w: *const Q4x16,
+    per_row: usize,
+    dst: *mut f32,
+    ldc: usize,
+    mask: __mmask16,
+) {
+    let nib = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..per_row {
+        let blk = &*w.add(b);
+        let qp = blk.q.as_ptr() as *const __m512i;
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for t in 0..4 {
+            let z = _mm512_load_si512(qp.add(t) as *const _);
+            lo[t] = _mm512_and_si512(z, nib);
+            hi[t] = _mm512_and_si512(_mm512_srli_epi16::<4>(z), nib);
+        }
+        let d = _mm512_cvtph_ps(_mm256_load_si256(blk.d.as_ptr() as *const __m256i));
+        let mo = _mm512_cvtph_ps(_mm256_load_si256(blk.m.as_ptr() as *const __m256i));
+        for (l, a) in acc.iter_mut().enumerate() {
+            let xb = &*x.add(l * per_row + b);
+            let xq = xb.q.as_ptr() as *const i32;
+            let mut s0 = _mm512_setzero_si512();
+            let mut s1 = _mm512_setzero_si512();
+            for t in 0..4 {
+                s0 = _mm512_dpbusd_epi32(s0, lo[t], _mm512_set1_epi32(xq.add(t).read_unaligned()));
+                s1 = _mm512_dpbusd_epi32(s1, hi[t], _mm512_set1_epi32(xq.add(4 + t).read_unaligned()));
+            }
+            let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            *a = _mm512_fmadd_ps(s, _mm512_mul_ps(d, _mm512_set1_ps(xb.d)), *a);
+            *a = _mm512_fmadd_ps(mo, _mm512_set1_ps(xb.s[0] + xb.s[1]), *a);
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(dst.add(l * ldc), mask, *a);
+    }
+}
+
+/// [`gemm_q4x16_vnni`] for interleaved Q8_0 rows: the inputs are biased to unsigned bytes
+/// (`x + 128`, one `xor` per four) and broadcast against the signed weights; each row's sum
+/// starts at `-128 Σw` (from the block), which takes the bias back out exactly.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q8x16_vnni(
+    x: &[BlockQ8A],
+    m: usize,
+    w: &[Q8x16],
+    per_row: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let groups = w.len() / per_row;
+    assert!(x.len() >= m * per_row && cols <= groups * LANES);
+    for g in 0..groups {
+        let valid = cols.saturating_sub(g * LANES).min(LANES);
+        if valid == 0 {
+            break;
+        }
+        let mask: __mmask16 = if valid == LANES { !0 } else { (1u16 << valid) - 1 };
+        let wg = w.as_ptr().add(g * per_row);
+        let out = dst.add(g * LANES);
+        let mut i = 0;
+        while i < m {
+            let xi = x.as_ptr().add(i * per_row);
+            let o = out.add(i * ldc);
+            match m - i {
+                1 => q8x16_rows::<1>(xi, wg, per_row, o, ldc, mask),
+                2 => q8x16_rows::<2>(xi, wg, per_row, o, ldc, mask),
+                3 => q8x16_rows::<3>(xi, wg, per_row, o, ldc, mask),
+                _ => q8x16_rows::<4>(xi, wg, per_row, o, ldc, mask),
+            }
+            i += 4;
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8x16_rows<const R: usize>(
+    x: *const BlockQ8A,
+    w: *const Q8x16,
+    per_row: usize,
+    dst: *mut f32,
+    ldc: usize,
+    mask: __mmask16,
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..per_row {
+        let blk = &*w.add(b);
+        let qp = blk.q.as_ptr() as *const __m512i;
+        let mut q = [_mm512_setzero_si512(); 8];
+        for (t, v) in q.iter_mut().enumerate() {
+            *v = _mm512_load_si512(qp.add(t) as *const _);
+        }
+        let d = _mm512_cvtph_ps(_mm256_load_si256(blk.d.as_ptr() as *const __m256i));
+        let sums = _mm512_cvtepi16_epi32(_mm256_load_si256(blk.sum.as_ptr() as *const __m256i));
+        let neg = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
+        for (l, a) in acc.iter_mut().enumerate() {
+            let xb = &*x.add(l * per_row + b);
+            let xq = xb.q.as_ptr() as *const u32;
+            let mut s0 = neg;
+            let mut s1 = _mm512_setzero_si512();
+            for t in 0..4 {
+                let x0 = _mm512_set1_epi32((xq.add(t).read_unaligned() ^ 0x8080_8080) as i32);
+                let x1 = _mm512_set1_epi32((xq.add(4 + t).read_unaligned() ^ 0x8080_8080) as i32);
+                s0 = _mm512_dpbusd_epi32(s0, x0, q[t]);
+                s1 = _mm512_dpbusd_epi32(s1, x1, q[4 + t]);
+            }
+            let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            *a = _mm512_fmadd_ps(s, _mm512_mul_ps(d, _mm512_set1_ps(xb.d)), *a);
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(dst.add(l * ldc), mask, *a);
     }
 }

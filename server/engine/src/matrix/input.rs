@@ -96,6 +96,12 @@ impl Q8Rows {
 pub(super) fn quantize_rows(x: &[f32], mut out: Vec<BlockQ8A>) -> Vec<BlockQ8A> {
     out.clear();
     out.resize(x.len() / Q8_GROUP, BLOCK_A_ZERO);
+    quantize_rows_into(x, &mut out);
+    out
+}
+
+/// [`quantize_rows`] into `out` (`x.len() / 32` groups).
+pub(super) fn quantize_rows_into(x: &[f32], out: &mut [BlockQ8A]) {
     for (b, g) in out.iter_mut().zip(x.chunks_exact(Q8_GROUP)) {
         let mut sums = [0i32; 2];
         b.d = quantize_input_group(g, |t, q| {
@@ -104,7 +110,6 @@ pub(super) fn quantize_rows(x: &[f32], mut out: Vec<BlockQ8A>) -> Vec<BlockQ8A> 
         });
         b.s = sums.map(|v| v as f32 * b.d);
     }
-    out
 }
 
 // The calling thread's input buffers of its last product of each kind, taken for the next one

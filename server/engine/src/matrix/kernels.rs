@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use half::f16;
 
 use super::input::{BfPairs, BlockQ8A, Q8Rows};
+use super::interleaved::{self, Q4x16, Q8x16};
 use super::portable;
 use super::q8_0::BlockQ8;
 use super::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K};
@@ -42,13 +43,16 @@ pub(super) type GemmQ<B> = unsafe fn(&Q8Rows, &[B], usize, *mut f32, usize);
 /// `out[r * m + i] = xq_i · w_r` for `m` quantized rows (`g` groups of 32 each) and each weight
 /// row `w_r` of `w` in a block format of [`super::quant`].
 pub(super) type DotsQ<B> = fn(&[BlockQ8A], usize, &[B], usize, &mut [f32]);
+/// Quantized input rows against interleaved 4-bit weight rows: see
+/// [`interleaved::gemm_q4x16`] (`x, m, w, per_row, cols, dst, ldc`).
+pub(super) type GemmQ4x16 = GemmX16<Q4x16>;
+pub(super) type GemmX16<W> = unsafe fn(&[BlockQ8A], usize, &[W], usize, usize, *mut f32, usize);
 /// The weights of whole blocks as f32, as ggml dequantizes them (`out` holds all of them).
 pub(super) type Dequantize<B> = fn(&[B], &mut [f32]);
 
 /// One function per kernel kind and weight format, for one instruction set.
 pub(super) struct Kernels {
-    /// The instruction set this table's kernels use (what the tests check the dispatch by).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The instruction set this table's kernels use.
     pub features: Features,
     pub dots_f32: DotsF32,
     pub dots_bf16: DotsBf16,
@@ -77,6 +81,10 @@ pub(super) struct Kernels {
     pub gemm_q4_1_vnni: Option<GemmQ<BlockQ4_1>>,
     pub gemm_q4_k_vnni: Option<GemmQ<BlockQ4K>>,
     pub gemm_q5_k_vnni: Option<GemmQ<BlockQ5K>>,
+    /// Every product of interleaved Q4_0 / Q4_1 rows (the layout is made only where the CPU
+    /// has AVX-512 VNNI; elsewhere the portable kernel, for the tests).
+    pub gemm_q4x16: GemmQ4x16,
+    pub gemm_q8x16: GemmX16<Q8x16>,
 }
 
 /// The engine's kernels: those of [`crate::cpu::features`], chosen once.
@@ -123,6 +131,12 @@ impl Kernels {
                     gemm_q4_1_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4_1>) } else { None },
                     gemm_q4_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4K>) } else { None },
                     gemm_q5_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ5K>) } else { None },
+                    gemm_q4x16: if f.vnni { avx512::gemm_q4x16_vnni as GemmQ4x16 } else { interleaved::gemm_q4x16 },
+                    gemm_q8x16: if f.vnni {
+                        avx512::gemm_q8x16_vnni as GemmX16<Q8x16>
+                    } else {
+                        interleaved::gemm_q8x16
+                    },
                 };
             }
             Level::Avx2 => {
@@ -152,6 +166,8 @@ impl Kernels {
                     gemm_q4_1_vnni: None,
                     gemm_q4_k_vnni: None,
                     gemm_q5_k_vnni: None,
+                    gemm_q4x16: interleaved::gemm_q4x16,
+                    gemm_q8x16: interleaved::gemm_q8x16,
                 };
             }
             Level::Portable => {}
@@ -191,6 +207,8 @@ impl Kernels {
             gemm_q4_1_vnni: None,
             gemm_q4_k_vnni: None,
             gemm_q5_k_vnni: None,
+            gemm_q4x16: interleaved::gemm_q4x16,
+            gemm_q8x16: interleaved::gemm_q8x16,
         }
     }
 }
