@@ -390,13 +390,20 @@ fn a_model_without_fim_gets_suggestions_that_do_not_repeat_the_suffix() {
     let rs = "use std::collections::HashMap;\n\nfn count_words(text: &str) -> HashMap<String, usize> {\n    let mut counts = HashMap::new();\n    for word in text.split_whitespace() {\n        |\n    }\n    counts\n}\n";
     let mut lsp = Lsp::start(BIN, &format!("http://{addr}"));
     lsp.initialize(json!({"debounceMs": 0, "requestTimeoutMs": 60000}));
+    // An explicit request asks for 3 sampled candidates; the post-processing drops those that
+    // break the syntax, which for this small model's Rust can be all three (the greedy answer of
+    // `ghostline complete` below must then stand). Python's always leave one.
     for (uri, lang, text, line, ch) in [(PY_URI, "python", py, 6, 15), (RS_URI, "rust", rs, 5, 8)] {
         lsp.open(uri, lang, &text.replace('|', ""));
         let r = lsp.inline(uri, line, ch, true);
-        let s = r["items"][0]["insertText"].as_str().unwrap_or_else(|| panic!("no suggestion in {uri}: {r}"));
-        assert!(!s.trim().is_empty(), "{r}");
-        assert!(!repeats_suffix(text, s), "{uri}: {s:?} repeats the suffix");
-        eprintln!("{lang}: {s:?}");
+        let items = r["items"].as_array().cloned().unwrap_or_default();
+        assert!(lang != "python" || !items.is_empty(), "no suggestion in {uri}: {r}");
+        for item in &items {
+            let s = item["insertText"].as_str().unwrap_or_else(|| panic!("an item without text in {uri}: {r}"));
+            assert!(!s.trim().is_empty(), "{r}");
+            assert!(!repeats_suffix(text, s), "{uri}: {s:?} repeats the suffix");
+            eprintln!("{lang}: {s:?}");
+        }
     }
 
     // `ghostline complete` on the same files.
