@@ -151,7 +151,11 @@ fn serve_one(stream: TcpStream, completions: &AtomicU64) -> std::io::Result<()> 
         "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": TOKENS.len(), "total_tokens": TOKENS.len() + 1}})
     .to_string();
-    write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     w.flush()
 }
 
@@ -290,7 +294,8 @@ fn initialize(lsp: &mut Lsp, options: Value) -> Result<(), String> {
 
 fn ghostline(backend: &Backend, options: Value) -> Lsp {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostline"));
-    cmd.env("GHOSTLINE_CACHE_DIR", temp_dir("replay-cache")).env("GHOSTLINE_SERVER_URL", format!("http://{}", backend.addr()));
+    cmd.env("GHOSTLINE_CACHE_DIR", temp_dir("replay-cache"))
+        .env("GHOSTLINE_SERVER_URL", format!("http://{}", backend.addr()));
     let mut lsp = Lsp::spawn(cmd);
     initialize(&mut lsp, options).expect("ghostline initializes");
     lsp
@@ -422,7 +427,8 @@ fn request_for(peer: &mut Peer, uri: &str, (line, col): (u32, u32)) -> i64 {
 }
 
 fn replay(peer: &mut Peer, backend: &Backend, keys: &[Key], interval: Duration, pause: Duration) -> Tally {
-    let uri = format!("file:///replay/{}/sizes.py", peer.name);
+    let dir: String = peer.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let uri = format!("file:///replay/{dir}/sizes.py");
     peer.lsp.open(&uri, "python", "");
     std::thread::sleep(Duration::from_millis(300));
     let before = backend.completions();
@@ -558,12 +564,22 @@ fn main() {
         if wanted("adaptive") {
             let mut o = quiet.clone();
             o["trigger"] = json!("adaptive");
-            peers.push(Peer { name: "ghostline (adaptive)", lsp: ghostline(&backend, o), client: Client::Inline, params: json!({}) });
+            peers.push(Peer {
+                name: "ghostline (adaptive)",
+                lsp: ghostline(&backend, o),
+                client: Client::Inline,
+                params: json!({}),
+            });
         }
         if wanted("debounce") {
             let mut o = quiet.clone();
             o["debounceMs"] = json!(75);
-            peers.push(Peer { name: "ghostline (debounce 75 ms)", lsp: ghostline(&backend, o), client: Client::Inline, params: json!({}) });
+            peers.push(Peer {
+                name: "ghostline (debounce 75 ms)",
+                lsp: ghostline(&backend, o),
+                client: Client::Inline,
+                params: json!({}),
+            });
         }
         if wanted("llm-ls") {
             peers.extend(llm_ls(&backend, fim));

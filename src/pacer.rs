@@ -55,6 +55,33 @@ impl TriggerStats {
     }
 }
 
+/// Counts a request as skipped for `why` unless disarmed: a wait that ends at a newer keystroke,
+/// and one the client cancels (its future dropped mid-wait), both count.
+pub struct SkipUnlessSent<'a> {
+    stats: &'a TriggerStats,
+    why: &'static str,
+    armed: bool,
+}
+
+impl<'a> SkipUnlessSent<'a> {
+    pub fn new(stats: &'a TriggerStats, why: &'static str) -> Self {
+        SkipUnlessSent { stats, why, armed: true }
+    }
+
+    /// The wait ended and the request goes on.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for SkipUnlessSent<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stats.skipped(self.why);
+        }
+    }
+}
+
 pub struct Pacer {
     origin: Instant,
     rhythms: Mutex<HashMap<String, (u64, Rhythm)>>,
@@ -160,7 +187,8 @@ mod tests {
         assert_eq!(p.plan("b", &rope, 9).wait_ms, 120);
         p.first_line(Duration::from_millis(80));
         p.stats.skipped("typing");
-        p.stats.skipped("typing");
+        drop(SkipUnlessSent::new(&p.stats, "typing"));
+        SkipUnlessSent::new(&p.stats, "typing").disarm();
         let r = p.report(true, 3, 4);
         assert_eq!(r["typing_gap_ms"], 150);
         assert_eq!(r["first_line_ms"], 80.0);

@@ -23,7 +23,7 @@ use crate::document::Position;
 use crate::documents::{Documents, Snapshot};
 pub use crate::link::Notice;
 use crate::link::{Fim, Link, ModelFacts};
-use crate::pacer::Pacer;
+use crate::pacer::{Pacer, SkipUnlessSent};
 use crate::postprocess::{self, Shape};
 use crate::reuse::{Fetch, FetchState, Reuse};
 use crate::settings::{Settings, Trigger};
@@ -246,11 +246,12 @@ impl Core {
                     (plan.wait_ms, "typing")
                 }
             };
+            let skip = SkipUnlessSent::new(&self.pacer.stats, why);
             if ms > 0 && !wait.pause(Duration::from_millis(ms)).await {
                 bump(&self.counters.superseded);
-                self.pacer.stats.skipped(why);
                 return Ok(None);
             }
+            skip.disarm();
         }
         wait.start_deadline(Duration::from_millis(settings.request_timeout_ms));
         let (fetch, typed, source) = match self.reuse.serving(uri, snap.doc.rope(), snap.cursor) {
