@@ -39,6 +39,8 @@ pub const EARLY_WAIT_MS: u64 = 25;
 const LINGER_MS: u64 = 100;
 /// The time to the first line assumed before the server has answered once.
 const DEFAULT_FIRST_LINE_MS: f64 = 150.0;
+/// The smallest time to first line that load is measured against.
+const LOAD_FLOOR_MS: f64 = 50.0;
 /// Weight of the class prior, in observations.
 const PRIOR_WEIGHT: f64 = 4.0;
 /// The chance of a useful pause above which a request is sent early (on an idle server).
@@ -168,9 +170,11 @@ impl ServerPace {
     }
 
     /// How loaded the server looks, 0 (as fast as ever) to 1 (three times its best or slower).
+    /// Growth is measured against at least `LOAD_FLOOR_MS`, so a server that answers in a few
+    /// milliseconds does not look loaded when it takes a few more.
     pub fn load(&self) -> f64 {
         match (self.smoothed_ms, self.best_ms) {
-            (Some(s), Some(b)) if b > 1.0 => ((s / b - 1.0) / 2.0).clamp(0.0, 1.0),
+            (Some(s), Some(b)) => ((s - b) / b.max(LOAD_FLOOR_MS) / 2.0).clamp(0.0, 1.0),
             _ => 0.0,
         }
     }
@@ -429,6 +433,12 @@ mod tests {
         assert!(s.load() > 0.9, "{}", s.load());
         assert!(!plan(&r, &h, &s, Context::Closer).early);
         assert!(s.first_line_ms() > 290.0);
+        // A server answering in 2 ms, then in 9: not loaded.
+        let mut fast = server(2.0);
+        for _ in 0..10 {
+            fast.observe(9.0);
+        }
+        assert!(fast.load() < 0.1, "{}", fast.load());
     }
 
     #[test]
