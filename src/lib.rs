@@ -14,6 +14,8 @@ pub mod documents;
 pub mod lang;
 pub mod link;
 pub mod lsp;
+pub mod pacer;
+pub mod pacing;
 pub mod postprocess;
 pub mod reuse;
 pub mod settings;

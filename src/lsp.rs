@@ -89,13 +89,17 @@ impl Backend {
         Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
     }
 
-    /// `ghostline/stats`: the keystroke path's counters (for benchmarks and bug reports).
+    /// `ghostline/stats`: the keystroke path's counters and the trigger decisions (for
+    /// benchmarks and bug reports).
     pub async fn stats(&self) -> Result<Value> {
         let c = &self.core.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let adaptive = self.core.settings().trigger == crate::settings::Trigger::Adaptive;
+        let trigger = self.core.pacer.report(adaptive, get(&c.reused), get(&c.cache_hits));
         Ok(json!({
             "requests": get(&c.requests), "fetches": get(&c.fetches), "cache_hits": get(&c.cache_hits),
             "reused": get(&c.reused), "superseded": get(&c.superseded), "skipped": get(&c.skipped), "errors": get(&c.errors),
+            "trigger": trigger,
         }))
     }
 

@@ -13,6 +13,7 @@ use ropey::Rope;
 use tokio::sync::watch;
 
 use crate::cache::{remainders, Anchor, Entry, Hit, SuggestionCache};
+use crate::pacer::{bump, Pacer};
 use crate::postprocess::Shape;
 use crate::source::{ApiError, CompletionSource};
 
@@ -44,22 +45,43 @@ pub struct Fetch {
     /// Whether the request carried a suffix (fill-in-the-middle).
     pub fim: bool,
     pub rx: watch::Receiver<FetchState>,
+    pacer: Arc<Pacer>,
     _task: AbortOnDrop,
 }
 
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        // Let go before its end: a newer keystroke took over and the server frees it.
+        if !self.rx.borrow().done {
+            bump(&self.pacer.stats.superseded);
+        }
+    }
+}
+
 impl Fetch {
-    /// Starts streaming `req`; reading stops once every choice is complete for `shape`.
+    /// Starts streaming `req`; reading stops once every choice is complete for `shape`. The
+    /// time to the first line goes to `pacer`.
     pub fn start(
         source: Arc<dyn CompletionSource>,
         req: CompletionRequest,
         anchor: Anchor,
         shape: Shape,
+        pacer: &Arc<Pacer>,
     ) -> Arc<Fetch> {
         let (tx, rx) = watch::channel(FetchState::default());
         let fim = req.suffix.is_some();
+        let sent = tokio::time::Instant::now();
+        let timed = pacer.clone();
         let task = tokio::spawn(async move {
+            let mut first_line = false;
             let mut keep_reading = |texts: &[String], finished: &[bool]| {
                 tx.send_modify(|s| s.texts = texts.to_vec());
+                let line_done = texts.first().is_some_and(|t| shape.complete_at(t).is_some())
+                    || finished.first().is_some_and(|f| *f);
+                if line_done && !first_line {
+                    first_line = true;
+                    timed.first_line(sent.elapsed());
+                }
                 // A server that never stops is cut off; the text is judged as it stands.
                 if texts.iter().any(|t| t.len() > MAX_TEXT_BYTES) {
                     return false;
@@ -78,7 +100,7 @@ impl Fetch {
                 }
             });
         });
-        Arc::new(Fetch { anchor, shape, fim, rx, _task: AbortOnDrop(task) })
+        Arc::new(Fetch { anchor, shape, fim, rx, pacer: pacer.clone(), _task: AbortOnDrop(task) })
     }
 
     /// Waits for the end of the fetch.

@@ -3,16 +3,30 @@
 //! its own, so one bad value is reported and ignored without losing the others.
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::trigger::Multiline;
 
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:8484";
 
+/// The `trigger` setting: how long an automatic request waits after a keystroke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// From the typist's rhythm, the server's pace and the cursor's context (`pacing`).
+    #[default]
+    Adaptive,
+    /// A fixed `debounceMs`.
+    Debounce,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub server_url: String,
     pub api_key: Option<String>,
+    pub trigger: Trigger,
+    /// The fixed wait of `Trigger::Debounce`.
     pub debounce_ms: u64,
     pub max_tokens: u32,
     pub multiline: Multiline,
@@ -33,6 +47,7 @@ impl Default for Settings {
         Settings {
             server_url: DEFAULT_SERVER_URL.into(),
             api_key: None,
+            trigger: Trigger::Adaptive,
             debounce_ms: 75,
             max_tokens: 64,
             multiline: Multiline::Auto,
@@ -94,6 +109,12 @@ impl Settings {
         take(obj, "apiKey", &mut key, &mut w);
         self.api_key = key.filter(|k| !k.trim().is_empty());
         take(obj, "debounceMs", &mut self.debounce_ms, &mut w);
+        // `debounceMs` set without `trigger` asks for that fixed wait, as before `trigger` was.
+        let debounce_set = obj.get("debounceMs").is_some_and(|v| v.is_u64());
+        if debounce_set && obj.get("trigger").is_none_or(|v| v.is_null()) {
+            self.trigger = Trigger::Debounce;
+        }
+        take(obj, "trigger", &mut self.trigger, &mut w);
         take(obj, "maxTokens", &mut self.max_tokens, &mut w);
         take(obj, "multiline", &mut self.multiline, &mut w);
         take(obj, "telemetry", &mut self.telemetry, &mut w);
@@ -138,5 +159,25 @@ mod tests {
         assert_eq!((s.server_url.as_str(), w.len()), (DEFAULT_SERVER_URL, 2));
         assert_eq!(s.update(&json!(null)).len(), 0);
         assert_eq!(s.update(&json!([1])).len(), 1);
+    }
+
+    #[test]
+    fn debounce_ms_alone_means_a_fixed_debounce_and_trigger_wins() {
+        let mut s = Settings::default();
+        assert_eq!(s.trigger, Trigger::Adaptive);
+        s.update(&json!({"serverUrl": "http://127.0.0.1:9"}));
+        assert_eq!(s.trigger, Trigger::Adaptive, "other settings leave it");
+        s.update(&json!({"debounceMs": 30}));
+        assert_eq!((s.trigger, s.debounce_ms), (Trigger::Debounce, 30));
+        s.update(&json!({"trigger": "adaptive", "debounceMs": 40}));
+        assert_eq!((s.trigger, s.debounce_ms), (Trigger::Adaptive, 40));
+        s.update(&json!({"trigger": "debounce"}));
+        assert_eq!(s.trigger, Trigger::Debounce);
+        // A bad value is reported and changes nothing.
+        let w = s.update(&json!({"trigger": "sometimes", "debounceMs": "fast"}));
+        assert_eq!((s.trigger, w.len()), (Trigger::Debounce, 2));
+        let mut s = Settings::default();
+        s.update(&json!({"debounceMs": "fast"}));
+        assert_eq!(s.trigger, Trigger::Adaptive, "an unusable debounceMs asks for nothing");
     }
 }

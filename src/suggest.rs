@@ -1,8 +1,9 @@
 //! The keystroke path: `Core` turns a cursor into suggestions through four owners — the
 //! documents (`documents`), the server link (`link`: source, health, model facts), the answers
 //! that need no new request (`reuse`: cache and streams in flight) and telemetry (`telemetry`:
-//! outcomes and their sender). `suggest` is the sequence of decisions between them: trigger,
-//! cache, debounce, in-flight reuse, health gate, request, wait, post-processing. Both the LSP
+//! outcomes and their sender), with `pacer` timing automatic requests. `suggest` is the
+//! sequence of decisions between them: trigger, cache, the wait before asking (adaptive or a
+//! fixed debounce), in-flight reuse, health gate, request, wait, post-processing. Both the LSP
 //! and `ghostline complete` drive it.
 //!
 //! Invariant: no lock is held across an await (each owner locks inside its own methods); every
@@ -22,9 +23,10 @@ use crate::document::Position;
 use crate::documents::{Documents, Snapshot};
 pub use crate::link::Notice;
 use crate::link::{Fim, Link, ModelFacts};
+use crate::pacer::{Pacer, SkipUnlessSent};
 use crate::postprocess::{self, Shape};
 use crate::reuse::{Fetch, FetchState, Reuse};
-use crate::settings::Settings;
+use crate::settings::{Settings, Trigger};
 use crate::source::{ApiError, CompletionSource};
 use crate::telemetry::{Outcome, Recorder};
 use crate::trigger::Mode;
@@ -78,7 +80,7 @@ pub struct Ask {
     pub invoked: bool,
     /// Candidates wanted.
     pub n: u32,
-    /// Wait for the debounce interval first.
+    /// An automatic request: wait first (`trigger`: adaptive, or the fixed `debounceMs`).
     pub debounce: bool,
 }
 
@@ -95,6 +97,7 @@ pub struct Core {
     pub documents: Documents,
     link: Arc<Link>,
     reuse: Reuse,
+    pub pacer: Arc<Pacer>,
     pub telemetry: Recorder,
     settings: RwLock<Settings>,
     pub session: String,
@@ -126,6 +129,7 @@ impl Core {
             telemetry: Recorder::new(&session, move || for_telemetry.api()),
             link,
             reuse: Reuse::new(CACHE_ENTRIES),
+            pacer: Arc::new(Pacer::default()),
             settings: RwLock::new(settings),
             session,
             counters: Counters::default(),
@@ -193,6 +197,9 @@ impl Core {
             None => vec![],
         };
         self.reuse.edited(uri, &e.rope, e.last_end);
+        if let Some(end) = e.last_end {
+            self.pacer.key(uri, &e.rope, end);
+        }
         self.record(&decided);
         true
     }
@@ -200,6 +207,7 @@ impl Core {
     pub fn close(&self, uri: &str) {
         self.documents.close(uri);
         self.reuse.forget(uri);
+        self.pacer.forget(uri);
         self.record(&self.telemetry.closed(uri));
     }
 
@@ -214,21 +222,36 @@ impl Core {
         bump(&self.counters.requests);
         let settings = self.settings();
         if !settings.enable {
+            self.pacer.stats.skipped("disabled");
             return Ok(None);
         }
         let Some(snap) = self.documents.snapshot(uri, pos, settings.multiline, ask.invoked) else { return Ok(None) };
         tracing::debug!("suggest {uri} {}:{} {:?} invoked={}", pos.line, pos.character, snap.mode, ask.invoked);
-        if let Mode::Skip(_) = snap.mode {
+        if let Mode::Skip(why) = snap.mode {
             bump(&self.counters.skipped);
+            self.pacer.stats.skipped(why);
             return Ok(None);
         }
         if let Some(s) = self.cached(&snap) {
             return Ok(Some(s));
         }
         let mut wait = Wait::new(snap.generation.clone());
-        if ask.debounce && settings.debounce_ms > 0 && !wait.pause(Duration::from_millis(settings.debounce_ms)).await {
-            bump(&self.counters.superseded);
-            return Ok(None);
+        let mut early = None;
+        if ask.debounce {
+            let (ms, why) = match settings.trigger {
+                Trigger::Debounce => (settings.debounce_ms, "debounce"),
+                Trigger::Adaptive => {
+                    let plan = self.pacer.plan(uri, snap.doc.rope(), snap.cursor);
+                    early = Some(plan.early);
+                    (plan.wait_ms, "typing")
+                }
+            };
+            let skip = SkipUnlessSent::new(&self.pacer.stats, why);
+            if ms > 0 && !wait.pause(Duration::from_millis(ms)).await {
+                bump(&self.counters.superseded);
+                return Ok(None);
+            }
+            skip.disarm();
         }
         wait.start_deadline(Duration::from_millis(settings.request_timeout_ms));
         let (fetch, typed, source) = match self.reuse.serving(uri, snap.doc.rope(), snap.cursor) {
@@ -237,7 +260,14 @@ impl Core {
                 (f, typed, Source::Reused)
             }
             None => match self.fetch(&snap, ask, &settings, &mut wait).await {
-                Ok(f) => (f, String::new(), Source::Fetched),
+                Ok(f) => {
+                    match early {
+                        Some(true) => bump(&self.pacer.stats.sent_early),
+                        Some(false) => bump(&self.pacer.stats.sent_overdue),
+                        None => {}
+                    }
+                    (f, String::new(), Source::Fetched)
+                }
                 Err(stop) => return self.stopped(stop),
             },
         };
@@ -265,7 +295,10 @@ impl Core {
                 bump(&self.counters.superseded);
                 Ok(None)
             }
-            Stop::Gated => Ok(None),
+            Stop::Gated => {
+                self.pacer.stats.skipped("server not asked");
+                Ok(None)
+            }
             Stop::Failed(e) => {
                 bump(&self.counters.errors);
                 self.link.observe(Err(&e));
@@ -278,6 +311,7 @@ impl Core {
     fn cached(&self, snap: &Snapshot) -> Option<Suggestion> {
         let hit = self.reuse.cached(&snap.uri, snap.doc.rope(), snap.cursor)?;
         bump(&self.counters.cache_hits);
+        bump(&self.pacer.stats.shown);
         self.track_shown(snap, &hit.id, &hit.items[0].1, false);
         let position = snap.doc.position(snap.cursor, self.documents.encoding());
         Some(Suggestion { id: hit.id, items: hit.items, position, source: Source::Cache, mode: snap.mode })
@@ -299,8 +333,10 @@ impl Core {
 
     fn start(&self, snap: &Snapshot, ask: Ask, s: &Settings, facts: &ModelFacts) -> Arc<Fetch> {
         let (req, shape) = self.request(snap, ask, s, facts);
-        let f = Fetch::start(self.link.source(), req, Anchor::new(&snap.uri, snap.doc.rope(), snap.cursor), shape);
+        let anchor = Anchor::new(&snap.uri, snap.doc.rope(), snap.cursor);
+        let f = Fetch::start(self.link.source(), req, anchor, shape, &self.pacer);
         bump(&self.counters.fetches);
+        bump(&self.pacer.stats.sent);
         self.reuse.started(&snap.uri, &f);
         f
     }
@@ -359,6 +395,7 @@ impl Core {
             items: items.clone(),
         });
         let items: Vec<(u32, String)> = items.into_iter().enumerate().map(|(i, t)| (i as u32, t)).collect();
+        bump(&self.pacer.stats.shown);
         self.track_shown(snap, &state.id, &items[0].1, true);
         let position = snap.doc.position(snap.cursor, self.documents.encoding());
         Some(Suggestion { id: state.id.clone(), items, position, source, mode: fetch.shape.mode })
@@ -437,3 +474,5 @@ fn deadline_error(s: &Settings) -> ApiError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trigger_tests;

@@ -11,19 +11,27 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::source::script::{one_model, Models, Reply, Script};
 
-const URI: &str = "file:///project/sizes.py";
+pub(super) const URI: &str = "file:///project/sizes.py";
 /// A fixture with the cursor at `|`.
-const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = |\n        sizes.append(size)\n    return sum(sizes)\n";
+pub(super) const PY: &str = "import os\n\n\ndef total_size(paths):\n    sizes = []\n    for p in paths:\n        size = |\n        sizes.append(size)\n    return sum(sizes)\n";
 
 const INVOKED: Ask = Ask { invoked: true, n: 1, debounce: false };
-const TYPING: Ask = Ask { invoked: false, n: 1, debounce: true };
+pub(super) const TYPING: Ask = Ask { invoked: false, n: 1, debounce: true };
 
-fn settings() -> Settings {
-    Settings { telemetry: false, debounce_ms: 50, request_timeout_ms: 2000, ..Settings::default() }
+/// A fixed 50 ms debounce: the decisions these tests pin do not depend on the typist's rhythm
+/// (`trigger_tests` covers the adaptive wait).
+pub(super) fn settings() -> Settings {
+    Settings {
+        telemetry: false,
+        trigger: Trigger::Debounce,
+        debounce_ms: 50,
+        request_timeout_ms: 2000,
+        ..Settings::default()
+    }
 }
 
 /// A core over `script` with `text` open (`|` marks the cursor, returned as a position).
-fn core_with(script: &Arc<Script>, s: Settings, text: &str) -> (Arc<Core>, Position) {
+pub(super) fn core_with(script: &Arc<Script>, s: Settings, text: &str) -> (Arc<Core>, Position) {
     let core = Core::with_source(s, script.clone());
     let at = text.find('|').expect("a | marks the cursor");
     let before = &text[..at];
@@ -47,12 +55,12 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Notice>) -> Vec<&'static str> {
     v
 }
 
-fn type_at(core: &Core, version: i32, pos: Position, text: &str) -> Position {
+pub(super) fn type_at(core: &Core, version: i32, pos: Position, text: &str) -> Position {
     assert!(core.change(URI, version, &[(Some((pos, pos)), text.to_string())]));
     Position::new(pos.line, pos.character + text.encode_utf16().count() as u32)
 }
 
-fn texts(s: &Option<Suggestion>) -> Vec<&str> {
+pub(super) fn texts(s: &Option<Suggestion>) -> Vec<&str> {
     s.as_ref().map(|s| s.items.iter().map(|(_, t)| t.as_str()).collect()).unwrap_or_default()
 }
 

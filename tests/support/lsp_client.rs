@@ -127,15 +127,21 @@ impl Lsp {
 
     /// Starts the LSP with its cache directory (telemetry spool) at `cache`.
     pub fn start_with(binary: &str, server_url: &str, cache: &std::path::Path) -> Lsp {
-        let mut child = Command::new(binary)
-            .env("GHOSTLINE_CACHE_DIR", cache)
+        let mut cmd = Command::new(binary);
+        cmd.env("GHOSTLINE_CACHE_DIR", cache)
             .env("GHOSTLINE_SERVER_URL", server_url)
-            .env("GHOSTLINE_LOG", "ghostline=debug")
+            .env("GHOSTLINE_LOG", "ghostline=debug");
+        Self::spawn(cmd)
+    }
+
+    /// Starts any language server over stdio (the benchmarks' peers).
+    pub fn spawn(mut cmd: Command) -> Lsp {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start ghostline");
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
         let stdin = child.stdin.take().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = channel();

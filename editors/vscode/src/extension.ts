@@ -8,11 +8,19 @@ const KEY_SECRET = 'ghostline.apiKey';
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
 
+// A value the user set (any scope), else undefined: the language server's own default then
+// applies (`debounceMs` sent alone would select the fixed debounce).
+function userSet<T>(cfg: vscode.WorkspaceConfiguration, key: string): T | undefined {
+  const i = cfg.inspect<T>(key);
+  return i?.workspaceFolderValue ?? i?.workspaceValue ?? i?.globalValue;
+}
+
 function settingsObject(apiKey: string | undefined) {
   const cfg = vscode.workspace.getConfiguration('ghostline');
   return {
     serverUrl: cfg.get<string>('serverUrl'),
-    debounceMs: cfg.get<number>('debounceMs'),
+    trigger: userSet<string>(cfg, 'trigger'),
+    debounceMs: userSet<number>(cfg, 'debounceMs'),
     telemetry: cfg.get<boolean>('telemetry'),
     enable: cfg.get<boolean>('enable'),
     apiKey,
