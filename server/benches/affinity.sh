@@ -106,7 +106,7 @@ for devs in ${DEVELOPERS:-16 64}; do
       ca=$(metric "$p" ghostline_cached_tokens_total)
       rh=$(metric "$p" ghostline_cache_hits_total 'kind="response"')
       th=$(metric "$p" ghostline_cache_hits_total 'kind="typeahead"')
-      rq=$(metric "$p" ghostline_requests_total 'endpoint="completions"')
+      rq=$(metric "$p" ghostline_requests_total 'endpoint="/v1/completions"')
       tp=$((tp + pr)) tc=$((tc + ca))
       per+="{\"port\":$p,\"completion_requests\":$rq,\"prompt_tokens\":$pr,\"cached_tokens\":$ca,\"response_cache_hits\":$rh,\"typeahead_hits\":$th},"
     done
