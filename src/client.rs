@@ -59,23 +59,7 @@ fn parse_event(data: &str) -> Result<Event, ApiError> {
         .map_err(|e| ApiError::Protocol(format!("{e}: {}", data.chars().take(120).collect::<String>())))
 }
 
-/// The header a consistent-hash load balancer keys on, so one developer's keystrokes in one file
-/// reach the replica that holds their prefix KV and typed-ahead state (docs/api.md).
-pub const AFFINITY_HEADER: &str = "x-ghostline-affinity";
-
-/// The affinity of a request: a stable hash (64-bit FNV-1a, hex) of what supersession keys on,
-/// the user (else the API key) and the file. None when the request names neither.
-pub fn affinity(user_or_key: Option<&str>, path: Option<&str>) -> Option<String> {
-    if user_or_key.is_none() && path.is_none() {
-        return None;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user_or_key.unwrap_or_default().bytes().chain([0]).chain(path.unwrap_or_default().bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Some(format!("{h:016x}"))
-}
+use ghostline_api::{affinity, AFFINITY_HEADER};
 
 fn error_message(status: reqwest::StatusCode, body: &str) -> (String, Option<String>) {
     match serde_json::from_str::<ErrorBody>(body) {
@@ -205,19 +189,6 @@ mod tests {
             Ok(Event::Chunk(c)) => c,
             other => panic!("{data}: {other:?}"),
         }
-    }
-
-    #[test]
-    fn the_affinity_is_stable_per_user_and_file() {
-        // FNV-1a 64 of the one separator byte: the published offset basis and prime, nothing more.
-        assert_eq!(affinity(Some(""), Some("")), Some("af63bd4c8601b7df".into()));
-        let a = affinity(Some("ana"), Some("src/a.rs"));
-        assert_eq!(a, affinity(Some("ana"), Some("src/a.rs")), "stable across calls and processes");
-        assert_ne!(a, affinity(Some("ana"), Some("src/b.rs")));
-        assert_ne!(a, affinity(Some("bo"), Some("src/a.rs")));
-        assert_ne!(affinity(Some("ab"), Some("c")), affinity(Some("a"), Some("bc")), "the parts are separated");
-        assert_eq!(affinity(None, None), None);
-        assert_eq!(a.unwrap().len(), 16);
     }
 
     #[test]

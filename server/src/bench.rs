@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use ghostline_api::{CacheOutcome, CompletionChunk, CompletionRequest, ModelList};
+use ghostline_api::{affinity, CacheOutcome, CompletionChunk, CompletionRequest, ModelList, AFFINITY_HEADER};
 use ghostline_engine::sampling::Rng;
 use serde_json::{json, Value};
 
@@ -127,12 +127,19 @@ type Streamed = Result<Option<(f64, f64, Option<CompletionChunk>)>, String>;
 async fn one(
     client: &reqwest::Client,
     url: &str,
+    key: Option<&str>,
     body: &CompletionRequest,
     cancel: Option<tokio::sync::watch::Receiver<u64>>,
     my_gen: u64,
 ) -> Streamed {
     let t0 = Instant::now();
-    let resp = client.post(format!("{url}/v1/completions")).json(body).send().await.map_err(|e| e.to_string())?;
+    let mut post = client.post(format!("{url}/v1/completions")).json(body);
+    // The language server's affinity: user (else the key) and file, so a consistent-hash
+    // balancer in front keeps each simulated developer on one replica.
+    if let Some(a) = affinity(body.user.as_deref().or(key), body.path.as_deref()) {
+        post = post.header(AFFINITY_HEADER, a);
+    }
+    let resp = post.send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
@@ -234,9 +241,10 @@ async fn developer(
                 ..CompletionRequest::default()
             };
             let (c, url, st, rx, g) = (client.clone(), a.url.clone(), stats.clone(), gen_rx.clone(), generation);
+            let key = a.key.clone();
             stats.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
             tasks.push(tokio::spawn(async move {
-                let r = one(&c, &url, &body, Some(rx), g).await;
+                let r = one(&c, &url, key.as_deref(), &body, Some(rx), g).await;
                 record(&st, r);
             }));
             tokio::time::sleep(Duration::from_secs_f64((gap - a.debounce_ms as f64) / 1000.0)).await;
@@ -330,11 +338,11 @@ async fn throughput(
     let t = Instant::now();
     let mut seq = Vec::new();
     for b in &bodies {
-        seq.push(one(client, &a.url, b, None, 0).await);
+        seq.push(one(client, &a.url, a.key.as_deref(), b, None, 0).await);
     }
     let seq_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, b, None, 0)).collect();
+    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, a.key.as_deref(), b, None, 0)).collect();
     let conc = futures_util::future::join_all(futs).await;
     let conc_s = t.elapsed().as_secs_f64();
     let (ts, tc) = (tokens(&seq), tokens(&conc));
