@@ -25,6 +25,9 @@ fn fuzz_safetensors_headers() {
         safetensors("{}", 0),
     ];
     let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    for s in &seeds {
+        assert!(crate::weights::parse_header(s, Path::new(PATH)).is_ok(), "the seeds are valid");
+    }
     let words: &[&[u8]] = &[
         b"\"dtype\"",
         b"\"shape\"",
@@ -117,6 +120,11 @@ fn fuzz_gguf_headers() {
         gguf(3, &[], &[], 0),
     ];
     let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    for s in &seeds {
+        if let Err(e) = crate::gguf::parse(s, Path::new(PATH)) {
+            panic!("the seeds are valid: {e}");
+        }
+    }
     let words: &[&[u8]] =
         &[b"GGUF", b"general.alignment", b"tokenizer.ggml.", b"\x09\x00\x00\x00", b"\x08\x00\x00\x00"];
     ghostline_fuzz::run("gguf_header", &seeds, words, 5_000, |buf| {
