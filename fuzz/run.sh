@@ -13,7 +13,7 @@ echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(npr
 run() { # cargo test arguments, then the test name
   local name=${*: -1}
   if [[ -z "$filter" || "$name" == *"$filter"* ]]; then
-    cargo test --profile test "$@" --exact --nocapture 2>&1 | grep -E '^fuzz |panicked|FAILED|error' || true
+    cargo test --profile test "$@" --exact --nocapture 2>&1 | grep -oE 'fuzz [a-z_]+: .*|panicked.*|FAILED.*' || true
   fi
 }
 run -p ghostline-server --bin ghostline-server -- fuzz::fuzz_completion_requests

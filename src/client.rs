@@ -71,7 +71,9 @@ impl Api {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(1500))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below ghostline-server's default header timeout (10 s), which closes idle
+            // keep-alive connections: the client lets go first, so no request meets a closing one.
+            .pool_idle_timeout(Duration::from_secs(8))
             .build()
             .unwrap_or_default();
         Api { http, base: base.trim_end_matches('/').to_string(), key }
