@@ -73,7 +73,9 @@ impl Api {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(1500))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below ghostline-server's default header timeout (10 s), which closes idle
+            // keep-alive connections: the client lets go first, so no request meets a closing one.
+            .pool_idle_timeout(Duration::from_secs(8))
             .build()
             .unwrap_or_default();
         Api { http, base: base.trim_end_matches('/').to_string(), key }
@@ -132,32 +134,87 @@ impl Api {
             post = post.header(AFFINITY_HEADER, a);
         }
         let resp = Self::check(post.send().await).await?;
-        let n = req.n.unwrap_or(1).clamp(1, 16) as usize;
-        let mut texts = vec![String::new(); n];
-        let mut finished = vec![false; n];
-        let mut id = String::new();
-        let mut events = resp.bytes_stream().eventsource();
+        let mut progress = Progress::new(req.n.unwrap_or(1).clamp(1, 16) as usize);
+        let mut events = std::pin::pin!(without_bom(resp.bytes_stream()).eventsource());
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|e| ApiError::Unreachable(e.to_string()))?;
-            let chunk = match parse_event(&ev.data)? {
-                Event::Done => return Ok(Streamed { id, texts, stopped_early: false }),
-                Event::Chunk(c) => c,
-            };
-            if id.is_empty() {
-                id = chunk.id.unwrap_or_default();
+            if progress.take(&ev.data)? {
+                return Ok(progress.into_streamed(false));
             }
-            for c in chunk.choices {
-                let i = c.index as usize;
-                if i < n {
-                    texts[i].push_str(&c.text);
-                    finished[i] |= c.finish_reason.is_some_and(|r| !r.is_null());
-                }
-            }
-            if !keep_reading(&texts, &finished) {
-                return Ok(Streamed { id, texts, stopped_early: true });
+            if !keep_reading(&progress.texts, &progress.finished) {
+                return Ok(progress.into_streamed(true));
             }
         }
         Err(ApiError::Unreachable("the stream ended before [DONE]".into()))
+    }
+}
+
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// The body with its leading byte-order marks taken off. eventsource-stream 0.2 strips one by
+/// slicing one byte off the first text, which panics on the three-byte UTF-8 mark (found by
+/// the fuzz test below), so it must never see one.
+fn without_bom<S, B, E>(body: S) -> impl futures_util::Stream<Item = Result<Vec<u8>, E>>
+where
+    S: futures_util::Stream<Item = Result<B, E>>,
+    B: AsRef<[u8]>,
+{
+    let state = (Box::pin(body), Vec::new(), false);
+    futures_util::stream::unfold(state, |(mut body, mut head, started)| async move {
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) if started => return Some((Ok(chunk.as_ref().to_vec()), (body, head, true))),
+                Some(Ok(chunk)) => {
+                    head.extend_from_slice(chunk.as_ref());
+                    while head.starts_with(BOM) {
+                        head.drain(..BOM.len());
+                    }
+                    // Wait while what came so far could still be the start of a mark.
+                    if !head.is_empty() && !BOM.starts_with(&head) {
+                        return Some((Ok(std::mem::take(&mut head)), (body, head, true)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), (body, head, started))),
+                None if !head.is_empty() => return Some((Ok(std::mem::take(&mut head)), (body, head, true))),
+                None => return None,
+            }
+        }
+    })
+}
+
+/// What a stream has said so far: the completion id and each choice's text and end.
+struct Progress {
+    id: String,
+    texts: Vec<String>,
+    finished: Vec<bool>,
+}
+
+impl Progress {
+    fn new(n: usize) -> Progress {
+        Progress { id: String::new(), texts: vec![String::new(); n], finished: vec![false; n] }
+    }
+
+    /// Takes one SSE data payload; true at the end marker. Choices past `n` are ignored.
+    fn take(&mut self, data: &str) -> Result<bool, ApiError> {
+        let chunk = match parse_event(data)? {
+            Event::Done => return Ok(true),
+            Event::Chunk(c) => c,
+        };
+        if self.id.is_empty() {
+            self.id = chunk.id.unwrap_or_default();
+        }
+        for c in chunk.choices {
+            let i = c.index as usize;
+            if i < self.texts.len() {
+                self.texts[i].push_str(&c.text);
+                self.finished[i] |= c.finish_reason.is_some_and(|r| !r.is_null());
+            }
+        }
+        Ok(false)
+    }
+
+    fn into_streamed(self, stopped_early: bool) -> Streamed {
+        Streamed { id: self.id, texts: self.texts, stopped_early }
     }
 }
 
@@ -227,5 +284,58 @@ mod tests {
         // Not JSON, or choices of the wrong type: a protocol error, never a panic.
         assert!(matches!(parse_event("{not json"), Err(ApiError::Protocol(_))));
         assert!(matches!(parse_event(r#"{"choices":"x"}"#), Err(ApiError::Protocol(_))));
+    }
+
+    /// The SSE side of the stream, fuzzed: a response body cut into network reads at random
+    /// places, through the SSE parser and the chunk reader, never panics; the texts only grow.
+    #[test]
+    fn fuzz_sse_streams() {
+        let good = concat!(
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\"len(\",\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"text\":\"p)\\n\\u00e9\\ud83d\\ude00\",\"finish_reason\":\"stop\"}]}\r\n\r\n",
+            ": keep-alive\n\nevent: message\nid: 7\nretry: 10\ndata: {\"choices\":[],\n",
+            "data: \"usage\":{}}\n\ndata: [DONE]\n\n"
+        );
+        let seeds: &[&[u8]] =
+            &[good.as_bytes(), b"data: [DONE]\n\n", b"data: {not json\n\n", b"\xef\xbb\xbfdata: {}\r\r"];
+        let words: &[&[u8]] = &[
+            b"data: ",
+            b"data:",
+            b"\n\n",
+            b"\r\n",
+            b"\r",
+            b"[DONE]",
+            b"\"choices\":",
+            b"\"index\":",
+            b"\"text\":",
+            b"\"finish_reason\":",
+            b"4294967295",
+            b"null",
+            b"event: ",
+            b"id: ",
+            b"retry: ",
+            b": ",
+            b"\xf0\x9f",
+            b"\xff",
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        ghostline_fuzz::run("sse_stream", seeds, words, 3_000, |body| {
+            // The first byte chooses where the body is cut into reads.
+            let (cut, body) = body.split_first().map_or((1, body), |(c, b)| (*c as usize + 1, b));
+            let reads: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(cut).map(|c| Ok(c.to_vec())).collect();
+            rt.block_on(async {
+                let mut events = std::pin::pin!(without_bom(futures_util::stream::iter(reads)).eventsource());
+                let mut p = Progress::new(2);
+                while let Some(ev) = events.next().await {
+                    let Ok(ev) = ev else { return };
+                    let before: Vec<usize> = p.texts.iter().map(String::len).collect();
+                    match p.take(&ev.data) {
+                        Ok(true) | Err(_) => return,
+                        Ok(false) => {}
+                    }
+                    assert!(p.texts.iter().zip(before).all(|(t, b)| t.len() >= b));
+                }
+            });
+        });
     }
 }

@@ -141,7 +141,14 @@ serve_options! {
     upstream_timeout_ms: u64 = 30_000 => "30000", env "GHOSTLINE_UPSTREAM_TIMEOUT_MS",
         "Longest wait in milliseconds for the upstream's answer to start, and between two of its chunks.";
     shutdown_grace_secs: u64 = 10 => "10", env "GHOSTLINE_SHUTDOWN_GRACE_SECS",
-        "Seconds running streams get to finish after SIGTERM.";
+        "Seconds running streams get to finish after SIGTERM (new requests meanwhile get 503).";
+    header_timeout_secs: u64 = 10 => "10", env "GHOSTLINE_HEADER_TIMEOUT_SECS",
+        "Seconds a connection has to send a request's headers, from its opening or from the end of its \
+         previous answer (so also how long an idle keep-alive connection is kept); then it is closed.";
+    body_timeout_secs: u64 = 10 => "10", env "GHOSTLINE_BODY_TIMEOUT_SECS",
+        "Seconds a request has to send its whole body once its headers are in; then 408.";
+    max_connections: usize = 2048 => "2048", env "GHOSTLINE_MAX_CONNECTIONS",
+        "Connections open at once at most; further clients wait to be accepted.";
     redis: String, env "GHOSTLINE_REDIS",
         "Redis URL for the shared cache and limits (team deployments). Default: none.";
     database: String, env "GHOSTLINE_DATABASE",
@@ -174,6 +181,8 @@ serve_options! {
     debug_log_prompts: bool = false => "false", env "GHOSTLINE_DEBUG_LOG_PROMPTS",
         [num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new()],
         "Log the text given to the engine (debugging; it contains code).";
+    fault_injection: String, env "GHOSTLINE_FAULT_INJECTION", [hide = true],
+        "Tests only, debug builds only: make engine steps fail (panic-at-step:K, error-at-step:K, panic-always).";
     telemetry_backlog: usize = 10_000 => "10000", env "GHOSTLINE_TELEMETRY_BACKLOG",
         "Telemetry events and completion records waiting to be stored at most; beyond it 503.";
 }

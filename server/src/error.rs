@@ -31,6 +31,10 @@ pub enum HttpError {
     BodyTooLarge {
         limit: usize,
     },
+    /// The body did not arrive within `--body-timeout-secs`.
+    BodyTimeout {
+        secs: u64,
+    },
     TooManyEvents {
         sent: usize,
         max: usize,
@@ -52,6 +56,8 @@ pub enum HttpError {
     /// The scheduler's queue is full.
     Busy,
     ShuttingDown,
+    /// The engine failed beyond recovery; this replica is going away.
+    EngineFailed(String),
     TelemetryBacklogFull,
     TelemetryFailed(String),
     StatsUnavailable(String),
@@ -87,12 +93,14 @@ impl HttpError {
             HttpError::Invalid { .. } | HttpError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             HttpError::ModelNotFound { .. } | HttpError::NoSuchEndpoint => StatusCode::NOT_FOUND,
             HttpError::BodyTooLarge { .. } | HttpError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::RateLimited { .. } | HttpError::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::KeyStoreUnavailable
             | HttpError::Busy
             | HttpError::ShuttingDown
+            | HttpError::EngineFailed(_)
             | HttpError::TelemetryBacklogFull
             | HttpError::TelemetryFailed(_)
             | HttpError::StatsUnavailable(_)
@@ -109,6 +117,7 @@ impl HttpError {
             | HttpError::KeyStoreUnavailable
             | HttpError::Busy
             | HttpError::ShuttingDown
+            | HttpError::EngineFailed(_)
             | HttpError::TelemetryBacklogFull
             | HttpError::Unavailable(_) => Some(1),
             HttpError::TelemetryFailed(_) | HttpError::StatsUnavailable(_) => Some(5),
@@ -133,7 +142,8 @@ impl HttpError {
             HttpError::Invalid { .. }
             | HttpError::ContextLengthExceeded { .. }
             | HttpError::TooManyEvents { .. }
-            | HttpError::BodyTooLarge { .. } => "invalid_request_error",
+            | HttpError::BodyTooLarge { .. }
+            | HttpError::BodyTimeout { .. } => "invalid_request_error",
             HttpError::ModelNotFound { .. } | HttpError::NoSuchEndpoint => "not_found_error",
             HttpError::Unauthorized => "authentication_error",
             HttpError::Forbidden(_) => "permission_error",
@@ -141,6 +151,7 @@ impl HttpError {
             HttpError::KeyStoreUnavailable
             | HttpError::Busy
             | HttpError::ShuttingDown
+            | HttpError::EngineFailed(_)
             | HttpError::TelemetryBacklogFull
             | HttpError::TelemetryFailed(_)
             | HttpError::StatsUnavailable(_)
@@ -154,6 +165,8 @@ impl HttpError {
             HttpError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             HttpError::ModelNotFound { .. } => Some("model_not_found"),
             HttpError::BodyTooLarge { .. } => Some("body_too_large"),
+            HttpError::BodyTimeout { .. } => Some("body_timeout"),
+            HttpError::EngineFailed(_) => Some("engine_failed"),
             HttpError::TooManyEvents { .. } => Some("too_many_events"),
             HttpError::Unauthorized => Some("invalid_api_key"),
             HttpError::Forbidden(_) => Some("admin_key_required"),
@@ -183,6 +196,9 @@ impl HttpError {
                 format!("model \"{asked}\" is not served here (this server serves \"{served}\")")
             }
             HttpError::BodyTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
+            HttpError::BodyTimeout { secs } => {
+                format!("the request body did not arrive within {secs} s of its headers; send it whole")
+            }
             HttpError::TooManyEvents { sent, max } => format!("{sent} events in one batch; send at most {max}"),
             HttpError::NoSuchEndpoint => "no such endpoint".into(),
             HttpError::Unauthorized => "a valid API key is required: send the header Authorization: Bearer KEY".into(),
@@ -195,7 +211,10 @@ impl HttpError {
                 format!("this key already has {cap} sequences queued or running; wait for one to finish")
             }
             HttpError::Busy => "the server is busy; retry shortly".into(),
-            HttpError::ShuttingDown => "the server is shutting down".into(),
+            HttpError::ShuttingDown => "the server is shutting down; retry on another replica".into(),
+            HttpError::EngineFailed(m) => {
+                format!("the engine failed and this server is stopping ({m}); retry on another replica")
+            }
             HttpError::TelemetryBacklogFull => {
                 "the telemetry backlog is full; nothing of this batch was stored, retry it later".into()
             }
@@ -216,6 +235,10 @@ impl IntoResponse for HttpError {
         if self == HttpError::Unauthorized {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, HttpError::BodyTooLarge { .. } | HttpError::BodyTimeout { .. }) {
+            // The rest of the body is not read, so the connection cannot carry another request.
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         r
     }
 }
@@ -233,6 +256,7 @@ mod tests {
             HttpError::ContextLengthExceeded { tokens: 900, budget: 504, context: 512 },
             HttpError::ModelNotFound { asked: "gpt-17".into(), served: "ghostline-tiny".into() },
             HttpError::BodyTooLarge { limit: 4096 },
+            HttpError::BodyTimeout { secs: 10 },
             HttpError::TooManyEvents { sent: 1001, max: 1000 },
             HttpError::NoSuchEndpoint,
             HttpError::Unauthorized,
@@ -242,6 +266,7 @@ mod tests {
             HttpError::TooManyInFlight { cap: 16 },
             HttpError::Busy,
             HttpError::ShuttingDown,
+            HttpError::EngineFailed("the engine thread panicked 3 times in a row".into()),
             HttpError::TelemetryBacklogFull,
             HttpError::TelemetryFailed("the telemetry store failed: disk full".into()),
             HttpError::StatsUnavailable("no such table".into()),

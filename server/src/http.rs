@@ -4,11 +4,11 @@
 //! `respond`. Handlers never touch model state; they do not know what runs the model.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, MatchedPath, Query, Request as HttpRequest, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::error::HttpError;
 use crate::gateway::{gateway_time, Gateway};
+use crate::health::Health;
 use crate::inference::{Event, Inference, Job, SubmitError};
 use crate::keys::{Auth, Denied, Principal};
 use crate::prompt::{PromptBuilder, PromptPlan};
@@ -42,6 +43,10 @@ pub struct AppState {
     pub started: Instant,
     /// Log the text the engine is given (debugging only).
     pub log_prompts: bool,
+    /// Draining or failed: new work is refused and `/ready` says 503.
+    pub health: Arc<Health>,
+    /// Time to receive a whole request body once its headers are in.
+    pub body_timeout: Duration,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -57,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dashboard", get(crate::dashboard::data))
         .fallback(|| async { HttpError::NoSuchEndpoint })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_when_draining))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
 }
@@ -97,6 +103,28 @@ async fn authenticate(State(st): State<Arc<AppState>>, mut req: HttpRequest, nex
     }
 }
 
+/// While draining (after SIGTERM) or once the engine has failed, new work gets 503 with
+/// `Retry-After` and the connection is closed, so that the client retries on another replica.
+/// Probes and metrics are still answered.
+async fn refuse_when_draining(State(st): State<Arc<AppState>>, req: HttpRequest, next: Next) -> Response {
+    let work = matches!(
+        req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        Some("/v1/completions" | "/v1/telemetry")
+    );
+    let refusal = match st.health.failure() {
+        Some(why) => Some(HttpError::EngineFailed(why)),
+        None => st.health.draining().then_some(HttpError::ShuttingDown),
+    };
+    match refusal {
+        Some(e) if work => {
+            let mut r = e.into_response();
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        _ => next.run(req).await,
+    }
+}
+
 async fn count_requests(req: HttpRequest, next: Next) -> Response {
     let endpoint =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
@@ -111,6 +139,14 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    if let Some(why) = st.health.failure() {
+        let body = json!({"status": "engine_failed", "model": st.model.name, "error": why});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if st.health.draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "model": st.model.name})))
+            .into_response();
+    }
     Json(json!({"status": "ready", "model": st.model.name})).into_response()
 }
 
@@ -137,17 +173,35 @@ async fn models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
     Json(model_list(&st.model, unix_now()))
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| HttpError::BodyTooLarge { limit })
+/// A body announced (`Content-Length`) over the limit is refused before any of it is read.
+fn check_announced(headers: &HeaderMap, limit: usize) -> Result<(), HttpError> {
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => Err(HttpError::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// The whole body, within `limit` bytes and `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, HttpError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(HttpError::BodyTooLarge { limit }),
+        Err(_) => Err(HttpError::BodyTimeout { secs: timeout.as_secs() }),
+    }
 }
 
 async fn completions(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     arrived: Option<Extension<Arrived>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let t0 = arrived.map_or_else(Instant::now, |a| a.0 .0);
+    if let Err(e) = check_announced(&headers, st.limits.max_body_bytes) {
+        return e.into_response();
+    }
     let admission = st.gateway.admit(&who).await;
     let mut resp = match admission.refusal() {
         Some(e) => e.into_response(),
@@ -159,7 +213,7 @@ async fn completions(
 
 /// A completion past the rate limit: validation, the prompt, the gateway, inference.
 async fn complete(st: &AppState, who: Principal, t0: Instant, body: Body) -> Result<Response, HttpError> {
-    let bytes = read_body(body, st.limits.max_body_bytes).await?;
+    let bytes = read_body(body, st.limits.max_body_bytes, st.body_timeout).await?;
     let mut req = validate::parse_completion(&bytes)?;
     // Secrets go before anything else reads the text: caches, logs, the model.
     st.gateway.redact(&mut req);
@@ -189,7 +243,7 @@ async fn complete(st: &AppState, who: Principal, t0: Instant, body: Body) -> Res
     gateway_time(t0, "miss");
     let mut events = st.inference.submit(job).map_err(|e| match e {
         SubmitError::QueueFull => HttpError::Busy,
-        SubmitError::Stopped => HttpError::ShuttingDown,
+        SubmitError::Stopped => st.health.failure().map_or(HttpError::ShuttingDown, HttpError::EngineFailed),
     })?;
     // Inference that cannot be reached says so before anything is produced: a 503 to retry,
     // not a stream that fails.
@@ -235,9 +289,11 @@ const MAX_TELEMETRY_BYTES: usize = 4 << 20;
 async fn telemetry(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let bytes = read_body(body, MAX_TELEMETRY_BYTES).await?;
+    check_announced(&headers, MAX_TELEMETRY_BYTES)?;
+    let bytes = read_body(body, MAX_TELEMETRY_BYTES, st.body_timeout).await?;
     let events = validate::parse_events(&bytes)?;
     let n = events.len();
     st.gateway.ingest(&who, events).await?;

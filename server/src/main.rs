@@ -8,12 +8,16 @@ mod config;
 mod dashboard;
 mod error;
 mod filters;
+#[cfg(test)]
+mod fuzz;
 mod gateway;
+mod health;
 mod http;
 mod inference;
 mod ingest;
 mod keys;
 mod limits;
+mod listen;
 mod model_source;
 mod prefix_cache;
 mod prompt;
@@ -314,6 +318,14 @@ fn serve(a: Settings) -> anyhow::Result<()> {
         "model loaded"
     );
     let mut model = validate::ModelFacts { name: model_name.clone(), context_length: 0, fim: prompts.family() };
+    let faults = match a.fault_injection.as_deref() {
+        None => scheduler::FaultInjection::None,
+        Some(_) if !cfg!(debug_assertions) => {
+            bail!("--fault-injection (GHOSTLINE_FAULT_INJECTION) is for tests; only debug builds honour it")
+        }
+        Some(spec) => spec.parse().map_err(|e: String| anyhow::anyhow!("--fault-injection: {e}"))?,
+    };
+    let health = Arc::new(health::Health::default());
     let sched: Option<Arc<dyn inference::Inference>> = match local {
         None => None,
         Some((backend, pool)) => Some(Arc::new(
@@ -326,7 +338,9 @@ fn serve(a: Settings) -> anyhow::Result<()> {
                     max_running: a.max_running,
                     max_queue: a.max_queue,
                     prefix_cache: a.prefix_cache,
+                    faults,
                 },
+                health.clone(),
             )
             .context("starting the engine thread")?,
         )),
@@ -423,33 +437,52 @@ fn serve(a: Settings) -> anyhow::Result<()> {
         metrics: handle,
         started: Instant::now(),
         log_prompts: a.debug_log_prompts,
+        health: health.clone(),
+        body_timeout: Duration::from_secs(a.body_timeout_secs.max(1)),
     });
     let grace = Duration::from_secs(a.shutdown_grace_secs);
-    rt.block_on(async move {
+    let conn_limits = listen::ConnLimits {
+        header_timeout: Duration::from_secs(a.header_timeout_secs.max(1)),
+        max_connections: a.max_connections.max(1),
+    };
+    let failed = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!("listening on http://{local}");
         // Scripts and tests read this line to find the port when asked for port 0.
         println!("ghostline-server listening on http://{local}");
         let _ = std::io::stdout().flush();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = http::router(state);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new connections, {}s for running streams", grace.as_secs());
-            let _ = stop_tx.send(true);
-        });
-        let mut stop_rx2 = stop_rx.clone();
-        tokio::select! {
-            r = server => r.context("serving")?,
-            _ = async move {
-                let _ = stop_rx2.wait_for(|v| *v).await;
-                tokio::time::sleep(grace).await;
-            } => tracing::warn!("grace period over; closing remaining streams"),
+        // A signal, or an engine that cannot serve any more (then the process exits non-zero,
+        // so that the orchestrator replaces it).
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let stop = {
+            let (health, failed) = (health.clone(), failed.clone());
+            async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    why = health.wait_engine_failure() => {
+                        tracing::error!("the engine cannot serve any more ({why}); draining and exiting");
+                        let _ = failed.set(why);
+                    }
+                }
+            }
+        };
+        let on_drain = {
+            let health = health.clone();
+            move || {
+                health.start_draining();
+                tracing::info!("draining: new requests get 503, {}s for running streams", grace.as_secs());
+            }
+        };
+        if listen::serve(listener, app, conn_limits, stop, on_drain, grace).await == listen::Ended::GraceOver {
+            tracing::warn!("grace period over; closing remaining streams");
         }
-        drop(stop_rx);
-        anyhow::Ok(())
+        anyhow::Ok(failed.get().cloned())
     })?;
+    if let Some(why) = failed {
+        bail!("the engine failed: {why}");
+    }
     Ok(())
 }
 

@@ -7,10 +7,18 @@
 //! decoding (n candidates forked from the prompt) → finished | cancelled. A request whose
 //! event receiver is gone (client disconnected) is freed at the next step; a newer request with
 //! the same (user, path) cancels the older one.
+//!
+//! Supervision: a step whose forward fails or panics fails the requests in that step alone
+//! (their KV blocks released) and is counted in `ghostline_engine_faults_total`; a panic
+//! anywhere else in the loop fails every request the loop holds and the loop goes on with a
+//! clean slate. After `MAX_CONSECUTIVE_FAULTS` faults with no good step between them the engine
+//! is declared failed (`Health::engine_failed`): `/ready` turns 503 and the process exits.
 
+mod fault;
 mod plan;
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -22,9 +30,14 @@ use ghostline_engine::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::health::Health;
 use crate::inference::{Event, Events, Inference, Job, SubmitError, Summary};
 use crate::prefix_cache::PrefixCache;
+pub use fault::FaultInjection;
 use plan::{Admission, DecodeNeed, PrefillNeed, Slot, StepPlan};
+
+/// Faults in a row (no good step between them) after which the engine is declared failed.
+const MAX_CONSECUTIVE_FAULTS: u32 = 3;
 
 /// A job and where its events go.
 struct Request {
@@ -43,6 +56,8 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     /// Index full prompt blocks for reuse by later requests.
     pub prefix_cache: bool,
+    /// Faults to inject (tests only; `FaultInjection::None` in service).
+    pub faults: FaultInjection,
 }
 
 /// The handle the HTTP side holds (as `dyn Inference`).
@@ -60,12 +75,14 @@ impl Scheduler {
         tok: Arc<Tokenizer>,
         pool: KvPool,
         config: SchedulerConfig,
+        health: Arc<Health>,
     ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let max_queue = config.max_queue;
         let p = pending.clone();
         std::thread::Builder::new().name("ghostline-engine".into()).spawn(move || {
+            let _watch = EngineWatch(health.clone());
             let block_size = pool.shape().block_size;
             let mut lp = Loop {
                 backend,
@@ -77,10 +94,25 @@ impl Scheduler {
                 pending: p,
                 waiting: VecDeque::new(),
                 running: Vec::new(),
+                health,
+                steps: 0,
+                faults_in_a_row: 0,
             };
             lp.run();
         })?;
         Ok(Scheduler { tx, pending, max_queue })
+    }
+}
+
+/// Marks the engine failed when the engine thread dies of a panic that escaped supervision (a
+/// clean end, once every handle is dropped, is not a failure).
+struct EngineWatch(Arc<Health>);
+
+impl Drop for EngineWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.engine_failed("the engine thread panicked".into());
+        }
     }
 }
 
@@ -145,6 +177,43 @@ struct Loop {
     pending: Arc<AtomicUsize>,
     waiting: VecDeque<Request>,
     running: Vec<Group>,
+    health: Arc<Health>,
+    /// Batched steps run so far (fault injection counts them).
+    steps: u64,
+    /// Faults since the last good step.
+    faults_in_a_row: u32,
+}
+
+/// Why a step's forward did not give tokens.
+enum StepFault {
+    Error(EngineError),
+    Panic(String),
+}
+
+impl StepFault {
+    fn kind(&self) -> &'static str {
+        match self {
+            StepFault::Error(_) => "error",
+            StepFault::Panic(_) => "panic",
+        }
+    }
+}
+
+impl std::fmt::Display for StepFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepFault::Error(e) => write!(f, "{e}"),
+            StepFault::Panic(m) => write!(f, "the engine panicked: {m}"),
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn ms(a: Instant, b: Instant) -> f64 {
@@ -174,16 +243,61 @@ impl Loop {
             while let Ok(r) = self.rx.try_recv() {
                 self.arrive(r);
             }
-            self.drop_abandoned();
-            self.admit();
-            self.step();
-            self.reap();
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.turn())) {
+                // Outside a forward: which requests the state of is sound is unknown, so all go.
+                let why = panic_message(p.as_ref());
+                tracing::error!("the engine loop panicked: {why}");
+                self.fault("panic");
+                self.fail_everything(&format!("inference failed: the engine panicked ({why}); retry"));
+            }
+            if self.faults_in_a_row >= MAX_CONSECUTIVE_FAULTS {
+                let why = format!("{} engine faults in a row", self.faults_in_a_row);
+                tracing::error!("{why}: the engine stops");
+                self.fail_everything(&format!("inference failed: {why}; this server is stopping"));
+                self.health.engine_failed(why);
+                return;
+            }
             metrics::gauge!("ghostline_queue_depth").set(self.waiting.len() as f64);
             metrics::gauge!("ghostline_active_sequences")
                 .set(self.running.iter().map(|g| g.job().n).sum::<usize>() as f64);
             metrics::gauge!("ghostline_kv_blocks_used").set(self.pool.used_blocks() as f64);
             metrics::gauge!("ghostline_prefix_cache_blocks").set(self.cache.len() as f64);
         }
+    }
+
+    /// One turn of the loop: cancellations, admission, a step, the finished requests.
+    fn turn(&mut self) {
+        self.drop_abandoned();
+        self.admit();
+        self.step();
+        self.reap();
+    }
+
+    fn fault(&mut self, kind: &'static str) {
+        metrics::counter!("ghostline_engine_faults_total", "kind" => kind).increment(1);
+        self.faults_in_a_row += 1;
+    }
+
+    /// Fails every running and waiting request with `message` and releases their KV blocks
+    /// (the prefix cache's too: a block it indexes may be one a panic left half-written).
+    fn fail_everything(&mut self, message: &str) {
+        for mut g in self.running.drain(..) {
+            if !g.finished {
+                let _ = g.req.events.send(Event::Error(message.to_string()));
+            }
+            self.pool.release(&mut g.base);
+            for c in g.cands.iter_mut() {
+                self.pool.release(&mut c.kv);
+            }
+        }
+        for w in self.waiting.drain(..) {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            let _ = w.events.send(Event::Error(message.to_string()));
+        }
+        // Sequences a panic left in flight hold blocks nobody can name any more: with no
+        // request left, every block is free again, and the prefix cache starts empty.
+        self.cache = PrefixCache::new(self.pool.shape().block_size);
+        self.pool.reclaim_all();
     }
 
     fn arrive(&mut self, req: Request) {
@@ -321,8 +435,14 @@ impl Loop {
         metrics::histogram!("ghostline_batch_size").record(plan.slots.len() as f64);
         let mut batch = self.gather(&plan.slots);
         match self.forward(&plan.slots, &mut batch) {
-            Ok((tokens, first_pick)) => self.accept(&plan.slots, batch, &tokens, &first_pick),
-            Err(e) => self.fail(&plan.slots, batch, &e),
+            Ok((tokens, first_pick)) => {
+                self.faults_in_a_row = 0;
+                self.accept(&plan.slots, batch, &tokens, &first_pick)
+            }
+            Err(e) => {
+                self.fault(e.kind());
+                self.fail(&plan.slots, batch, &e)
+            }
         }
     }
 
@@ -372,7 +492,7 @@ impl Loop {
 
     /// Runs the batched forward: one token per decode slot, one per candidate of a finished
     /// prefill. Returns the tokens and, per slot, where its tokens start (one past the end last).
-    fn forward(&mut self, slots: &[Slot], b: &mut Batch) -> Result<(Vec<u32>, Vec<usize>), EngineError> {
+    fn forward(&mut self, slots: &[Slot], b: &mut Batch) -> Result<(Vec<u32>, Vec<usize>), StepFault> {
         let mut first_pick = Vec::with_capacity(slots.len() + 1);
         let mut items: Vec<BatchItem> = b
             .seqs
@@ -405,13 +525,21 @@ impl Loop {
             }
         }
         first_pick.push(picks.len());
-        let tokens = self.backend.step(&mut self.pool, &mut items, &mut picks)?;
+        self.steps += 1;
+        let (backend, pool, faults, step) = (&self.backend, &mut self.pool, &self.config.faults, self.steps);
+        // A panic in the forward (a kernel, the device, a worker thread's task) fails this step.
+        let tokens = catch_unwind(AssertUnwindSafe(|| {
+            faults.before_step(step)?;
+            backend.step(pool, &mut items, &mut picks)
+        }))
+        .map_err(|p| StepFault::Panic(panic_message(p.as_ref())))?
+        .map_err(StepFault::Error)?;
         Ok((tokens, first_pick))
     }
 
-    /// A failed forward (room was made, so it should not happen) fails the requests involved,
-    /// not the server.
-    fn fail(&mut self, slots: &[Slot], mut b: Batch, e: &EngineError) {
+    /// A failed forward (an engine error or a panic) fails the requests involved, not the
+    /// server: their sequences' KV blocks go back to the pool.
+    fn fail(&mut self, slots: &[Slot], mut b: Batch, e: &StepFault) {
         tracing::error!("forward failed: {e}");
         for (s, kv) in slots.iter().zip(b.seqs.iter_mut()) {
             self.pool.release(kv);

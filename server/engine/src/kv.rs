@@ -330,6 +330,14 @@ impl KvPool {
         }
     }
 
+    /// Frees every block at once, for an owner that has dropped all its sequences (the server's
+    /// engine loop after a panic left some unaccounted for). Block contents are kept; any
+    /// `SeqKv` still naming a block must not be used again.
+    pub fn reclaim_all(&mut self) {
+        self.refs.iter_mut().for_each(|r| *r = 0);
+        self.free = (0..self.allocated as BlockId).rev().collect();
+    }
+
     /// Adds one reference to a block (for a prefix cache or a fork that shares it).
     pub fn retain_block(&mut self, id: BlockId) {
         self.refs[id as usize] += 1;
@@ -426,6 +434,21 @@ mod tests {
         p.release(&mut s);
         assert_eq!(p.free_blocks(), 2);
         p.reserve(&mut t, 5).unwrap();
+    }
+
+    #[test]
+    fn reclaiming_all_frees_blocks_whose_sequences_were_lost() {
+        let mut p = pool(3);
+        let mut lost = SeqKv::default();
+        p.reserve(&mut lost, 8).unwrap();
+        let shared = p.fork(&lost, 4);
+        drop((lost, shared));
+        assert_eq!(p.free_blocks(), 1);
+        p.reclaim_all();
+        assert_eq!((p.free_blocks(), p.used_blocks()), (3, 0));
+        let mut s = SeqKv::default();
+        p.reserve(&mut s, 12).unwrap();
+        assert_eq!(p.free_blocks(), 0);
     }
 
     #[test]

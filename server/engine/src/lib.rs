@@ -25,6 +25,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod kv;

@@ -63,13 +63,13 @@ impl DType {
 }
 
 #[derive(Debug, Clone)]
-struct TensorInfo {
+pub(crate) struct TensorInfo {
     file: usize,
     dtype: DType,
-    shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Absolute byte range in the file.
-    start: usize,
-    end: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 /// All tensors of a checkpoint, indexed by name, backed by memory maps.
@@ -202,7 +202,7 @@ impl WeightFiles {
     }
 }
 
-fn parse_header(map: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>> {
+pub(crate) fn parse_header(map: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>> {
     let err = |message: String| EngineError::Weights { path: path.to_path_buf(), message };
     if map.len() < 8 {
         return Err(err(format!("file is truncated: {} bytes, not even a safetensors header", map.len())));

@@ -493,9 +493,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-type Parsed = (u32, HashMap<String, Value>, HashMap<String, TensorInfo>);
+pub(crate) type Parsed = (u32, HashMap<String, Value>, HashMap<String, TensorInfo>);
 
-fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
+pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     let mut r = Reader { buf, pos: 0, path };
     let magic = r.array::<4>(&|| "the GGUF magic".into())?;
     if &magic != MAGIC {

@@ -1,0 +1,76 @@
+//! Whether this replica should get traffic: it drains after SIGTERM, and it is unhealthy once
+//! the engine has failed beyond recovery. `/ready` reads it, the handlers refuse new work by it,
+//! and `main` stops the process (non-zero) when the engine fails.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+/// The replica's state, shared by the engine thread, the handlers and the connection loop.
+pub struct Health {
+    draining: AtomicBool,
+    /// Why the engine failed; the first failure is kept.
+    failed: watch::Sender<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { draining: AtomicBool::new(false), failed: watch::Sender::new(None) }
+    }
+}
+
+impl Health {
+    /// From now on new requests are refused with 503 and `/ready` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The engine cannot serve any more: `/ready` turns 503 and the process stops.
+    pub fn engine_failed(&self, why: String) {
+        self.failed.send_if_modified(|f| {
+            if f.is_some() {
+                return false;
+            }
+            *f = Some(why);
+            true
+        });
+    }
+
+    /// Why the engine failed, once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Resolves when the engine has failed beyond recovery, with why.
+    pub async fn wait_engine_failure(&self) -> String {
+        let mut rx = self.failed.subscribe();
+        let why = rx.wait_for(Option::is_some).await.map(|v| v.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            // The sender lives in `self`, so this cannot end; never resolve if it did.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failure_is_kept_and_draining_is_sticky() {
+        let h = Health::default();
+        assert!(!h.draining() && h.failure().is_none());
+        h.engine_failed("first".into());
+        h.engine_failed("second".into());
+        assert_eq!(h.failure().as_deref(), Some("first"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(rt.block_on(h.wait_engine_failure()), "first");
+        h.start_draining();
+        assert!(h.draining());
+    }
+}
