@@ -508,6 +508,37 @@ unsafe fn quant_tile8<B: GemmBlock, const C: usize>(
     }
 }
 
+/// The tiling both interleaved GEMMs share: each group of sixteen weight rows (its last one masked
+/// to the `cols` that exist) against the input rows four at a time, through `$rows::<R>` for the
+/// `R` rows left. A macro so that each GEMM keeps its own row kernel inlined.
+macro_rules! interleaved_tiles {
+    ($rows:ident, $x:ident, $m:ident, $w:ident, $per_row:ident, $cols:ident, $dst:ident, $ldc:ident) => {{
+        let groups = $w.len() / $per_row;
+        assert!($x.len() >= $m * $per_row && $cols <= groups * LANES);
+        for g in 0..groups {
+            let valid = $cols.saturating_sub(g * LANES).min(LANES);
+            if valid == 0 {
+                break;
+            }
+            let mask: __mmask16 = if valid == LANES { !0 } else { (1u16 << valid) - 1 };
+            let wg = $w.as_ptr().add(g * $per_row);
+            let out = $dst.add(g * LANES);
+            let mut i = 0;
+            while i < $m {
+                let xi = $x.as_ptr().add(i * $per_row);
+                let o = out.add(i * $ldc);
+                match $m - i {
+                    1 => $rows::<1>(xi, wg, $per_row, o, $ldc, mask),
+                    2 => $rows::<2>(xi, wg, $per_row, o, $ldc, mask),
+                    3 => $rows::<3>(xi, wg, $per_row, o, $ldc, mask),
+                    _ => $rows::<4>(xi, wg, $per_row, o, $ldc, mask),
+                }
+                i += 4;
+            }
+        }
+    }};
+}
+
 /// See [`super::interleaved::gemm_q4x16`]: per interleaved block (sixteen weight rows), the
 /// four words of nibbles are loaded and split once for up to four input rows; per input row,
 /// eight `vpdpbusd` (four inputs broadcast against four weights of each row) give the sixteen
@@ -522,29 +553,7 @@ pub unsafe fn gemm_q4x16_vnni(
     dst: *mut f32,
     ldc: usize,
 ) {
-    let groups = w.len() / per_row;
-    assert!(x.len() >= m * per_row && cols <= groups * LANES);
-    for g in 0..groups {
-        let valid = cols.saturating_sub(g * LANES).min(LANES);
-        if valid == 0 {
-            break;
-        }
-        let mask: __mmask16 = if valid == LANES { !0 } else { (1u16 << valid) - 1 };
-        let wg = w.as_ptr().add(g * per_row);
-        let out = dst.add(g * LANES);
-        let mut i = 0;
-        while i < m {
-            let xi = x.as_ptr().add(i * per_row);
-            let o = out.add(i * ldc);
-            match m - i {
-                1 => q4x16_rows::<1>(xi, wg, per_row, o, ldc, mask),
-                2 => q4x16_rows::<2>(xi, wg, per_row, o, ldc, mask),
-                3 => q4x16_rows::<3>(xi, wg, per_row, o, ldc, mask),
-                _ => q4x16_rows::<4>(xi, wg, per_row, o, ldc, mask),
-            }
-            i += 4;
-        }
-    }
+    interleaved_tiles!(q4x16_rows, x, m, w, per_row, cols, dst, ldc);
 }
 
 /// `R` input rows (from `x`, `per_row` groups apart) against one interleaved group of weight
@@ -605,29 +614,7 @@ pub unsafe fn gemm_q8x16_vnni(
     dst: *mut f32,
     ldc: usize,
 ) {
-    let groups = w.len() / per_row;
-    assert!(x.len() >= m * per_row && cols <= groups * LANES);
-    for g in 0..groups {
-        let valid = cols.saturating_sub(g * LANES).min(LANES);
-        if valid == 0 {
-            break;
-        }
-        let mask: __mmask16 = if valid == LANES { !0 } else { (1u16 << valid) - 1 };
-        let wg = w.as_ptr().add(g * per_row);
-        let out = dst.add(g * LANES);
-        let mut i = 0;
-        while i < m {
-            let xi = x.as_ptr().add(i * per_row);
-            let o = out.add(i * ldc);
-            match m - i {
-                1 => q8x16_rows::<1>(xi, wg, per_row, o, ldc, mask),
-                2 => q8x16_rows::<2>(xi, wg, per_row, o, ldc, mask),
-                3 => q8x16_rows::<3>(xi, wg, per_row, o, ldc, mask),
-                _ => q8x16_rows::<4>(xi, wg, per_row, o, ldc, mask),
-            }
-            i += 4;
-        }
-    }
+    interleaved_tiles!(q8x16_rows, x, m, w, per_row, cols, dst, ldc);
 }
 
 #[inline]

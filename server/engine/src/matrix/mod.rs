@@ -772,6 +772,16 @@ mod tests {
         (num / den.max(1e-30)).sqrt() as f32
     }
 
+    fn abs(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|x| x.abs()).collect()
+    }
+
+    /// |got - want| / |scale|, in the 2-norm: the error against the size of the terms summed.
+    fn err_against(got: &[f32], want: &[f32], scale: &[f32]) -> f32 {
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        (norm(&mut got.iter().zip(want).map(|(a, b)| a - b)) / norm(&mut scale.iter().copied())) as f32
+    }
+
     /// The weights each format actually holds, as f32.
     fn stored(m: &Matrix) -> Vec<f32> {
         let mut w = vec![0f32; m.rows * m.cols];
@@ -1062,15 +1072,13 @@ mod tests {
                     let xr = if quantized { quantized_inputs(&x) } else { x.clone() };
                     // Relative to the sums of |x w| (the formats with offsets add two terms of
                     // about that size which cancel, llama.cpp's as much as these).
-                    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
                     let scale = naive(&abs(&xr), &abs(&w), m, k, n);
                     let r = naive(&xr, &w, m, k, n);
-                    let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
-                    let e = (norm(&mut y.iter().zip(&r).map(|(a, b)| a - b)) / norm(&mut scale.iter().copied())) as f32;
+                    let e = err_against(&y, &r, &scale);
                     assert!(e < 1e-5, "{} m={m} k={k} n={n}: relative error {e}", mat.format());
                     // Against the f32 inputs, the input quantization's error only.
                     let r = naive(&x, &w, m, k, n);
-                    let e = (norm(&mut y.iter().zip(&r).map(|(a, b)| a - b)) / norm(&mut scale.iter().copied())) as f32;
+                    let e = err_against(&y, &r, &scale);
                     assert!(e < 1e-2, "{} m={m} k={k} n={n}: relative error {e} against f32 inputs", mat.format());
                 }
             }
@@ -1142,11 +1150,9 @@ mod tests {
                     let mut y = vec![f32::NAN; m * n];
                     mat.matmul_t(&x, None, &mut y, m);
                     let xr = quantized_inputs(&x);
-                    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
                     let scale = naive(&abs(&xr), &abs(&w), m, k, n);
                     let r = naive(&xr, &w, m, k, n);
-                    let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
-                    let e = (norm(&mut y.iter().zip(&r).map(|(a, b)| a - b)) / norm(&mut scale.iter().copied())) as f32;
+                    let e = err_against(&y, &r, &scale);
                     assert!(e < 1e-5, "{} m={m} k={k} n={n}: relative error {e}", mat.format());
                 }
             }
