@@ -233,8 +233,7 @@ pub fn report(store: &mut Store, w: &Window) -> anyhow::Result<Report> {
         tally(&r[0], [label(&r[2]), label(&r[3]), label(&r[4])], &|c| c.add_events(&kind, n, chars));
     }
 
-    let (latency, ttft_all, total_all) = latencies(store, w, &range)?;
-    let mut latency = latency;
+    let (mut latency, ttft_all, total_all) = latencies(store, w, &range)?;
     let series = series
         .into_iter()
         .map(|(b, c)| {
