@@ -119,7 +119,9 @@ fn rate_limits_answer_429_with_headers_and_recover_and_one_key_cannot_hog_the_qu
 
     // Fair admission: "hog" holds its one slot with a long stream; it gets 429, "other" is served.
     s.key = Some(hog.clone());
-    let long = json!({"prompt": "a", "max_tokens": 480, "temperature": 1.0, "seed": 1, "stream": true});
+    // Seed 4 samples all 480 tokens on this model (seed 1 met its end of text after 138, a stream
+    // over in about 10 ms, which the next request could miss).
+    let long = json!({"prompt": "a", "max_tokens": 480, "temperature": 1.0, "seed": 4, "stream": true});
     let r = s.req(reqwest::Method::POST, "/v1/completions").json(&long).send().unwrap();
     let mut reader = BufReader::new(r);
     let mut line = String::new();
