@@ -263,17 +263,18 @@ fn serve(a: Settings) -> anyhow::Result<()> {
     let dir = resolve_model(a.model.as_deref())?;
     let t0 = Instant::now();
     // What runs the model: the engine here, or an upstream (then only the tokenizer loads).
-    let local = match &a.upstream {
-        Some(_) => None,
+    // A GGUF file's metadata is read once, for the weights and the tokenizer.
+    let (local, tokenizer) = match &a.upstream {
+        Some(_) => (None, None),
         None => {
             let weights =
                 a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
             let kv_dtype = a.kv_cache.parse::<KvDtype>().map_err(anyhow::Error::msg)?;
-            let backend = Backend::load_as(&dir, device, weights)
+            let (backend, tokenizer) = Backend::load_with_tokenizer(&dir, device, weights)
                 .with_context(|| format!("loading model {} on {device}", dir.display()))?;
             let kv_bytes = a.kv_memory_mb.map_or_else(|| backend.default_kv_bytes(), |mb| mb << 20);
             let pool = backend.kv_pool_as(kv_bytes, kv_dtype).context("allocating the KV cache")?;
-            Some((backend, pool))
+            (Some((backend, pool)), Some(tokenizer))
         }
     };
     let mut meta = match &local {
@@ -289,8 +290,11 @@ fn serve(a: Settings) -> anyhow::Result<()> {
             (format!("upstream {} {}", a.upstream_kind.name(), url.as_deref().unwrap_or_default()), "upstream")
         }
     };
-    let tokenizer =
-        Tokenizer::load(&dir, &meta.eos_ids).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    let tokenizer = match tokenizer {
+        Some(t) => t,
+        None => Tokenizer::load(&dir, &meta.eos_ids)
+            .with_context(|| format!("loading the tokenizer of {}", dir.display()))?,
+    };
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()

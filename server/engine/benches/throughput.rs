@@ -30,9 +30,14 @@ fn list(args: &[String], name: &str, default: &str) -> Vec<usize> {
 }
 
 fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory figure of /proc/self/status (`VmHWM:`, `VmRSS:`, `RssFile:`...), in MiB.
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(|l| l.to_string()))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -93,10 +98,15 @@ fn main() {
         arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
     let mut pool = ckpt.kv_pool_as(1 << 30, kv);
     eprintln!(
-        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, {}",
+        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, {}; loaded: RSS {:.1} MiB \
+         (anonymous {:.1}, file {:.1}), peak {:.1} MiB",
         m.num_params() as f64 / 1e6,
         m.weight_bytes() as f64 / 1e6,
-        cpu::describe()
+        cpu::describe(),
+        status_mib("VmRSS:"),
+        status_mib("RssAnon:"),
+        status_mib("RssFile:"),
+        peak_rss_mib()
     );
     let report = |phase: &str, batch: usize, tokens: usize, rates: Vec<f64>| {
         let (lo, med, hi) = stats(rates);

@@ -17,6 +17,7 @@ use crate::kv::{KvDtype, KvPool, KvShape};
 use crate::matrix::WeightFormat;
 use crate::model::{BatchItem, Logits, Model};
 use crate::sampling::{Rng, Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +140,8 @@ impl Backend {
     }
 
     /// As [`Backend::load`], with the CPU backend's weights stored in `format` (`None`: the
-    /// checkpoint's own precision, see [`crate::default_format`]). The GPU keeps bf16 / f16.
+    /// checkpoint's own precision, see [`crate::default_format`]; a GGUF file's blocks as
+    /// stored). The GPU keeps bf16 / f16.
     /// `dir` may also be a `.gguf` file (CPU only).
     pub fn load_as(dir: &Path, device: Device, format: Option<WeightFormat>) -> Result<Backend> {
         if crate::gguf::is_gguf(dir) && !dir.is_dir() {
@@ -168,6 +170,24 @@ impl Backend {
                 "--device {device}: this build has no CUDA backend; rebuild with `--features cuda` or use --device cpu"
             ))),
         }
+    }
+
+    /// [`Backend::load_as`] and the checkpoint's [`Tokenizer`] together: a GGUF file's header
+    /// and metadata are then read once, for both.
+    pub fn load_with_tokenizer(
+        dir: &Path,
+        device: Device,
+        format: Option<WeightFormat>,
+    ) -> Result<(Backend, Tokenizer)> {
+        if crate::gguf::is_gguf(dir) && !dir.is_dir() && device == Device::Cpu {
+            let (mut file, config) = crate::gguf::open_model(dir)?;
+            let model = Model::from_gguf(&mut file, config, format)?;
+            let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
+            return Ok((Backend::cpu(model), tokenizer));
+        }
+        let backend = Backend::load_as(dir, device, format)?;
+        let tokenizer = Tokenizer::load(dir, &backend.config().eos_token_ids)?;
+        Ok((backend, tokenizer))
     }
 
     /// The CPU backend around an already loaded model.
