@@ -11,6 +11,7 @@ pub mod client;
 pub mod context;
 pub mod document;
 pub mod documents;
+pub mod framing;
 pub mod lang;
 pub mod link;
 pub mod lsp;

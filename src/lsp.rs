@@ -103,6 +103,17 @@ impl Backend {
         }))
     }
 
+    /// A request the client sent that could not be read (`framing`): answered with an error.
+    pub async fn invalid_message(&self, params: Value) -> Result<Value> {
+        let why = params["error"].as_str().unwrap_or("ghostline could not read this request");
+        tracing::warn!("{why}");
+        Err(tower_lsp_server::jsonrpc::Error {
+            code: tower_lsp_server::jsonrpc::ErrorCode::InvalidRequest,
+            message: why.to_string().into(),
+            data: None,
+        })
+    }
+
     /// `textDocument/didShowCompletion` (`{item}`: the inline item shown).
     pub async fn did_show_completion(&self, params: Value) {
         if let Some((id, index)) = item_ids(&params) {
@@ -321,7 +332,17 @@ impl LanguageServer for Backend {
 
 /// Serves LSP on stdio until the client exits.
 pub async fn serve(settings: Settings) {
-    let core = Core::new(settings);
+    serve_io(Core::new(settings), tokio::io::stdin(), tokio::io::stdout()).await;
+}
+
+/// Serves LSP for `core` on a byte stream from the client and one to it (stdio, or pipes in
+/// tests), until the client exits or its stream ends. The client's bytes go through
+/// `framing::pump` first, so that no message can end the session.
+pub async fn serve_io<I, O>(core: Arc<Core>, input: I, output: O)
+where
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite,
+{
     let keep = core.clone();
     let (service, socket) = LspService::build(|client| {
         // Notices about the server reach the user once per change of state.
@@ -343,9 +364,24 @@ pub async fn serve(settings: Settings) {
     .custom_method("ghostline/stats", Backend::stats)
     .custom_method("textDocument/didShowCompletion", Backend::did_show_completion)
     .custom_method("textDocument/didPartiallyAcceptCompletion", Backend::did_partially_accept_completion)
+    .custom_method(crate::framing::INVALID_METHOD, Backend::invalid_message)
     .finish();
+    let (reader, writer) = tokio::io::duplex(256 << 10);
+    let pump = crate::framing::pump(input, writer);
     // Requests wait on the network; a generous limit keeps them from holding up didChange.
-    Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).concurrency_level(64).serve(service).await;
+    let serve = Server::new(reader, output, socket).concurrency_level(64).serve(service);
+    tokio::pin!(pump, serve);
+    // The pump ends with the client's stream and closes the server's; the server ends on `exit`.
+    let served = tokio::select! {
+        _ = &mut serve => true,
+        _ = &mut pump => false,
+    };
+    if !served {
+        serve.await;
+    }
     // The editor went away without a shutdown: still send or spool what is queued.
     keep.close_telemetry().await;
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -69,6 +69,13 @@ const PIECES: &[&str] = &[
 ];
 
 const URI: &str = "file:///fuzz/doc.rs";
+/// Most repetitions of one piece in a huge edit (up to about 120 KB of text).
+const HUGE: usize = 4096;
+/// Edit steps per input: the rest of a longer input is not read. Each step reparses the
+/// document; what makes a run slow is tree-sitter's error recovery on long runs of garbage, so
+/// a document past `MAX_CHARS` ends its input too (after the step that made it so, checked).
+const MAX_STEPS: usize = 24;
+const MAX_CHARS: usize = 32 << 10;
 
 fn text_of(b: &mut Bytes) -> String {
     match b.u8() % 4 {
@@ -76,7 +83,7 @@ fn text_of(b: &mut Bytes) -> String {
         1 => {
             // One piece many times; now and then a huge edit.
             let p = PIECES[b.u8() as usize % PIECES.len()];
-            let times = if b.u8() < 8 { 1 + b.u16() as usize % 4096 } else { 1 + b.u8() as usize % 16 };
+            let times = if b.u8() < 8 { 1 + b.u16() as usize % HUGE } else { 1 + b.u8() as usize % 16 };
             p.repeat(times)
         }
         2 => {
@@ -115,7 +122,9 @@ fn fuzz_document_edits() {
         docs.open(URI, languages[b.u8() as usize % languages.len()], 1, &initial);
         let mut model: Vec<char> = initial.chars().collect();
         let mut version = 1;
-        while !b.is_empty() {
+        let mut steps = 0;
+        while !b.is_empty() && steps < MAX_STEPS && (steps == 0 || model.len() <= MAX_CHARS) {
+            steps += 1;
             let whole = b.u8().is_multiple_of(16);
             let edits: Vec<(Option<(Position, Position)>, String)> = (0..1 + b.u8() % 3)
                 .map(|_| {

@@ -137,6 +137,47 @@ fn a_missing_server_gives_empty_answers_promptly() {
     assert!(r.is_null());
 }
 
+#[test]
+fn garbage_lone_surrogates_and_broken_frames_never_end_the_session() {
+    // Before `framing`, each of these ended the session: tower-lsp-server stops reading at the
+    // first message its codec cannot decode.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut lsp = Lsp::start(BIN, &format!("http://127.0.0.1:{port}"));
+    lsp.initialize(json!({"telemetry": false, "requestTimeoutMs": 1500}));
+    let frame = |body: &[u8]| [format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(), body].concat();
+    // VS Code's JSON.stringify writes a lone surrogate as an escape.
+    let open = r#"{"jsonrpc":"2.0","method":"textDocument/didOpen","params":{"textDocument":{"uri":"file:///w/a.py","languageId":"python","version":1,"text":"s = '\ud800'\n"}}}"#;
+    // A lone surrogate in a URI is U+FFFD, which no URI may hold: refused as invalid params.
+    let bad_uri = open.replace("a.py", "\\udc00.py");
+    let broken: Vec<Vec<u8>> = vec![
+        b"not a header at all\r\n\r\n".to_vec(),
+        frame(bad_uri.as_bytes()),
+        frame(open.as_bytes()),
+        b"Content-Length: 2\r\nX-One: 1\r\nX-Two: 2\r\n\r\n{}".to_vec(),
+        frame(b"{\"jsonrpc\":\"2.0\",\"method\":\"x\",\"params\":\"\xff\xfe\"}"),
+        b"content-length: 2\n\n{}".to_vec(),
+        frame(b"{\"jsonrpc\": \"2.0\", \"method\": "),
+        frame(br#"{"jsonrpc":"1.0","id":"old","method":"ghostline/stats"}"#),
+    ];
+    for b in &broken {
+        lsp.send_raw(b);
+    }
+    let err = lsp.response_to(json!("old"));
+    assert_eq!(err["error"]["code"], -32600, "{err}");
+    let stats = lsp.request("ghostline/stats", json!(null));
+    assert!(stats["requests"].is_u64(), "{stats}");
+    // The document with the lone surrogate is open (as U+FFFD): asked, it answers (empty: no
+    // server), where an unknown document would not reach a decision at all.
+    let uri = "file:///w/a.py";
+    let r = lsp.inline(uri, 0, 9, true);
+    assert!(r.is_null(), "{r}");
+    let after = lsp.request("ghostline/stats", json!(null));
+    let decided = |s: &serde_json::Value| {
+        ["fetches", "cache_hits", "skipped", "errors"].iter().map(|k| s[k].as_u64().unwrap_or(0)).sum::<u64>()
+    };
+    assert!(decided(&after) > decided(&stats), "{stats} then {after}");
+}
+
 fn stats(addr: &str) -> serde_json::Value {
     let raw = lsp_client::http_get(addr, "/v1/stats");
     let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");

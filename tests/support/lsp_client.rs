@@ -181,6 +181,12 @@ impl Lsp {
         self.stdin.flush().unwrap();
     }
 
+    /// Bytes as they are, framing included (tests of what a broken client sends).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     pub fn notify(&mut self, method: &str, params: Value) {
         self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}));
     }
@@ -193,11 +199,16 @@ impl Lsp {
     }
 
     pub fn response(&mut self, id: i64) -> Value {
+        self.response_to(json!(id))
+    }
+
+    /// The response to the request of `id` (a number or a string).
+    pub fn response_to(&mut self, id: Value) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (_, msg) = self.rx.recv_timeout(left).unwrap_or_else(|_| panic!("no response to request {id}"));
-            if msg["id"] == json!(id) && msg.get("method").is_none() {
+            if msg["id"] == id && msg.get("method").is_none() {
                 return msg;
             }
             self.seen.push(msg);
