@@ -8,7 +8,7 @@
 //! active hash in constant time.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -187,26 +187,44 @@ struct Snapshot {
     enabled: bool,
 }
 
+/// How long the keys last read are used without asking the database after a failed read.
+const KEYS_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// The server's view of the keys.
 pub struct Auth {
     target: DbTarget,
     /// None after a failure: the next check reconnects (a restarted Postgres, say).
     store: Mutex<Option<Store>>,
     snapshot: Mutex<Option<Snapshot>>,
+    /// After a failed read, until when the keys last read are used without asking the database,
+    /// so a database that is down costs one attempt per pause, not one per request.
+    retry_at: Mutex<Option<Instant>>,
     /// Require a key even while none exist (a non-loopback bind without --insecure-no-auth).
     require: bool,
 }
 
 impl Auth {
     pub fn new(target: DbTarget, store: Store, require: bool) -> Auth {
-        Auth { target, store: Mutex::new(Some(store)), snapshot: Mutex::new(None), require }
+        Auth { target, store: Mutex::new(Some(store)), snapshot: Mutex::new(None), retry_at: Mutex::new(None), require }
     }
 
     /// The keys, re-read when the generation moved. Blocking (one small query).
     fn current(&self) -> Result<Snapshot, Denied> {
         let known = || self.snapshot.lock().ok().and_then(|s| s.clone());
+        let pausing = || self.retry_at.lock().ok().and_then(|r| *r).is_some_and(|t| Instant::now() < t);
+        if pausing() {
+            if let Some(s) = known() {
+                return Ok(s);
+            }
+        }
         let fresh = (|| -> anyhow::Result<Snapshot> {
             let mut slot = self.store.lock().map_err(|_| anyhow::anyhow!("key store lock poisoned"))?;
+            // Another request's read failed while this one waited for the connection.
+            if pausing() {
+                if let Some(s) = known() {
+                    return Ok(s);
+                }
+            }
             if slot.is_none() {
                 *slot = Some(Store::open(&self.target)?);
             }
@@ -235,6 +253,9 @@ impl Auth {
             }
             Err(e) => {
                 // Keep serving with the last keys read; revocations wait for the database.
+                if let Ok(mut r) = self.retry_at.lock() {
+                    *r = Some(Instant::now() + KEYS_RETRY_PAUSE);
+                }
                 metrics::counter!("ghostline_database_errors_total", "op" => "keys").increment(1);
                 tracing::warn!("reading API keys: {e:#}");
                 known().ok_or(Denied::Unavailable)

@@ -261,6 +261,10 @@ impl Loop {
             metrics::gauge!("ghostline_active_sequences")
                 .set(self.running.iter().map(|g| g.job().n).sum::<usize>() as f64);
             metrics::gauge!("ghostline_kv_blocks_used").set(self.pool.used_blocks() as f64);
+            // What sequences hold: the blocks in use less those only the prefix cache keeps.
+            // Zero once every request has ended, whatever the cache holds.
+            metrics::gauge!("ghostline_kv_blocks_held")
+                .set(self.pool.used_blocks().saturating_sub(self.cache.evictable(&self.pool)) as f64);
             metrics::gauge!("ghostline_prefix_cache_blocks").set(self.cache.len() as f64);
         }
     }

@@ -112,8 +112,8 @@ pub fn window(q: DashboardQuery, now_ms: i64) -> Result<Window, HttpError> {
     Ok(w)
 }
 
-/// A gauge's value in Prometheus' text format (summed over its label sets).
-fn gauge(text: &str, name: &str) -> Option<f64> {
+/// A gauge's (or counter's) value in Prometheus' text format (summed over its label sets).
+pub(crate) fn gauge(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else { continue };

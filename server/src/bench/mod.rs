@@ -6,6 +6,15 @@
 //! Also a throughput mode: the same K requests one at a time, then all at once; and a gateway
 //! mode: N response-cache hits, then N one-token misses, reporting client-side latency and the
 //! server's own `ghostline_gateway_seconds` (auth, limits, validation, cache lookup).
+//!
+//! And a soak mode (`--soak-out DIR`, `soak.rs`), which `server/benches/soak.sh` runs while it
+//! kills and restarts Redis, PostgreSQL and the server: the same typists, each with its own key,
+//! typing round the files for the whole run, hanging up on some streams, posting telemetry and
+//! driving a real language server (`lsp.rs`); it reports failures by cause and by fault, RSS over
+//! time, the KV blocks held once idle and whether every acknowledged telemetry event is stored.
+
+mod lsp;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,6 +65,8 @@ pub struct BenchArgs {
     /// API key sent as `Authorization: Bearer`.
     #[arg(long, env = "GHOSTLINE_API_KEY")]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub soak: soak::SoakArgs,
 }
 
 #[derive(Default)]
@@ -63,6 +74,7 @@ struct Stats {
     sent: usize,
     completed: usize,
     superseded: usize,
+    disconnected: usize,
     errors: usize,
     ttft_ms: Vec<f64>,
     total_ms: Vec<f64>,
@@ -120,10 +132,52 @@ fn window(text: &str, pos: usize, before: usize, after: usize) -> (String, Strin
     (text[start..pos].to_string(), text[pos..end].to_string())
 }
 
-/// What one streamed request gave: (ttft ms, total ms, final chunk), or None if dropped.
-type Streamed = Result<Option<(f64, f64, Option<CompletionChunk>)>, String>;
+/// How one streamed request ended.
+enum Outcome {
+    /// `[DONE]` came: time to the first text and in all (ms), and the final chunk.
+    Done { ttft: f64, total: f64, last: Option<CompletionChunk> },
+    /// A newer keystroke dropped it.
+    Superseded,
+    /// The client hung up after the first text, as a closed editor does.
+    Disconnected,
+    /// It failed; the cause as a short name (`connection_refused`, `http_503_engine_failed`,
+    /// `stream_cut`, `stream_error_server_error`, …).
+    Failed(String),
+}
 
-/// Sends one streaming request.
+/// The cause of a request that got no answer.
+fn send_cause(e: &reqwest::Error) -> String {
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    let chain = chain.to_lowercase();
+    if e.is_timeout() {
+        "timeout".into()
+    } else if chain.contains("refused") {
+        "connection_refused".into()
+    } else if e.is_connect() {
+        "connect_failed".into()
+    } else if chain.contains("reset") || chain.contains("closed") || chain.contains("incomplete") {
+        "connection_closed".into()
+    } else {
+        "request_failed".into()
+    }
+}
+
+/// `http_STATUS_CODE` of an error answer (the body's `error.code`, else its `error.type`).
+async fn status_cause(resp: reqwest::Response) -> String {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ghostline_api::ErrorBody>(&body) {
+        Ok(b) => format!("http_{status}_{}", b.error.code.unwrap_or(b.error.kind)),
+        Err(_) => format!("http_{status}"),
+    }
+}
+
+/// Sends one streaming request; with `hang_up` the client goes away after the first text.
 async fn one(
     client: &reqwest::Client,
     url: &str,
@@ -131,17 +185,35 @@ async fn one(
     body: &CompletionRequest,
     cancel: Option<tokio::sync::watch::Receiver<u64>>,
     my_gen: u64,
-) -> Streamed {
+    hang_up: bool,
+) -> Outcome {
     let t0 = Instant::now();
     let mut post = client.post(format!("{url}/v1/completions")).json(body);
+    if let Some(k) = key {
+        post = post.bearer_auth(k);
+    }
     // The language server's affinity: user (else the key) and file, so a consistent-hash
     // balancer in front keeps each simulated developer on one replica.
     if let Some(a) = affinity(body.user.as_deref().or(key), body.path.as_deref()) {
         post = post.header(AFFINITY_HEADER, a);
     }
-    let resp = post.send().await.map_err(|e| e.to_string())?;
+    // A newer keystroke drops the request while it waits for its answer too.
+    let sent = match &cancel {
+        Some(c) => {
+            let mut c = c.clone();
+            tokio::select! {
+                r = post.send() => r,
+                _ = c.wait_for(|g| *g != my_gen) => return Outcome::Superseded,
+            }
+        }
+        None => post.send().await,
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(send_cause(&e)),
+    };
     if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
+        return Outcome::Failed(status_cause(resp).await);
     }
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
@@ -152,51 +224,69 @@ async fn one(
             let mut c = c.clone();
             tokio::select! {
                 n = stream.next() => n,
-                _ = c.wait_for(|g| *g != my_gen) => return Ok(None),
+                _ = c.wait_for(|g| *g != my_gen) => return Outcome::Superseded,
             }
         } else {
             stream.next().await
         };
         let Some(chunk) = next else { break };
-        buf.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        match chunk {
+            Ok(c) => buf.extend_from_slice(&c),
+            Err(_) => return Outcome::Failed("stream_cut".into()),
+        }
         while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
             let ev: Vec<u8> = buf.drain(..i + 2).collect();
             let line = String::from_utf8_lossy(&ev);
             let data = line.trim().strip_prefix("data: ").unwrap_or("").to_string();
             if data == "[DONE]" {
                 let total = t0.elapsed().as_secs_f64() * 1000.0;
-                return Ok(Some((ttft.unwrap_or(total), total, last)));
+                return Outcome::Done { ttft: ttft.unwrap_or(total), total, last };
             }
             if let Ok(c) = serde_json::from_str::<CompletionChunk>(&data) {
                 if ttft.is_none() && c.choices.first().is_some_and(|ch| !ch.text.is_empty()) {
                     ttft = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    if hang_up {
+                        return Outcome::Disconnected;
+                    }
                 }
                 last = Some(c);
+            } else if let Ok(e) = serde_json::from_str::<ghostline_api::ErrorBody>(&data) {
+                return Outcome::Failed(format!("stream_error_{}", e.error.code.unwrap_or(e.error.kind)));
             }
         }
     }
-    Err("stream ended without [DONE]".into())
+    Outcome::Failed("stream_cut".into())
 }
 
-fn record(stats: &Mutex<Stats>, r: Streamed) {
+fn record(stats: &Mutex<Stats>, r: &Outcome) {
     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
     match r {
-        Ok(Some((ttft, total, last))) => {
+        Outcome::Done { ttft, total, last } => {
             s.completed += 1;
-            s.ttft_ms.push(ttft);
-            s.total_ms.push(total);
+            s.ttft_ms.push(*ttft);
+            s.total_ms.push(*total);
             if let Some(u) = last.as_ref().and_then(|c| c.usage.as_ref()) {
                 s.prompt_tokens += u64::from(u.prompt_tokens);
                 s.cached_tokens += u64::from(u.prompt_tokens_details.cached_tokens);
                 s.completion_tokens += u64::from(u.completion_tokens);
             }
-            if last.and_then(|c| c.cache) == Some(CacheOutcome::Typeahead) {
+            if last.as_ref().and_then(|c| c.cache) == Some(CacheOutcome::Typeahead) {
                 s.typeahead += 1;
             }
         }
-        Ok(None) => s.superseded += 1,
-        Err(_) => s.errors += 1,
+        Outcome::Superseded => s.superseded += 1,
+        Outcome::Disconnected => s.disconnected += 1,
+        Outcome::Failed(_) => s.errors += 1,
     }
+}
+
+/// Where a developer starts typing in `text`: a line start in its first half.
+fn start_in(text: &str, rng: &mut Rng) -> usize {
+    let mut pos = (rng.next_u64() % (text.len() as u64 / 2).max(1)) as usize;
+    while !text.is_char_boundary(pos) {
+        pos += 1;
+    }
+    text[..pos].rfind('\n').map_or(0, |i| i + 1)
 }
 
 async fn developer(
@@ -206,19 +296,25 @@ async fn developer(
     client: reqwest::Client,
     stats: Arc<Mutex<Stats>>,
     deadline: Instant,
+    soak: Option<Arc<soak::Run>>,
 ) {
     let mut rng = Rng::new(a.seed.wrapping_mul(1000).wrapping_add(id as u64));
-    let text = &files[(rng.next_u64() % files.len() as u64) as usize];
+    let mut text = &files[(rng.next_u64() % files.len() as u64) as usize];
     // Start somewhere in the file, on a line start, and type from there.
-    let mut pos = (rng.next_u64() % (text.len() as u64 / 2).max(1)) as usize;
-    while !text.is_char_boundary(pos) {
-        pos += 1;
-    }
-    pos = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let mut pos = start_in(text, &mut rng);
+    let key = soak.as_ref().and_then(|s| s.key(id)).or_else(|| a.key.clone());
     let (gen_tx, gen_rx) = tokio::sync::watch::channel(0u64);
     let mut generation = 0u64;
-    let mut tasks = Vec::new();
-    while Instant::now() < deadline && pos < text.len() {
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    while Instant::now() < deadline {
+        if pos >= text.len() {
+            // A soak types for the whole run: on to another file.
+            if soak.is_none() {
+                break;
+            }
+            text = &files[(rng.next_u64() % files.len() as u64) as usize];
+            pos = start_in(text, &mut rng);
+        }
         let ch = text[pos..].chars().next().map_or(1, char::len_utf8);
         pos += ch;
         let gap = (-(1.0 - rng.next_f64()).ln() * a.key_ms).max(30.0);
@@ -241,12 +337,20 @@ async fn developer(
                 ..CompletionRequest::default()
             };
             let (c, url, st, rx, g) = (client.clone(), a.url.clone(), stats.clone(), gen_rx.clone(), generation);
-            let key = a.key.clone();
+            let (key, run) = (key.clone(), soak.clone());
+            let hang_up = soak.as_ref().is_some_and(|s| s.hang_up(&mut rng));
             stats.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
+            tasks.retain(|t| !t.is_finished());
             tasks.push(tokio::spawn(async move {
-                let r = one(&c, &url, key.as_deref(), &body, Some(rx), g).await;
-                record(&st, r);
+                let r = one(&c, &url, key.as_deref(), &body, Some(rx), g, hang_up).await;
+                record(&st, &r);
+                if let Some(run) = run {
+                    run.observe(id, &r);
+                }
             }));
+            if let Some(s) = &soak {
+                let _ = s.flush(id, &client, false);
+            }
             tokio::time::sleep(Duration::from_secs_f64((gap - a.debounce_ms as f64) / 1000.0)).await;
         } else {
             tokio::time::sleep(Duration::from_secs_f64(gap / 1000.0)).await;
@@ -257,8 +361,18 @@ async fn developer(
     }
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     let files = Arc::new(if a.gateway.is_some() { Vec::new() } else { collect_files(&a.files)? });
+    let soak = match &a.soak.soak_out {
+        Some(_) => {
+            let run = soak::Run::new(a.soak.clone(), &a.url)?;
+            if a.key.is_none() {
+                a.key = run.key(0);
+            }
+            Some(Arc::new(run))
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let mut headers = reqwest::header::HeaderMap::new();
@@ -278,8 +392,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let a = Arc::new(a);
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs_f64(a.seconds);
+        let side = match &soak {
+            Some(run) => Some(run.start_side(&files, a.key_ms, a.seed, deadline)?),
+            None => None,
+        };
         let devs: Vec<_> = (0..a.developers)
-            .map(|i| tokio::spawn(developer(i, a.clone(), files.clone(), client.clone(), stats.clone(), deadline)))
+            .map(|i| {
+                let d = developer(i, a.clone(), files.clone(), client.clone(), stats.clone(), deadline, soak.clone());
+                tokio::spawn(d)
+            })
             .collect();
         for d in devs {
             let _ = d.await;
@@ -288,7 +409,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mut s = std::mem::take(&mut *stats.lock().unwrap_or_else(|e| e.into_inner()));
         let out = json!({
             "model": model, "developers": a.developers, "seconds": (secs * 10.0).round() / 10.0,
-            "requests_sent": s.sent, "completed": s.completed, "superseded": s.superseded, "errors": s.errors,
+            "requests_sent": s.sent, "completed": s.completed, "superseded": s.superseded,
+            "disconnected": s.disconnected, "errors": s.errors,
             "requests_per_s": ((s.completed as f64 / secs) * 100.0).round() / 100.0,
             "ttft_ms": {"p50": pct(&mut s.ttft_ms, 0.5), "p90": pct(&mut s.ttft_ms, 0.9), "p99": pct(&mut s.ttft_ms, 0.99)},
             "total_ms": {"p50": pct(&mut s.total_ms, 0.5), "p90": pct(&mut s.total_ms, 0.9), "p99": pct(&mut s.total_ms, 0.99)},
@@ -296,8 +418,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "typeahead_hits": s.typeahead,
             "completion_tokens": s.completion_tokens,
         });
-        println!("{out}");
-        anyhow::Ok(())
+        match (soak, side) {
+            (Some(run), Some(side)) => run.finish(&client, side, out).await,
+            _ => {
+                println!("{out}");
+                anyhow::Ok(())
+            }
+        }
     })
 }
 
@@ -328,21 +455,23 @@ async fn throughput(
             }
         })
         .collect();
-    let tokens = |v: &[Streamed]| -> u64 {
+    let tokens = |v: &[Outcome]| -> u64 {
         v.iter()
-            .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
-            .filter_map(|(_, _, l)| l.as_ref()?.usage.as_ref())
+            .filter_map(|r| match r {
+                Outcome::Done { last, .. } => last.as_ref()?.usage.as_ref(),
+                _ => None,
+            })
             .map(|u| u64::from(u.completion_tokens))
             .sum()
     };
     let t = Instant::now();
     let mut seq = Vec::new();
     for b in &bodies {
-        seq.push(one(client, &a.url, a.key.as_deref(), b, None, 0).await);
+        seq.push(one(client, &a.url, a.key.as_deref(), b, None, 0, false).await);
     }
     let seq_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, a.key.as_deref(), b, None, 0)).collect();
+    let futs: Vec<_> = bodies.iter().map(|b| one(client, &a.url, a.key.as_deref(), b, None, 0, false)).collect();
     let conc = futures_util::future::join_all(futs).await;
     let conc_s = t.elapsed().as_secs_f64();
     let (ts, tc) = (tokens(&seq), tokens(&conc));
