@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::prompt::MidLine;
-use crate::upstream::UpstreamKind;
+use crate::upstream::{UpstreamKind, UpstreamPrompt};
 
 /// The type of a resolved option: the value itself when it has a default, else an `Option`.
 macro_rules! resolved_ty {
@@ -138,6 +138,10 @@ serve_options! {
          SGLang or llama-server).";
     upstream_model: String, env "GHOSTLINE_UPSTREAM_MODEL",
         "The model name sent to an openai upstream (vLLM's --served-model-name). Default: none sent.";
+    upstream_prompt: UpstreamPrompt = UpstreamPrompt::Auto => "auto", env "GHOSTLINE_UPSTREAM_PROMPT",
+        "How the prompt goes to the upstream: tokens (token ids), text (text in which the user's code cannot \
+         spell a control token), or auto (token ids, and text from the first time the upstream refuses ids \
+         with 400 / 422 but takes the same request as text, as TGI does).";
     upstream_timeout_ms: u64 = 30_000 => "30000", env "GHOSTLINE_UPSTREAM_TIMEOUT_MS",
         "Longest wait in milliseconds for the upstream's answer to start, and between two of its chunks.";
     shutdown_grace_secs: u64 = 10 => "10", env "GHOSTLINE_SHUTDOWN_GRACE_SECS",
@@ -316,7 +320,9 @@ mod tests {
             toml::from_str("upstream = \"http://127.0.0.1:8080\"\nupstream_kind = \"openai\"").unwrap();
         let s = Settings::resolve(parse(&["--upstream-timeout-ms", "500"]), file);
         assert_eq!((s.upstream.as_deref(), s.upstream_kind), (Some("http://127.0.0.1:8080"), UpstreamKind::OpenAi));
-        assert_eq!(s.upstream_timeout_ms, 500);
+        assert_eq!((s.upstream_timeout_ms, s.upstream_prompt), (500, UpstreamPrompt::Auto));
+        let s = Settings::resolve(parse(&["--upstream-prompt", "text"]), FileConfig::default());
+        assert_eq!(s.upstream_prompt, UpstreamPrompt::Text);
         assert!(Only::try_parse_from(["serve", "--upstream-kind", "vllm"]).is_err(), "an unknown kind is refused");
         assert!(toml::from_str::<FileConfig>("model_nmae = 1").is_err(), "an unknown key is refused");
     }

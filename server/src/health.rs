@@ -1,8 +1,10 @@
-//! Whether this replica should get traffic: it drains after SIGTERM, and it is unhealthy once
-//! the engine has failed beyond recovery. `/ready` reads it, the handlers refuse new work by it,
-//! and `main` stops the process (non-zero) when the engine fails.
+//! Whether this replica should get traffic: it drains after SIGTERM, it is unhealthy once the
+//! engine has failed beyond recovery, and it is not ready while its inference upstream (when it
+//! has one) does not answer its probe. `/ready` reads it, the handlers refuse new work by the
+//! first two, and `main` stops the process (non-zero) when the engine fails.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use tokio::sync::watch;
 
@@ -11,11 +13,13 @@ pub struct Health {
     draining: AtomicBool,
     /// Why the engine failed; the first failure is kept.
     failed: watch::Sender<Option<String>>,
+    /// Why the inference upstream is not answering, while it is not (the last probe's answer).
+    upstream_down: Mutex<Option<String>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { draining: AtomicBool::new(false), failed: watch::Sender::new(None) }
+        Health { draining: AtomicBool::new(false), failed: watch::Sender::new(None), upstream_down: Mutex::new(None) }
     }
 }
 
@@ -45,6 +49,19 @@ impl Health {
         self.failed.borrow().clone()
     }
 
+    /// The upstream's probe answered (`Ok`) or not (`Err(why)`); true when that changed the state.
+    pub fn set_upstream(&self, probe: Result<(), String>) -> bool {
+        let Ok(mut down) = self.upstream_down.lock() else { return false };
+        let changed = down.is_some() != probe.is_err();
+        *down = probe.err();
+        changed
+    }
+
+    /// Why the upstream is not answering, while it is not.
+    pub fn upstream_down(&self) -> Option<String> {
+        self.upstream_down.lock().ok().and_then(|d| d.clone())
+    }
+
     /// Resolves when the engine has failed beyond recovery, with why.
     pub async fn wait_engine_failure(&self) -> String {
         let mut rx = self.failed.subscribe();
@@ -72,5 +89,17 @@ mod tests {
         assert_eq!(rt.block_on(h.wait_engine_failure()), "first");
         h.start_draining();
         assert!(h.draining());
+    }
+
+    #[test]
+    fn the_upstream_state_is_the_last_probe_s_and_changes_are_reported() {
+        let h = Health::default();
+        assert_eq!(h.upstream_down(), None);
+        assert!(h.set_upstream(Err("refused".into())));
+        assert!(!h.set_upstream(Err("timed out".into())), "still down");
+        assert_eq!(h.upstream_down().as_deref(), Some("timed out"));
+        assert!(h.set_upstream(Ok(())));
+        assert!(!h.set_upstream(Ok(())));
+        assert_eq!(h.upstream_down(), None);
     }
 }

@@ -147,6 +147,10 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "model": st.model.name})))
             .into_response();
     }
+    if let Some(why) = st.health.upstream_down() {
+        let body = json!({"status": "upstream_unavailable", "model": st.model.name, "error": why});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({"status": "ready", "model": st.model.name})).into_response()
 }
 

@@ -409,9 +409,11 @@ fn serve(a: Settings) -> anyhow::Result<()> {
                 timeout: Duration::from_millis(a.upstream_timeout_ms.max(1)),
                 max_jobs: a.max_running + a.max_queue,
                 model: a.upstream_model.clone(),
+                prompt: a.upstream_prompt,
             };
             let up = upstream::Upstream::new(cfg, tokenizer)?;
             let served = rt.block_on(up.context_length());
+            up.watch(health.clone());
             tracing::info!(upstream = %backend_desc, context = ?served, "inference goes upstream");
             // The upstream's own limit, when it says, bounds the model's.
             meta.context_length = match (meta.context_length, served) {

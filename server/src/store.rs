@@ -131,7 +131,38 @@ CREATE INDEX completions_key ON completions (key_name, created_ms);
 /// One open connection.
 pub enum Store {
     Sqlite(rusqlite::Connection),
-    Postgres(postgres::Client),
+    Postgres(PgClient),
+}
+
+/// A PostgreSQL connection that can be dropped anywhere. `postgres::Client` closes itself by
+/// blocking on its own runtime, which panics on a thread that is driving a tokio runtime, and the
+/// last reference to the key store goes on such a thread when the server stops after a drain:
+/// there the client is closed on a thread of its own.
+pub struct PgClient(Option<postgres::Client>);
+
+impl std::ops::Deref for PgClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.0.as_ref().expect("a PgClient holds its client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0.as_mut().expect("a PgClient holds its client until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::spawn(move || drop(client));
+            let _ = closing.join();
+        } else {
+            drop(client);
+        }
+    }
 }
 
 /// `?N` placeholders in Postgres' spelling.
@@ -182,7 +213,7 @@ impl Store {
                 }
                 let c =
                     config.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.describe()))?;
-                Store::Postgres(c)
+                Store::Postgres(PgClient(Some(c)))
             }
         };
         store.migrate().with_context(|| format!("migrating {}", target.describe()))?;

@@ -6,11 +6,14 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use common::raw::{awaiting_body, read_until_closed, status_of};
 use common::{add_key, client, free_port, keys, Launch, Postgres, Redis, Server, TempDir};
 use serde_json::{json, Value};
 
@@ -159,6 +162,11 @@ impl Nginx {
         Nginx { child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
     }
 
+    /// What nginx logged (its error log: failed attempts, retries to the next replica).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
+
     fn post(&self, path: &str, key: &str, affinity: &str, body: &Value) -> (u16, Value) {
         let r = client()
             .post(format!("{}{path}", self.base))
@@ -270,4 +278,179 @@ fn three_replicas_behind_nginx_keep_affinity_share_keys_and_cache_and_survive_a_
     let (st, stats) = reps[0].get("/v1/stats?since=1h");
     assert_eq!(st, 200, "{stats}");
     assert_eq!(stats["overall"]["shown"], 2, "the acknowledged events outlive the replica: {stats}");
+}
+
+/// How one request through the balancer ended.
+#[derive(Debug)]
+enum Outcome {
+    /// 200 and the whole answer (a stream up to `[DONE]`).
+    Whole,
+    /// Refused or failed before any of the response came: what a rolling restart must not cause.
+    Failed(String),
+    /// 200, then the stream broke off before `[DONE]`.
+    Cut(String),
+}
+
+/// One completion through the balancer, streamed or not, read to its end.
+fn one_request(lb: &Nginx, key: &str, affinity: &str, prompt: &str, stream: bool) -> Outcome {
+    let body = json!({"prompt": prompt, "max_tokens": 6, "stream": stream});
+    let sent = client()
+        .post(format!("{}/v1/completions", lb.base))
+        .bearer_auth(key)
+        .header("x-ghostline-affinity", affinity)
+        .json(&body)
+        .send();
+    let r = match sent {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("no response: {e}")),
+    };
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Outcome::Failed(format!("{status}: {}", r.text().unwrap_or_default()));
+    }
+    if !stream {
+        return match r.json::<Value>() {
+            Ok(v) if v["choices"][0]["text"].is_string() => Outcome::Whole,
+            other => Outcome::Cut(format!("{other:?}")),
+        };
+    }
+    let mut events = Vec::new();
+    for line in BufReader::new(r).lines() {
+        match line {
+            Ok(l) if l.starts_with("data: ") => events.push(l),
+            Ok(_) => {}
+            Err(e) => return Outcome::Cut(format!("after {} events: {e}", events.len())),
+        }
+    }
+    match events.last().map(String::as_str) {
+        Some("data: [DONE]") => Outcome::Whole,
+        _ => Outcome::Cut(format!("ended without [DONE] after {} events", events.len())),
+    }
+}
+
+/// Sets its flag when dropped (also when a panic unwinds past it).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn served_ok(s: &Server) -> f64 {
+    s.metric("ghostline_requests_total{endpoint=\"/v1/completions\",status=\"200\"}")
+}
+
+/// Polls `done` every 50 ms until it holds; panics with `what` after `secs`.
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what} (waited {secs}s)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_request_that_had_not_started_streaming() {
+    let Some(nginx) = tool("nginx") else {
+        eprintln!("skipped: no nginx (Debian package nginx; tests/run installs it)");
+        return;
+    };
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let url = pg.url();
+    let key = add_key(&["--database", url.as_str()], "team", &[]);
+    let redis_url = redis.url();
+    let launch = |addr: &str| {
+        Launch::new(MODEL)
+            .addr(addr)
+            .args(&["--database", &url, "--redis", &redis_url, "--shutdown-grace-secs", "60"])
+            .args(&["--body-timeout-secs", "60"])
+            .start()
+            .with_key(&key)
+    };
+    let mut reps = [launch("127.0.0.1:0"), launch("127.0.0.1:0"), launch("127.0.0.1:0")];
+    let ports: Vec<u16> = reps.iter().map(|s| s.base.rsplit(':').next().unwrap().parse().unwrap()).collect();
+    let lb = Nginx::start(&nginx, &ports);
+
+    // Six simulated developers, each over eight files (48 affinity keys, so every replica owns
+    // some), send completions back to back for the whole restart; two in three are streamed.
+    let stop = AtomicBool::new(false);
+    let finished = AtomicUsize::new(0);
+    let outcomes = Mutex::new(Vec::new());
+    let held_body = json!({"prompt": "def add(a, b):\n", "max_tokens": 4}).to_string();
+    std::thread::scope(|s| {
+        for w in 0..6 {
+            let (stop, finished, outcomes, lb, key) = (&stop, &finished, &outcomes, &lb, &key);
+            s.spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let affinity = format!("dev{w}-file{}", i % 8);
+                    let prompt = format!("# developer {w}, edit {i}\ndef f{i}(");
+                    let o = one_request(lb, key, &affinity, &prompt, !i.is_multiple_of(3));
+                    outcomes.lock().unwrap().push(o);
+                    finished.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+        // Should an assertion below fail, the load stops, so that the scope ends and the test fails.
+        let _stop_load = StopOnDrop(&stop);
+        wait_until(120, "the load never got going", || finished.load(Ordering::Relaxed) >= 30);
+
+        for (i, &port) in ports.iter().enumerate() {
+            // A request that is running on the replica when SIGTERM comes (its handler waits for
+            // the body) keeps it draining while the load goes on.
+            let mut held = awaiting_body(&reps[i], held_body.len());
+            let pid = reps[i].child.id().to_string();
+            assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+            wait_until(30, "/ready never said 503 after SIGTERM", || reps[i].get("/ready").0 == 503);
+            assert_eq!(reps[i].get("/ready").1["status"], "draining");
+            let r = reps[i].req(reqwest::Method::POST, "/v1/completions").json(&json!({"prompt": "x"})).send().unwrap();
+            assert_eq!(r.status().as_u16(), 503, "new work on a draining replica");
+            assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+            // The balancer keeps answering meanwhile, from the other two.
+            let at = finished.load(Ordering::Relaxed);
+            wait_until(120, "no request got through while a replica drained", || {
+                finished.load(Ordering::Relaxed) >= at + 20
+            });
+            held.write_all(held_body.as_bytes()).unwrap();
+            let (answer, _) = read_until_closed(&mut held);
+            assert_eq!(status_of(&answer), 200, "the request running at SIGTERM: {answer}");
+            wait_until(60, "the drained replica did not exit", || reps[i].child.try_wait().unwrap().is_some());
+            let exit = reps[i].child.wait().unwrap();
+            assert!(exit.success(), "replica {i} exited {exit}");
+
+            // Started again on the same port; the next replica goes only once this one is ready
+            // and the balancer sends it work again.
+            reps[i] = launch(&format!("127.0.0.1:{port}"));
+            wait_until(60, "the restarted replica never got ready", || reps[i].get("/ready").0 == 200);
+            wait_until(120, "the balancer sent the restarted replica nothing", || served_ok(&reps[i]) > 0.0);
+        }
+    });
+
+    let outcomes = outcomes.into_inner().unwrap();
+    let failed: Vec<&String> =
+        outcomes.iter().filter_map(|o| if let Outcome::Failed(m) = o { Some(m) } else { None }).collect();
+    let cut: Vec<&String> =
+        outcomes.iter().filter_map(|o| if let Outcome::Cut(m) = o { Some(m) } else { None }).collect();
+    let whole = outcomes.iter().filter(|o| matches!(o, Outcome::Whole)).count();
+    eprintln!(
+        "rolling restart: {} requests, {whole} whole, {} failed, {} cut",
+        outcomes.len(),
+        failed.len(),
+        cut.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed before their response started: {failed:?}\nnginx: {}",
+        failed.len(),
+        outcomes.len(),
+        lb.log()
+    );
+    // Every stream running at a SIGTERM finished within the grace (60 s).
+    assert!(cut.is_empty(), "{} streams were cut: {cut:?}", cut.len());
+    for (i, s) in reps.iter().enumerate() {
+        assert!(served_ok(s) > 0.0, "replica {i} served nothing after its restart");
+    }
 }

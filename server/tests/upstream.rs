@@ -13,6 +13,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{client, free_port, Launch, Server, TempDir};
+
+/// Polls `done` every 100 ms until it holds; panics with `what` after `secs` (a generous bound:
+/// how fast it happens is not what is tested).
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what} (waited {secs}s)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 use serde_json::{json, Value};
 
 fn env_file(var: &str) -> Option<PathBuf> {
@@ -35,15 +45,21 @@ impl Drop for LlamaServer {
 
 impl LlamaServer {
     fn start(bin: &PathBuf, gguf: &PathBuf) -> LlamaServer {
+        LlamaServer::start_on(bin, gguf, free_port())
+    }
+
+    /// Started on a given port (again, after it was stopped).
+    fn start_on(bin: &PathBuf, gguf: &PathBuf, port: u16) -> LlamaServer {
         let log_dir = TempDir::new("llama-server");
         let log = log_dir.path().join("log");
-        let port = free_port();
         let child = Command::new(bin)
             .args(["-m"])
             .arg(gguf)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             // One thread: on a busy machine llama.cpp's spinning threads lose far more than they gain.
             .args(["-c", "2048", "-np", "1", "-t", "1", "--slots", "--metrics"])
+            // /slots then shows each slot's last prompt, as the text of the tokens it computed on.
+            .env("LLAMA_SERVER_SLOTS_DEBUG", "1")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::File::create(log.with_extension("err")).unwrap()))
             .spawn()
@@ -65,6 +81,12 @@ impl LlamaServer {
         let r = client().post(format!("{}{path}", self.base)).json(&body).send().unwrap();
         assert_eq!(r.status().as_u16(), 200);
         r.json().unwrap()
+    }
+
+    /// The ids llama-server makes of `text` in a prompt (special-token text parsed, as in prompts).
+    fn tokenize(&self, text: &str) -> Vec<u64> {
+        let v = self.post("/tokenize", json!({"content": text, "parse_special": true}));
+        v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
     }
 
     /// llama_decode() calls so far: it grows by one for every token the engine generates.
@@ -203,6 +225,77 @@ fn a_gateway_to_llama_server_answers_as_it_does_and_its_cancellations_reach_it()
     assert!(native.metric("ghostline_cancelled_total") >= 1.0);
 }
 
+#[test]
+fn ready_follows_the_upstream_down_and_up_again_while_health_stays_200() {
+    let (Some(bin), Some(gguf)) = (env_file("GHOSTLINE_LLAMA_SERVER"), env_file("GHOSTLINE_SMOLLM2_GGUF")) else {
+        eprintln!(
+            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
+             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
+        );
+        return;
+    };
+    let mut ls = LlamaServer::start(&bin, &gguf);
+    let port: u16 = ls.base.rsplit(':').next().unwrap().parse().unwrap();
+    let model = gguf.to_str().unwrap();
+    for kind in ["llama-cpp", "openai"] {
+        let g = gateway(model, &ls.base, kind, &["--open-metrics"]);
+        wait_until(60, &format!("{kind}: /ready never said 200 with the upstream up"), || g.get("/ready").0 == 200);
+        assert_eq!(g.metric("ghostline_upstream_up"), 1.0, "{kind}");
+        // The upstream goes away: not ready (with why), still alive.
+        drop(ls);
+        wait_until(60, &format!("{kind}: /ready still 200 with the upstream gone"), || g.get("/ready").0 == 503);
+        let (_, ready) = g.get("/ready");
+        assert_eq!(ready["status"], "upstream_unavailable", "{ready}");
+        assert!(ready["error"].as_str().is_some_and(|e| e.contains(&port.to_string())), "{ready}");
+        assert_eq!(g.get("/health").0, 200, "liveness does not depend on the upstream");
+        assert_eq!(g.metric("ghostline_upstream_up"), 0.0, "{kind}");
+        // Back on the same port: ready again.
+        ls = LlamaServer::start_on(&bin, &gguf, port);
+        wait_until(60, &format!("{kind}: /ready not 200 again after the upstream came back"), || {
+            g.get("/ready").0 == 200
+        });
+        assert_eq!(g.metric("ghostline_upstream_up"), 1.0, "{kind}");
+        let v = g.complete(json!({"prompt": "def f():\n", "max_tokens": 2, "temperature": 0}));
+        assert_eq!(v["choices"][0]["finish_reason"], json!("length"), "{kind}: {v}");
+    }
+}
+
+#[test]
+fn text_prompts_complete_as_token_prompts_do_and_user_code_cannot_spell_a_control_token() {
+    let (Some(bin), Some(gguf)) = (env_file("GHOSTLINE_LLAMA_SERVER"), env_file("GHOSTLINE_SMOLLM2_GGUF")) else {
+        eprintln!(
+            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
+             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
+        );
+        return;
+    };
+    let ls = LlamaServer::start(&bin, &gguf);
+    let model = gguf.to_str().unwrap();
+    let tokens = gateway(model, &ls.base, "openai", &["--upstream-prompt", "tokens"]);
+    let text = gateway(model, &ls.base, "openai", &["--upstream-prompt", "text"]);
+    // Ordinary prompts: the same greedy completion either way.
+    for prompt in ["def fibonacci(n):\n", "import os\nimport sys\n\ndef main(", "class Point:\n    def __init__(self"] {
+        let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0});
+        let (a, b) = (tokens.complete(body.clone()), text.complete(body));
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{prompt:?}: {a} / {b}");
+        assert!(!a["choices"][0]["text"].as_str().unwrap().is_empty(), "{a}");
+    }
+    // Code that spells a control token (SmolLM2's <|im_start|>, one id when parsed as special).
+    let control = ls.tokenize("<|im_start|>");
+    assert_eq!(control.len(), 1, "{control:?}");
+    let code = "marker = '<|im_start|>'\nprint(marker)\n";
+    assert!(ls.tokenize(code).contains(&control[0]), "sent as plain text, the code would hold the control token");
+    text.complete(json!({"prompt": code, "max_tokens": 4, "temperature": 0}));
+    ls.wait_idle();
+    let slots: Value = client().get(format!("{}/slots", ls.base)).send().unwrap().json().unwrap();
+    let computed = slots[0]["prompt"].as_str().unwrap_or_else(|| panic!("no prompt in /slots: {slots}"));
+    assert!(computed.contains("marker = '<\u{200B}|im_start|>'"), "the upstream computed on {computed:?}");
+    assert!(
+        !ls.tokenize(computed).contains(&control[0]),
+        "the upstream's prompt holds the control token: {computed:?}"
+    );
+}
+
 /// A directory with the tokenizer files of the bundled model and nothing else: no config.json,
 /// no weights.
 fn tokenizer_only() -> TempDir {
@@ -238,6 +331,10 @@ fn an_upstream_that_is_down_or_silent_gets_a_503_with_retry_after_never_a_hang()
     for stream in [false, true] {
         assert_unavailable(&g, stream, "cannot be reached");
     }
+    // Not ready, and says why; alive all the same.
+    let (status, ready) = g.get("/ready");
+    assert_eq!((status, &ready["status"]), (503, &json!("upstream_unavailable")), "{ready}");
+    assert_eq!(g.get("/health").0, 200);
     drop(g);
 
     // Silent: the upstream accepts the connection and never answers.

@@ -11,7 +11,14 @@
 //! (`--upstream-timeout-ms`): for the response to start, and between two chunks of it. An
 //! upstream that cannot be reached, or refuses with 502 / 503 / 504 / 429, before anything was
 //! streamed is `Event::Unavailable` (the client gets 503 with `Retry-After`).
+//!
+//! Readiness: `watch` probes the upstream every [`PROBE_EVERY`] (llama-server's `/health`, an
+//! OpenAI-style server's `/v1/models`), each probe bounded by [`PROBE_TIMEOUT`] (or the upstream
+//! timeout when shorter), and keeps `Health` and the `ghostline_upstream_up` gauge on the last
+//! answer, so that `/ready` answers 503 while the upstream is down and a balancer or Kubernetes
+//! sends the replica nothing meanwhile.
 
+pub mod text;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -24,8 +31,14 @@ use ghostline_api::FinishReason;
 use ghostline_engine::{StreamDecoder, Tokenizer};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::health::Health;
 use crate::inference::{Event, Events, Inference, Job, Output, SubmitError, Summary};
-pub use wire::UpstreamKind;
+pub use wire::{UpstreamKind, UpstreamPrompt};
+
+/// How often the upstream's readiness is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// The longest one probe waits (the upstream timeout when that is shorter).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where the upstream is and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -39,6 +52,8 @@ pub struct UpstreamConfig {
     pub max_jobs: usize,
     /// The model name the upstream serves it under (OpenAI kind), when it must be named.
     pub model: Option<String>,
+    /// Token ids, text, or ids until the upstream refuses them.
+    pub prompt: UpstreamPrompt,
 }
 
 /// The upstream `Inference`.
@@ -56,6 +71,8 @@ struct Shared {
     next_id: AtomicU64,
     /// The live job of each supersession key and how to cancel it.
     live: Mutex<HashMap<SupersedeKey, (u64, oneshot::Sender<()>)>>,
+    /// Prompts go as text (`--upstream-prompt text`, or `auto` once the upstream refused ids).
+    text_prompts: AtomicBool,
 }
 
 /// (user, path), as in `Job::supersede_key`.
@@ -84,6 +101,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(3))
             .build()?;
         let endpoint = format!("{base}{}", cfg.kind.path());
+        let text_first = cfg.prompt == UpstreamPrompt::Text;
         let shared = Shared {
             cfg,
             endpoint,
@@ -92,6 +110,7 @@ impl Upstream {
             jobs: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
+            text_prompts: AtomicBool::new(text_first),
         };
         Ok(Upstream { shared: Arc::new(shared), rt: tokio::runtime::Handle::current() })
     }
@@ -108,6 +127,56 @@ impl Upstream {
         let get = sh.client.get(format!("{base}{path}")).timeout(sh.cfg.timeout.min(Duration::from_secs(5))).send();
         let v: serde_json::Value = get.await.ok()?.json().await.ok()?;
         v.pointer(pointer).and_then(serde_json::Value::as_u64).map(|n| n as usize).filter(|&n| n > 0)
+    }
+}
+
+impl Upstream {
+    /// Probes the upstream now and every [`PROBE_EVERY`] from then on, for as long as the
+    /// runtime runs, keeping `health` (what `/ready` answers) and `ghostline_upstream_up` on the
+    /// last probe's answer. Until the first probe has answered the upstream counts as down.
+    pub fn watch(&self, health: Arc<Health>) {
+        health.set_upstream(Err("not probed yet".into()));
+        metrics::gauge!("ghostline_upstream_up").set(0.0);
+        let sh = self.shared.clone();
+        self.rt.spawn(async move {
+            let mut every = tokio::time::interval(PROBE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = true;
+            loop {
+                every.tick().await;
+                let probe = probe(&sh).await;
+                metrics::gauge!("ghostline_upstream_up").set(if probe.is_ok() { 1.0 } else { 0.0 });
+                let why = probe.as_ref().err().cloned();
+                if health.set_upstream(probe) || first {
+                    match why {
+                        None => tracing::info!(upstream = %sh.cfg.url, "the upstream answers: ready"),
+                        Some(why) => tracing::warn!(upstream = %sh.cfg.url, "not ready: {why}"),
+                    }
+                }
+                first = false;
+            }
+        });
+    }
+}
+
+/// One readiness probe: a GET of the kind's probe path that must answer 2xx in time.
+async fn probe(sh: &Shared) -> Result<(), String> {
+    let url = format!("{}{}", sh.cfg.url.trim_end_matches('/'), sh.cfg.kind.probe_path());
+    let wait = sh.cfg.timeout.min(PROBE_TIMEOUT);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match sh.client.get(&url).timeout(wait).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => return Err(format!("the upstream's {url} answered {}", r.status())),
+            Err(e) if e.is_timeout() => {
+                return Err(format!("the upstream's {url} did not answer within {:.1}s", wait.as_secs_f64()))
+            }
+            // A pooled connection the upstream closed meanwhile fails at once: one more try on a
+            // new connection, as for completions.
+            Err(_) if tries == 1 => continue,
+            Err(e) => return Err(format!("the upstream cannot be reached at {url}: {}", error_chain(&e))),
+        }
     }
 }
 
@@ -379,15 +448,55 @@ async fn first_token(sh: &Shared, job: &Job, prompt: &[u32], allowed: &[u32], se
     })
 }
 
-/// Sends one request and waits for its response to start.
+/// Sends one request and waits for its response to start. The prompt goes as ids, or as text
+/// (`text::render`) when told or once the upstream has refused ids (`--upstream-prompt auto`:
+/// a 400 / 422 to ids that the same request as text does not get).
 async fn open(sh: &Shared, ask: &wire::Ask<'_>) -> Result<reqwest::Response, Fail> {
-    let body = wire::body(sh.cfg.kind, ask);
-    let secs = sh.cfg.timeout.as_secs_f64();
     let deadline = tokio::time::Instant::now() + sh.cfg.timeout;
+    let as_text = || text::render(&sh.tok, ask.prompt).map_err(Fail::Broken);
+    let sending_text = sh.text_prompts.load(Ordering::Acquire);
+    let first = if sending_text {
+        post(sh, &wire::body(sh.cfg.kind, ask, Some(&as_text()?)), deadline).await?
+    } else {
+        post(sh, &wire::body(sh.cfg.kind, ask, None), deadline).await?
+    };
+    let (status, said) = match first {
+        Ok(r) => return Ok(r),
+        Err(refused) => refused,
+    };
+    if !sending_text && sh.cfg.prompt.retries_as_text(status) {
+        if let Ok(r) = post(sh, &wire::body(sh.cfg.kind, ask, Some(&as_text()?)), deadline).await? {
+            if !sh.text_prompts.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    upstream = %sh.endpoint,
+                    "the upstream refused a prompt of token ids ({status}: {said}) and took it as text: \
+                     prompts go as text from now on"
+                );
+                metrics::counter!("ghostline_upstream_text_fallback_total").increment(1);
+            }
+            return Ok(r);
+        }
+    }
+    let m = format!("the upstream answered {status}: {said}");
+    if matches!(status, 429 | 502 | 503 | 504) {
+        Err(Fail::Down(m))
+    } else {
+        Err(Fail::Broken(m))
+    }
+}
+
+/// Posts one body; a response that is not a success comes back as its status and (the start
+/// of) its text.
+async fn post(
+    sh: &Shared,
+    body: &serde_json::Value,
+    deadline: tokio::time::Instant,
+) -> Result<Result<reqwest::Response, (u16, String)>, Fail> {
+    let secs = sh.cfg.timeout.as_secs_f64();
     let mut tries = 0;
     let resp = loop {
         tries += 1;
-        let send = sh.client.post(&sh.endpoint).json(&body).send();
+        let send = sh.client.post(&sh.endpoint).json(body).send();
         match tokio::time::timeout_at(deadline, send).await {
             Err(_) => return Err(Fail::Down(format!("the upstream did not answer within {secs:.1}s"))),
             // A kept-alive connection the upstream closed meanwhile fails at once; one retry goes
@@ -399,16 +508,10 @@ async fn open(sh: &Shared, ask: &wire::Ask<'_>) -> Result<reqwest::Response, Fai
     };
     let status = resp.status();
     if status.is_success() {
-        return Ok(resp);
+        return Ok(Ok(resp));
     }
     let text = tokio::time::timeout(sh.cfg.timeout, resp.text()).await.ok().and_then(Result::ok).unwrap_or_default();
-    let text: String = text.chars().take(300).collect();
-    let m = format!("the upstream answered {status}: {text}");
-    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-        Err(Fail::Down(m))
-    } else {
-        Err(Fail::Broken(m))
-    }
+    Ok(Err((status.as_u16(), text.chars().take(300).collect())))
 }
 
 /// The response's next bytes, or `None` at its end; a stall longer than the timeout fails.

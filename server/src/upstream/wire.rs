@@ -1,9 +1,10 @@
 //! What goes over the wire to an inference upstream and back, for each kind, as pure functions:
-//! the request body of one candidate and the reading of one streamed chunk. The prompt always
-//! travels as token ids (llama.cpp's `/completion` and the OpenAI-style `/v1/completions` of
-//! vLLM, SGLang and llama.cpp all take `prompt` as a list of ints), so no text of a request can
-//! become a control token upstream, and the upstream computes on exactly the ids the gateway
-//! counted, healed and cached.
+//! the request body of one candidate and the reading of one streamed chunk. The prompt travels
+//! as token ids where the engine takes them (llama.cpp's `/completion` and the OpenAI-style
+//! `/v1/completions` of vLLM, SGLang and llama.cpp take `prompt` as a list of ints), so no text
+//! of a request can become a control token upstream, and the upstream computes on exactly the
+//! ids the gateway counted, healed and cached; else as text rendered by `text::render`
+//! (`--upstream-prompt`, [`UpstreamPrompt`]).
 
 use ghostline_api::FinishReason;
 use ghostline_engine::SamplingParams;
@@ -31,6 +32,38 @@ impl std::str::FromStr for UpstreamKind {
     }
 }
 
+/// How the prompt goes to the upstream (`--upstream-prompt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamPrompt {
+    /// Token ids, always.
+    Tokens,
+    /// Text whose user parts cannot turn into control tokens (`text::render`), always.
+    Text,
+    /// Token ids; text from the first time the upstream refuses a token-id prompt (400 / 422)
+    /// and takes the same request as text.
+    Auto,
+}
+
+impl std::str::FromStr for UpstreamPrompt {
+    type Err = String;
+    fn from_str(s: &str) -> Result<UpstreamPrompt, String> {
+        match s {
+            "tokens" => Ok(UpstreamPrompt::Tokens),
+            "text" => Ok(UpstreamPrompt::Text),
+            "auto" => Ok(UpstreamPrompt::Auto),
+            _ => Err(format!("unknown upstream prompt form {s:?}: expected tokens, text or auto")),
+        }
+    }
+}
+
+impl UpstreamPrompt {
+    /// Whether an upstream's refusal of a token-id prompt with `status` is worth trying as text.
+    pub fn retries_as_text(self, status: u16) -> bool {
+        self == UpstreamPrompt::Auto && matches!(status, 400 | 422)
+    }
+}
+
 impl UpstreamKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +77,15 @@ impl UpstreamKind {
         match self {
             UpstreamKind::LlamaCpp => "/completion",
             UpstreamKind::OpenAi => "/v1/completions",
+        }
+    }
+
+    /// What the readiness probe asks: llama-server's `/health` (503 while it loads the model),
+    /// the model list of an OpenAI-style server.
+    pub fn probe_path(self) -> &'static str {
+        match self {
+            UpstreamKind::LlamaCpp => "/health",
+            UpstreamKind::OpenAi => "/v1/models",
         }
     }
 }
@@ -66,11 +108,15 @@ pub struct Ask<'a> {
     pub model: Option<&'a str>,
 }
 
-/// The JSON body of one candidate's streamed request.
-pub fn body(kind: UpstreamKind, a: &Ask<'_>) -> Value {
+/// The JSON body of one candidate's streamed request: the prompt as `a.prompt`'s ids, or as
+/// `text` (their rendering) when given.
+pub fn body(kind: UpstreamKind, a: &Ask<'_>, text: Option<&str>) -> Value {
     let s = a.sampling;
     let mut m = Map::new();
-    m.insert("prompt".into(), json!(a.prompt));
+    match text {
+        Some(t) => m.insert("prompt".into(), json!(t)),
+        None => m.insert("prompt".into(), json!(a.prompt)),
+    };
     m.insert("stream".into(), json!(true));
     m.insert("temperature".into(), json!(s.temperature.max(0.0)));
     m.insert("top_p".into(), json!(s.top_p));
@@ -220,14 +266,15 @@ mod tests {
             favour: &[42],
             model: Some("m"),
         };
-        let l = body(UpstreamKind::LlamaCpp, &ask);
+        let l = body(UpstreamKind::LlamaCpp, &ask, None);
         assert_eq!(l["prompt"], json!([1, 2, 3]));
         assert_eq!((l["n_predict"].as_u64(), l["top_k"].as_u64(), l["seed"].as_u64()), (Some(16), Some(0), Some(8)));
         assert_eq!(l["return_tokens"], json!(true));
         assert_eq!(l["logit_bias"], json!({"42": FIRST_TOKEN_BIAS}));
         assert!(l.get("model").is_none() && l.get("suffix").is_none());
-        let o = body(UpstreamKind::OpenAi, &ask);
+        let o = body(UpstreamKind::OpenAi, &ask, None);
         assert_eq!((o["max_tokens"].as_u64(), o["top_k"].as_i64()), (Some(16), Some(-1)));
+        assert_eq!(body(UpstreamKind::OpenAi, &ask, Some("def f(")).get("prompt"), Some(&json!("def f(")));
         assert_eq!((o["stop_token_ids"].clone(), o["model"].clone()), (json!([0, 2]), json!("m")));
         assert!(o.get("suffix").is_none(), "OpenAI-style engines refuse suffix");
     }
@@ -270,5 +317,16 @@ mod tests {
         assert_eq!(s.push(b":1}\n\n: ping\n\ndata:[DONE]\r\n"), vec!["{\"a\":1}".to_string(), "[DONE]".to_string()]);
         assert_eq!("llama-cpp".parse::<UpstreamKind>(), Ok(UpstreamKind::LlamaCpp));
         assert!("vllm".parse::<UpstreamKind>().unwrap_err().contains("llama-cpp or openai"));
+        assert_eq!("auto".parse::<UpstreamPrompt>(), Ok(UpstreamPrompt::Auto));
+        assert!("ids".parse::<UpstreamPrompt>().unwrap_err().contains("tokens, text or auto"));
+    }
+
+    #[test]
+    fn only_auto_turns_to_text_and_only_on_a_refusal_of_the_request() {
+        assert!(UpstreamPrompt::Auto.retries_as_text(400) && UpstreamPrompt::Auto.retries_as_text(422));
+        for status in [401, 404, 413, 429, 500, 503] {
+            assert!(!UpstreamPrompt::Auto.retries_as_text(status), "{status}");
+        }
+        assert!(!UpstreamPrompt::Tokens.retries_as_text(422) && !UpstreamPrompt::Text.retries_as_text(422));
     }
 }

@@ -93,11 +93,13 @@ pub struct Launch<'a> {
     pub data_dir: Option<&'a Path>,
     /// Where stderr goes (inherited when None).
     pub stderr: Option<&'a Path>,
+    /// The address to listen on; a free loopback port when None.
+    pub addr: Option<String>,
 }
 
 impl<'a> Launch<'a> {
     pub fn new(model: &'a str) -> Launch<'a> {
-        Launch { model, args: Vec::new(), envs: Vec::new(), data_dir: None, stderr: None }
+        Launch { model, args: Vec::new(), envs: Vec::new(), data_dir: None, stderr: None, addr: None }
     }
     pub fn args(mut self, a: &[&str]) -> Self {
         self.args.extend(a.iter().map(|s| s.to_string()));
@@ -115,6 +117,11 @@ impl<'a> Launch<'a> {
         self.stderr = Some(p);
         self
     }
+    /// Listen on this address (a replica started again on its port).
+    pub fn addr(mut self, a: &str) -> Self {
+        self.addr = Some(a.to_string());
+        self
+    }
     pub fn start(self) -> Server {
         let own = self.data_dir.is_none().then(|| TempDir::new("data"));
         let dir = self.data_dir.unwrap_or_else(|| own.as_ref().unwrap().path());
@@ -125,7 +132,7 @@ impl<'a> Launch<'a> {
         let mut child = bin()
             .env("GHOSTLINE_LOG", "warn")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+            .args(["serve", "--addr", self.addr.as_deref().unwrap_or("127.0.0.1:0"), "--model"])
             .arg(fixture(self.model))
             .args(["--threads", "2", "--data-dir"])
             .arg(dir)

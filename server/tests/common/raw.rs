@@ -35,12 +35,14 @@ pub fn status_of(response: &str) -> u16 {
 }
 
 /// A connection whose `POST /v1/completions` handler is waiting for a body of `len` bytes:
-/// hyper sends `100 Continue` when the handler starts reading it, which this waits for.
+/// hyper sends `100 Continue` when the handler starts reading it, which this waits for. The
+/// server's key, when it has one, goes in `Authorization`.
 pub fn awaiting_body(s: &Server, len: usize) -> TcpStream {
     let mut c = connect(s);
+    let auth = s.key.as_ref().map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     write!(
         c,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n\
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nExpect: 100-continue\r\n\
          Content-Length: {len}\r\n\r\n"
     )
     .unwrap();
