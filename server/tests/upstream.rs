@@ -29,6 +29,19 @@ fn env_file(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file())
 }
 
+/// The llama-server binary and the SmolLM2 GGUF file the tests on a real upstream need, or
+/// `None` after saying how to get them (the test is then skipped).
+fn llama_server_and_gguf() -> Option<(PathBuf, PathBuf)> {
+    let found = env_file("GHOSTLINE_LLAMA_SERVER").zip(env_file("GHOSTLINE_SMOLLM2_GGUF"));
+    if found.is_none() {
+        eprintln!(
+            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
+             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
+        );
+    }
+    found
+}
+
 /// A real llama-server on a loopback port, one slot, with its /slots and /metrics endpoints.
 struct LlamaServer {
     child: Child,
@@ -141,13 +154,7 @@ const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,";
 
 #[test]
 fn a_gateway_to_llama_server_answers_as_it_does_and_its_cancellations_reach_it() {
-    let (Some(bin), Some(gguf)) = (env_file("GHOSTLINE_LLAMA_SERVER"), env_file("GHOSTLINE_SMOLLM2_GGUF")) else {
-        eprintln!(
-            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
-             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
-        );
-        return;
-    };
+    let Some((bin, gguf)) = llama_server_and_gguf() else { return };
     let ls = LlamaServer::start(&bin, &gguf);
     let model = gguf.to_str().unwrap();
     let native = gateway(model, &ls.base, "llama-cpp", &["--max-tokens-limit", "1500"]);
@@ -227,13 +234,7 @@ fn a_gateway_to_llama_server_answers_as_it_does_and_its_cancellations_reach_it()
 
 #[test]
 fn ready_follows_the_upstream_down_and_up_again_while_health_stays_200() {
-    let (Some(bin), Some(gguf)) = (env_file("GHOSTLINE_LLAMA_SERVER"), env_file("GHOSTLINE_SMOLLM2_GGUF")) else {
-        eprintln!(
-            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
-             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
-        );
-        return;
-    };
+    let Some((bin, gguf)) = llama_server_and_gguf() else { return };
     let mut ls = LlamaServer::start(&bin, &gguf);
     let port: u16 = ls.base.rsplit(':').next().unwrap().parse().unwrap();
     let model = gguf.to_str().unwrap();
@@ -262,13 +263,7 @@ fn ready_follows_the_upstream_down_and_up_again_while_health_stays_200() {
 
 #[test]
 fn text_prompts_complete_as_token_prompts_do_and_user_code_cannot_spell_a_control_token() {
-    let (Some(bin), Some(gguf)) = (env_file("GHOSTLINE_LLAMA_SERVER"), env_file("GHOSTLINE_SMOLLM2_GGUF")) else {
-        eprintln!(
-            "skipped: set GHOSTLINE_LLAMA_SERVER to a llama-server binary and GHOSTLINE_SMOLLM2_GGUF to \
-             SmolLM2-135M-Instruct.Q4_1.gguf (tests/run does both)"
-        );
-        return;
-    };
+    let Some((bin, gguf)) = llama_server_and_gguf() else { return };
     let ls = LlamaServer::start(&bin, &gguf);
     let model = gguf.to_str().unwrap();
     let tokens = gateway(model, &ls.base, "openai", &["--upstream-prompt", "tokens"]);
