@@ -62,11 +62,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free loopback port (nothing answers on it).
+# A free loopback port (nothing answers on it), below the kernel's ephemeral range so that no
+# outgoing connection of another program holds it.
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % 22000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
 }
@@ -77,11 +78,26 @@ pgurl="postgres://ghostline@127.0.0.1:$pgport/postgres"
 now_ms() { date +%s%3N; }
 mark() { echo "$(now_ms) $*" >>"$out/phases.log"; }
 
+# start_redis [first]: Redis on $rport. The first start may move to another port when the
+# chosen one was taken meanwhile; a restart keeps the port the server was given.
 start_redis() {
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >>"$out/redis.log" 2>&1 &
-  rpid=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && return; sleep 0.1; done
-  echo "redis-server did not start" >&2
+  local try
+  for try in 1 2 3 4 5; do
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >>"$out/redis.log" 2>&1 &
+    rpid=$!
+    for _ in $(seq 300); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && return
+      kill -0 "$rpid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$rpid" 2>/dev/null; then break; fi
+    wait "$rpid" 2>/dev/null || true
+    [ "${1:-}" = first ] || break
+    echo "redis-server on port $rport exited (try $try); trying another port" >>"$out/redis.log"
+    rport="$(free_port)"
+  done
+  echo "redis-server did not start on port $rport; its log ($out/redis.log) ends:" >&2
+  tail -n 20 "$out/redis.log" >&2
   exit 1
 }
 pg_ctl() { "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" "$@" >>"$out/pg_ctl.log" 2>&1; }
@@ -109,7 +125,7 @@ at() {
   if [ "$left" -gt 0 ]; then sleep "$(awk -v l="$left" 'BEGIN { printf "%.3f", l / 1000 }')"; fi
 }
 
-start_redis
+start_redis first
 "${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U ghostline --no-sync --no-instructions >>"$out/pg_ctl.log" 2>&1
 start_pg
 : >"$tmp/keys"

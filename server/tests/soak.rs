@@ -44,11 +44,13 @@ fn faults_during_typing_lose_no_acknowledged_telemetry_fail_nothing_on_redis_and
     let log = |name: &str| std::fs::read_to_string(out.path().join(name)).unwrap_or_default();
     assert!(
         run.status.success(),
-        "soak.sh failed: {}\n{}\nbench: {}\nserver: {}",
+        "soak.sh failed: {}\n{}\nbench: {}\nserver: {}\nredis: {}\npg_ctl: {}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr),
         log("bench.err"),
-        log("server.log")
+        log("server.log"),
+        log("redis.log"),
+        log("pg_ctl.log")
     );
     let text = log("report.json");
     let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("report.json: {e}: {text}"));

@@ -188,4 +188,14 @@ fn main() {
         "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"peak_rss_mib\":{:.1}}}",
         peak_rss_mib()
     );
+    // After the peak: what the tokenizer's copy for untrusted text would add, which is made only
+    // once some text spells a special token.
+    if let Some(special) = ckpt.tokenizer.special_tokens().keys().next() {
+        let before = status_mib("RssAnon:");
+        let _ = ckpt.tokenizer.encode_text(special, false);
+        eprintln!(
+            "the tokenizer's copy for text that spells a special token ({special:?}): +{:.1} MiB anonymous",
+            status_mib("RssAnon:") - before
+        );
+    }
 }

@@ -183,10 +183,13 @@ impl Backend {
             let (mut file, config) = crate::gguf::open_model(dir)?;
             let model = Model::from_gguf(&mut file, config, format)?;
             let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
+            drop(file);
+            crate::release_freed_heap();
             return Ok((Backend::cpu(model), tokenizer));
         }
         let backend = Backend::load_as(dir, device, format)?;
         let tokenizer = Tokenizer::load(dir, &backend.config().eos_token_ids)?;
+        crate::release_freed_heap();
         Ok((backend, tokenizer))
     }
 

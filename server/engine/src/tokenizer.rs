@@ -13,8 +13,8 @@ use crate::error::{io_err, EngineError, Result};
 /// A loaded tokenizer with the checkpoint's special-token conventions.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// The same tokenizer with special tokens' text encoded as text (`encode_text`).
-    text_only: tokenizers::Tokenizer,
+    /// How untrusted text is encoded (`encode_text`).
+    text_only: TextOnly,
     /// Ids that end generation: generation_config's `eos_token_id` (one or several), the
     /// tokenizer config's `eos_token`, and config.json's `eos_token_id`.
     pub eos_ids: Vec<u32>,
@@ -115,7 +115,7 @@ impl Tokenizer {
             .and_then(|tc| named(tc.get("bos_token")))
             .or_else(|| gc.as_ref().and_then(|gc| token_ids(gc.get("bos_token_id"))).and_then(|v| v.first().copied()));
         let add_bos = tc.as_ref().and_then(|tc| tc.get("add_bos_token")).and_then(Value::as_bool);
-        Ok(Tokenizer { text_only: text_only(&inner), inner, eos_ids, bos_id, add_bos, special })
+        Ok(Tokenizer { text_only: TextOnly::new(&inner), inner, eos_ids, bos_id, add_bos, special })
     }
 
     /// A tokenizer from an already built `tokenizers` model with its special-token conventions:
@@ -138,7 +138,7 @@ impl Tokenizer {
         for (content, id) in special {
             map.insert(content.clone(), *id);
         }
-        Tokenizer { text_only: text_only(&inner), inner, eos_ids, bos_id, add_bos, special: map }
+        Tokenizer { text_only: TextOnly::new(&inner), inner, eos_ids, bos_id, add_bos, special: map }
     }
 
     /// Encodes text with the tokenizer's post-processor (BOS for Llama-style tokenizers) when
@@ -150,7 +150,15 @@ impl Tokenizer {
     /// Encodes untrusted text (a user's code): special-token text such as `<|endoftext|>` stays
     /// text, so that only ids a caller puts in (a template's markers, BOS) are control tokens.
     pub fn encode_text(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        self.encode_with(&self.text_only, text, add_special_tokens)
+        if self.text_only.same_as_inner(text) {
+            return self.encode_with(&self.inner, text, add_special_tokens);
+        }
+        let copy = self.text_only.copy.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        self.encode_with(copy, text, add_special_tokens)
     }
 
     fn encode_with(&self, inner: &tokenizers::Tokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -257,11 +265,34 @@ impl StreamDecoder {
     }
 }
 
-/// A copy of `inner` that reads special tokens' text as plain text (for untrusted input).
-fn text_only(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
-    let mut t = inner.clone();
-    t.set_encode_special_tokens(true);
-    t
+/// Untrusted text is encoded with special tokens' text read as plain text. That takes a copy of
+/// the tokenizer with `set_encode_special_tokens(true)`, as large as the tokenizer itself
+/// (vocabulary, merges, cache: several MiB for a 50k vocabulary). The copy encodes differently
+/// only where the text holds a special token's content, so it is made the first time some text
+/// does; until then (most servers, always) the one tokenizer serves both.
+struct TextOnly {
+    /// The contents of the special added tokens, matched on the raw text.
+    specials: Vec<String>,
+    /// A special token is matched after normalisation, where a raw match says nothing: the
+    /// copy is then always used.
+    always: bool,
+    copy: std::sync::OnceLock<tokenizers::Tokenizer>,
+}
+
+impl TextOnly {
+    fn new(inner: &tokenizers::Tokenizer) -> TextOnly {
+        let special: Vec<_> = inner.get_added_tokens_decoder().into_values().filter(|t| t.special).collect();
+        TextOnly {
+            always: special.iter().any(|t| t.normalized),
+            specials: special.into_iter().map(|t| t.content).filter(|c| !c.is_empty()).collect(),
+            copy: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether `text` encodes the same with special tokens read as text as without.
+    fn same_as_inner(&self, text: &str) -> bool {
+        !self.always && !self.specials.iter().any(|s| text.contains(s.as_str()))
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +310,25 @@ mod text_tests {
         assert!(!plain.iter().any(|i| special.contains(i)), "{plain:?}");
         assert_eq!(tok.decode(&plain, false).unwrap(), text);
         assert_eq!(tok.encode_text("def f(x):", false).unwrap(), tok.encode("def f(x):", false).unwrap());
+    }
+
+    #[test]
+    fn the_text_only_copy_is_made_only_for_text_that_spells_a_special_token() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied-bf16");
+        let tok = Tokenizer::load(&dir, &[]).unwrap();
+        // Text with a special token's pieces but not its whole content (`<|` and `endoftext`):
+        // one tokenizer serves, and gives what the copy gives.
+        let near = "a = \"<|\" + \"endoftext|>\"  # <|fim_ prefix";
+        let plain = tok.encode_text(near, false).unwrap();
+        assert!(tok.text_only.copy.get().is_none());
+        let mut copy = tok.inner.clone();
+        copy.set_encode_special_tokens(true);
+        assert_eq!(copy.encode_fast(near, false).unwrap().get_ids(), plain.as_slice());
+        // The first text that spells one makes the copy.
+        let spelled = "x = \"<|fim_middle|>\"";
+        let ids = tok.encode_text(spelled, false).unwrap();
+        assert!(tok.text_only.copy.get().is_some());
+        assert_eq!(copy.encode_fast(spelled, false).unwrap().get_ids(), ids.as_slice());
+        assert_ne!(ids, tok.encode(spelled, false).unwrap());
     }
 }
