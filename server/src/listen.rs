@@ -4,19 +4,26 @@
 //! keep-alive connection is held), and drains on shutdown: connections accepted before it finish
 //! their answers, connections accepted during it get one answer (a 503 from the handlers, which
 //! read `Health`) and are closed, and the loop ends when the first have all closed or the grace
-//! period is over. Slow or silent clients hold a connection slot for the header timeout at most,
+//! period is over. A connection accepted before the drain that has not begun a request yet is not
+//! closed at once: its client may have sent one that is still on its way, so it too gets one
+//! answer (or the header timeout). Slow or silent clients hold a connection slot for the header timeout at most,
 //! so they cannot starve the others.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tower_service::Service;
 
 /// How connections are bounded.
 #[derive(Debug, Clone)]
@@ -93,7 +100,9 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(!draining);
-        let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let begun = Arc::new(Notify::new());
+        let service = Noting { app: app.clone(), begun: begun.clone() };
+        let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
         let live = live_tx.clone();
         let mut drain = drain_rx.clone();
         tokio::spawn(async move {
@@ -106,9 +115,22 @@ pub async fn serve(
                 tokio::select! {
                     r = conn.as_mut() => r,
                     _ = drained(&mut drain) => {
-                        // Idle connections close now; a running answer finishes first.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                        // hyper closes a connection that has read nothing yet at once, but a
+                        // client that connected before the drain may have its request on the
+                        // way: that connection waits for its first request (the header timeout
+                        // bounds the wait), which gets its answer, and then closes. Idle
+                        // keep-alive connections close now; a running answer finishes first.
+                        let ended = tokio::select! {
+                            r = conn.as_mut() => Some(r),
+                            _ = begun.notified() => None,
+                        };
+                        match ended {
+                            Some(r) => r,
+                            None => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        }
                     }
                 }
             };
@@ -116,6 +138,29 @@ pub async fn serve(
                 tracing::debug!("connection ended: {e}");
             }
         });
+    }
+}
+
+/// The application as one connection serves it, telling `begun` when a request has begun (its
+/// head has been read). `Notify` keeps the news for a wait that starts later.
+#[derive(Clone)]
+struct Noting {
+    app: Router,
+    begun: Arc<Notify>,
+}
+
+impl Service<Request<Incoming>> for Noting {
+    type Response = <Router as Service<Request<Incoming>>>::Response;
+    type Error = Infallible;
+    type Future = <Router as Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<Incoming>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.begun.notify_one();
+        self.app.call(req)
     }
 }
 

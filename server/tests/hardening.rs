@@ -96,6 +96,11 @@ fn sigterm_drains_ready_says_503_new_work_is_refused_and_the_running_request_fin
     // the handler starts reading it).
     let body = json!({"prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 4}).to_string();
     let mut running = awaiting_body(&s, body.len());
+    // A client that connected before the signal and sends its request only after the drain
+    // began (a keystroke racing the SIGTERM). The server accepts connections in the order they
+    // came, so once a later one is answered, this one has been accepted.
+    let mut early = connect(&s);
+    assert_eq!(s.get("/health").0, 200);
     let pid = s.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let t = Instant::now();
@@ -117,6 +122,13 @@ fn sigterm_drains_ready_says_503_new_work_is_refused_and_the_running_request_fin
     assert_eq!(r.headers()["retry-after"], "1");
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"]["type"], "overloaded_error");
+    // The early connection's request gets its answer (not a close with nothing), and then the
+    // connection closes.
+    early.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (answer, _) = read_until_closed(&mut early);
+    assert!(answer.starts_with("HTTP/1.1 "), "the connection made before SIGTERM was closed unanswered");
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("draining"), "{answer}");
     // The running request completes.
     running.write_all(body.as_bytes()).unwrap();
     let (answer, _) = read_until_closed(&mut running);
