@@ -6,8 +6,8 @@
 //! read `Health`) and are closed, and the loop ends when the first have all closed or the grace
 //! period is over. A connection accepted before the drain that has not begun a request yet is not
 //! closed at once: its client may have sent one that is still on its way, so it too gets one
-//! answer (or the header timeout). Slow or silent clients hold a connection slot for the header timeout at most,
-//! so they cannot starve the others.
+//! answer (or the header timeout). Slow or silent clients hold a connection slot for the header
+//! timeout at most, so they cannot starve the others.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -120,13 +120,9 @@ pub async fn serve(
                         // way: that connection waits for its first request (the header timeout
                         // bounds the wait), which gets its answer, and then closes. Idle
                         // keep-alive connections close now; a running answer finishes first.
-                        let ended = tokio::select! {
-                            r = conn.as_mut() => Some(r),
-                            _ = begun.notified() => None,
-                        };
-                        match ended {
-                            Some(r) => r,
-                            None => {
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = begun.notified() => {
                                 conn.as_mut().graceful_shutdown();
                                 conn.await
                             }
