@@ -51,7 +51,9 @@ for url in "http://127.0.0.1:$gport/ready" "http://127.0.0.1:$lport/health"; do
 done
 echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads $threads," \
   "rounds $rounds, load $(cut -d' ' -f1-3 /proc/loadavg)"
-grep -m1 -o 'device=[^ ]* ([^)]*)\|cpu="[^"]*"' "$tmp/ghostline.log" | head -2 | sed 's/^/# ghostline-server: /' || true
+# The server's "model loaded" line (its log is coloured): the weight format and the kernels.
+sed 's/\x1b\[[0-9;]*m//g' "$tmp/ghostline.log" | grep -m1 -o 'device=.* params_m=' |
+  sed 's/ params_m=$//; s/^/# ghostline-server: /' || true
 python3 - "$gport" "$lport" "$rounds" "${OUT_DIR:-}" "${PROMPT_TOKENS:-1480}" "${NEW_TOKENS:-8}" <<'PY'
 import json, os, statistics, sys, time, urllib.request
 gport, lport, rounds, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
