@@ -22,4 +22,5 @@ run -p ghostline-engine --lib -- fuzz::fuzz_safetensors_headers
 run -p ghostline-engine --lib -- fuzz::fuzz_gguf_headers
 run -p ghostline --lib -- client::tests::fuzz_sse_streams
 run -p ghostline --test fuzz_documents -- fuzz_document_edits
+run -p ghostline --test fuzz_documents -- fuzz_document_text_edits
 run -p ghostline --lib -- lsp::fuzz::fuzz_lsp_messages

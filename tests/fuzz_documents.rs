@@ -105,53 +105,69 @@ fn position(b: &mut Bytes) -> Position {
     Position::new(line, character)
 }
 
+const SEEDS: &[&[u8]] = &[
+    b"\x00\x00\x03\x01\x02\x03\x04\x05\x06\x07\x08\x09",
+    b"\x01\x02\x05\x10\x02\x03\x11\x00\x04\x01\x01\x06\x07\x00\x00\x00\x03\x02\x01\x00\x01",
+    b"\x02\x20\x00\x00\x00\x00\x00\x00\x00\x00\x01\x05\xff\xff\x00\x00\x00\x00\x00",
+];
+
+/// One input: a document opened in one of `languages`, then edit steps, each checked.
+fn edit_session(data: &[u8], languages: &[&str]) {
+    let mut b = Bytes::new(data);
+    let docs = Documents::default();
+    let enc = if b.u8().is_multiple_of(2) { PositionEncoding::Utf16 } else { PositionEncoding::Utf8 };
+    docs.set_encoding(enc);
+    let initial = text_of(&mut b);
+    docs.open(URI, languages[b.u8() as usize % languages.len()], 1, &initial);
+    let mut model: Vec<char> = initial.chars().collect();
+    let mut version = 1;
+    let mut steps = 0;
+    while !b.is_empty() && steps < MAX_STEPS && (steps == 0 || model.len() <= MAX_CHARS) {
+        steps += 1;
+        let whole = b.u8().is_multiple_of(16);
+        let edits: Vec<(Option<(Position, Position)>, String)> = (0..1 + b.u8() % 3)
+            .map(|_| {
+                let range = (!whole).then(|| (position(&mut b), position(&mut b)));
+                (range, text_of(&mut b))
+            })
+            .collect();
+        for (range, text) in &edits {
+            let (start, end) = match range {
+                Some((a, c)) => {
+                    let (a, c) = (char_index(&model, *a, enc), char_index(&model, *c, enc));
+                    (a.min(c), a.max(c))
+                }
+                None => (0, model.len()),
+            };
+            model.splice(start..end, text.chars());
+        }
+        version += 1;
+        docs.change(URI, version, &edits).expect("the document is open");
+        let expected: String = model.iter().collect();
+        assert_eq!(docs.text(URI).as_deref(), Some(expected.as_str()), "after edits {edits:?}");
+        // A request anywhere snapshots without panicking, at the position the model says.
+        let pos = position(&mut b);
+        let snap = docs.snapshot(URI, pos, Multiline::Auto, true).expect("open");
+        assert_eq!(snap.cursor, char_index(&model, pos, enc), "cursor of {pos:?}");
+        let back = snap.doc.position(snap.cursor, enc);
+        assert_eq!(snap.doc.char_index(back, enc), snap.cursor, "{pos:?} -> {back:?}");
+    }
+}
+
+/// Documents with syntax trees (Rust, Python) and without: every edit reparses, so this target
+/// runs at hundreds of inputs per second.
 #[test]
 fn fuzz_document_edits() {
-    let seeds: &[&[u8]] = &[
-        b"\x00\x00\x03\x01\x02\x03\x04\x05\x06\x07\x08\x09",
-        b"\x01\x02\x05\x10\x02\x03\x11\x00\x04\x01\x01\x06\x07\x00\x00\x00\x03\x02\x01\x00\x01",
-        b"\x02\x20\x00\x00\x00\x00\x00\x00\x00\x00\x01\x05\xff\xff\x00\x00\x00\x00\x00",
-    ];
-    let languages = ["rust", "python", "plaintext"];
-    ghostline_fuzz::run("document_edits", seeds, &[], 100, |data| {
-        let mut b = Bytes::new(data);
-        let docs = Documents::default();
-        let enc = if b.u8().is_multiple_of(2) { PositionEncoding::Utf16 } else { PositionEncoding::Utf8 };
-        docs.set_encoding(enc);
-        let initial = text_of(&mut b);
-        docs.open(URI, languages[b.u8() as usize % languages.len()], 1, &initial);
-        let mut model: Vec<char> = initial.chars().collect();
-        let mut version = 1;
-        let mut steps = 0;
-        while !b.is_empty() && steps < MAX_STEPS && (steps == 0 || model.len() <= MAX_CHARS) {
-            steps += 1;
-            let whole = b.u8().is_multiple_of(16);
-            let edits: Vec<(Option<(Position, Position)>, String)> = (0..1 + b.u8() % 3)
-                .map(|_| {
-                    let range = (!whole).then(|| (position(&mut b), position(&mut b)));
-                    (range, text_of(&mut b))
-                })
-                .collect();
-            for (range, text) in &edits {
-                let (start, end) = match range {
-                    Some((a, c)) => {
-                        let (a, c) = (char_index(&model, *a, enc), char_index(&model, *c, enc));
-                        (a.min(c), a.max(c))
-                    }
-                    None => (0, model.len()),
-                };
-                model.splice(start..end, text.chars());
-            }
-            version += 1;
-            docs.change(URI, version, &edits).expect("the document is open");
-            let expected: String = model.iter().collect();
-            assert_eq!(docs.text(URI).as_deref(), Some(expected.as_str()), "after edits {edits:?}");
-            // A request anywhere snapshots without panicking, at the position the model says.
-            let pos = position(&mut b);
-            let snap = docs.snapshot(URI, pos, Multiline::Auto, true).expect("open");
-            assert_eq!(snap.cursor, char_index(&model, pos, enc), "cursor of {pos:?}");
-            let back = snap.doc.position(snap.cursor, enc);
-            assert_eq!(snap.doc.char_index(back, enc), snap.cursor, "{pos:?} -> {back:?}");
-        }
-    });
+    ghostline_fuzz::run("document_edits", SEEDS, &[], 100, |data| edit_session(data, &["rust", "python", "plaintext"]));
+}
+
+/// The same sessions on plain-text documents (no tree): the rope, the position rules of both
+/// encodings, snapshots and the trigger's decision, at the rate that millions of inputs need.
+/// Its corpus is `document_edits`'s, so a regression found by either is replayed by both.
+#[test]
+fn fuzz_document_text_edits() {
+    let mut seeds: Vec<Vec<u8>> = ghostline_fuzz::corpus("document_edits").into_iter().map(|(_, b)| b).collect();
+    seeds.extend(SEEDS.iter().map(|s| s.to_vec()));
+    let seeds: Vec<&[u8]> = seeds.iter().map(|s| s.as_slice()).collect();
+    ghostline_fuzz::run("document_text_edits", &seeds, &[], 100, |data| edit_session(data, &["plaintext"]));
 }

@@ -32,7 +32,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::health::Health;
 use crate::inference::{Event, Events, Inference, Job, SubmitError, Summary};
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{Hit, PrefixCache};
 pub use fault::FaultInjection;
 use plan::{Admission, DecodeNeed, PrefillNeed, Slot, StepPlan};
 
@@ -355,11 +355,15 @@ impl Loop {
             let Some(req) = self.waiting.front() else { break };
             let prompt = &req.job.prompt;
             let bs = self.pool.shape().block_size;
-            // Reuse whole cached blocks, but always leave at least one prompt token to compute.
-            let max_blocks = prompt.len().saturating_sub(1) / bs;
-            let hit = if self.config.prefix_cache { self.cache.lookup(prompt, max_blocks) } else { Vec::new() };
-            // Room for the uncached prompt plus the first blocks of each candidate.
-            let need = prompt.len().div_ceil(bs) - hit.len() + req.job.n;
+            // Reuse cached tokens, but always leave at least one prompt token to compute.
+            let hit = if self.config.prefix_cache {
+                self.cache.lookup(prompt, prompt.len().saturating_sub(1))
+            } else {
+                Hit::default()
+            };
+            // Room for the uncached prompt plus the first blocks of each candidate (a partly
+            // reused block is copied before it is written, so it counts as uncached).
+            let need = prompt.len().div_ceil(bs) - hit.tokens / bs + req.job.n;
             let decision = plan::admission(need, self.room(), self.running.is_empty());
             if decision == Admission::Wait {
                 break;
@@ -373,11 +377,11 @@ impl Loop {
                 )));
                 continue;
             }
-            for &b in &hit {
+            for &b in &hit.blocks {
                 self.pool.retain_block(b);
             }
-            let cached = hit.len() * bs;
-            let base = SeqKv { blocks: hit, len: cached };
+            let cached = hit.tokens;
+            let base = SeqKv { blocks: hit.blocks, len: cached };
             self.running.push(Group {
                 req,
                 base,

@@ -87,6 +87,34 @@ fn a_shared_prefix_is_reused_and_gives_the_same_text() {
 }
 
 #[test]
+fn keystrokes_reuse_the_cache_to_the_token_and_give_the_same_text() {
+    let on = start("qwen2-tied-bf16", &[]);
+    let off = start("qwen2-tied-bf16", &["--prefix-cache", "false"]);
+    let mut prompt = "def total(items):\n    s = 0\n    for it in items:\n".repeat(4);
+    let mut last = 0u64;
+    let mut within_blocks = 0;
+    // Typed a character at a time, as an editor sends keystrokes (a space and a letter never
+    // merge with the token before them in this vocabulary, so each prompt extends the last).
+    for (i, typed) in [" ", "s", " ", "+", " ", "i", "t"].into_iter().enumerate() {
+        prompt.push_str(typed);
+        let body = json!({"prompt": prompt.clone(), "max_tokens": 4, "temperature": 0});
+        let a = on.complete(body.clone());
+        let tokens = a["usage"]["prompt_tokens"].as_u64().unwrap();
+        let cached = a["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        if i > 0 {
+            // Everything the last prompt had, less at most its last token (a merge), is reused,
+            // not only its whole 16-token blocks.
+            assert!(cached + 1 >= last && cached < tokens, "keystroke {i}: {cached} of {tokens} cached after {last}");
+            within_blocks += usize::from(!cached.is_multiple_of(16));
+        }
+        last = tokens;
+        let b = off.complete(body);
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "keystroke {i}");
+    }
+    assert!(within_blocks > 0, "some keystroke reused part of a block");
+}
+
+#[test]
 fn every_bad_request_gets_its_status_and_the_server_keeps_serving() {
     let s = start("qwen2-tied-bf16", &["--max-body-bytes", "4096"]);
     let check = |body: Vec<u8>, status: u16, param: Option<&str>| {

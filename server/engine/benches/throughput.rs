@@ -8,7 +8,7 @@
 //! repeats, and at the end the process's peak RSS. `--latency` adds the suggestion-latency
 //! figures: time to the first token of a cold 1500-token prompt, of a warm one (8 new tokens
 //! after a cached 1500-token prefix, as the prefix cache serves a keystroke), and 32 decode
-//! steps. Decode runs `--batches` sequences of `--context` prompt tokens each (prefilled, not
+//! steps (`--warm-new` adds warm figures for other numbers of new tokens). Decode runs `--batches` sequences of `--context` prompt tokens each (prefilled, not
 //! timed); `--prompts 0` skips the prefill figures. Token ids are drawn deterministically from
 //! the vocabulary, so no tokenizer work is timed. The KV cache is f16 unless `--kv f32`, as
 //! the server's. The engine's CPU options come from `GHOSTLINE_THREADS`, `GHOSTLINE_KERNELS`
@@ -162,11 +162,22 @@ fn main() {
         let mut cold = Vec::new();
         let mut warm = Vec::new();
         let mut dec = Vec::new();
+        // `--warm-new 1,4,16`: the warm figure for other numbers of new tokens too.
+        let extra = list(&args, "--warm-new", "");
+        let mut warm_n: Vec<Vec<f64>> = vec![Vec::new(); extra.len()];
         for _ in 0..reps {
             let mut base = SeqKv::default();
             let t = Instant::now();
             prefill(m, &mut pool, &mut base, &p[..1500]);
             cold.push(t.elapsed().as_secs_f64() * 1e3);
+            for (i, &n) in extra.iter().enumerate() {
+                let q = tokens(n, vocab, 9);
+                let mut s = pool.fork(&base, 1500);
+                let t = Instant::now();
+                prefill(m, &mut pool, &mut s, &q);
+                warm_n[i].push(t.elapsed().as_secs_f64() * 1e3);
+                pool.release(&mut s);
+            }
             let mut s = pool.fork(&base, 1500);
             let t = Instant::now();
             prefill(m, &mut pool, &mut s, &p[1500..]);
@@ -176,6 +187,12 @@ fn main() {
             dec.push(t.elapsed().as_secs_f64() * 1e3);
             pool.release(&mut s);
             pool.release(&mut base);
+        }
+        for (&n, v) in extra.iter().zip(warm_n) {
+            let (lo, med, hi) = stats(v);
+            println!(
+                "{{\"engine\":\"ghostline\",\"weights\":\"{fmt}\",\"kv\":\"{kv}\",\"phase\":\"ttft_warm_1500_plus_{n}\",\"ms_min\":{lo:.2},\"ms\":{med:.2},\"ms_max\":{hi:.2}}}"
+            );
         }
         for (what, v) in [("ttft_cold_1500", cold), ("ttft_warm_1500_plus_8", warm), ("decode_32", dec)] {
             let (lo, med, hi) = stats(v);

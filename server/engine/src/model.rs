@@ -77,6 +77,10 @@ struct Scratch {
     gu: Vec<f32>,
     act: Vec<f32>,
     tasks: Vec<(usize, usize, usize)>,
+    /// Prompts' KV heads widened to f32 for their attention, and where each prompt's start.
+    kvw: Vec<f32>,
+    kv_at: Vec<Option<usize>>,
+    widen_tasks: Vec<(usize, usize, usize)>,
     rows: Vec<usize>,
     sel: Vec<f32>,
     seln: Vec<f32>,
@@ -86,6 +90,9 @@ struct Scratch {
 /// Forwards of more new tokens than this free their buffers afterwards (a prompt's activations
 /// are not worth keeping; a decode step's are).
 const SCRATCH_KEEP_ROWS: usize = 64;
+/// Most floats of widened KV kept after a forward (4 MiB: a keystroke's few new tokens after
+/// about 2,700 earlier ones, for a model with 3 KV heads of 64).
+const KVW_KEEP: usize = 1 << 20;
 
 /// `v[..n]`, grown (never shrunk) as needed; what it held before is not cleared.
 fn grown<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -160,7 +167,7 @@ impl Model {
             }
         };
         // q/k/v and gate/up are stacked into one matrix each.
-        // 4-bit rows are interleaved for the products where the CPU has AVX-512 VNNI.
+        // Q4_0, Q4_1 and Q8_0 rows are interleaved for the products where the CPU has AVX2.
         let matrix =
             |parts: &[(String, usize)], in_dim: usize| w.stacked(parts, in_dim, format).map(Matrix::interleaved);
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -323,6 +330,8 @@ impl Model {
         let out = self.forward_in(s, pool, items, t);
         if t > SCRATCH_KEEP_ROWS {
             *s = Scratch::default();
+        } else if s.kvw.len() > KVW_KEEP {
+            s.kvw = Vec::new();
         }
         out
     }
@@ -413,18 +422,60 @@ impl Model {
                 }
             }
 
-            // Causal attention: one task per (sequence, query head) for prompts, per (sequence,
-            // KV head) for decode steps, whose query heads then read each KV block once.
+            // Causal attention. Prompts (`PREFILL_GEMM_MIN` new tokens or more): each KV head's
+            // keys and values are widened to f32 once (a task per sequence, KV head and keys or
+            // values), then a task per query head runs two matrix products on them. Decode
+            // steps: a task per (sequence, KV head), whose query heads read each KV block once.
             let pool_ref: &KvPool = pool;
             let group = nh / nkv;
+            let f16_kv = pool_ref.host_dtype() == Some(KvDtype::F16);
+            // Where each prompt's widened KV starts in `kvw` (decode steps: none).
+            let kv_at = &mut s.kv_at;
+            kv_at.clear();
+            let mut wide = 0;
+            for it in items.iter() {
+                let prompt = it.tokens.len() >= PREFILL_GEMM_MIN;
+                kv_at.push(prompt.then_some(wide));
+                if prompt {
+                    wide += nkv * 2 * (it.kv.len + it.tokens.len()) * hd;
+                }
+            }
+            let kv_at: &[Option<usize>] = kv_at;
+            let items_ref: &[BatchItem<'_>] = items;
+            if wide > 0 {
+                let kvw = grown(&mut s.kvw, wide);
+                let widen = &mut s.widen_tasks;
+                widen.clear();
+                widen.extend(
+                    (0..items.len())
+                        .filter(|&i| kv_at[i].is_some())
+                        .flat_map(|i| (0..nkv).flat_map(move |g| [(i, g, 0), (i, g, 1)])),
+                );
+                let widen: &[(usize, usize, usize)] = widen;
+                let dst = SendPtr(kvw.as_mut_ptr());
+                threads().run(widen.len(), &|ti| {
+                    let (i, g, kv) = widen[ti];
+                    let it = &items_ref[i];
+                    let total = it.kv.len + it.tokens.len();
+                    let at = kv_at[i].unwrap_or_default() + (2 * g + kv) * total * hd;
+                    // SAFETY: task (i, g, kv) alone writes these `total * hd` floats of `kvw`,
+                    // which holds `wide` floats and outlives the region.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst.at(at), total * hd) };
+                    if f16_kv {
+                        widen_kv::<f16>(pool_ref, &it.kv.blocks, li, kv, g, out);
+                    } else {
+                        widen_kv::<f32>(pool_ref, &it.kv.blocks, li, kv, g, out);
+                    }
+                });
+            }
+            let kvw: &[f32] = &s.kvw[..wide];
             let tasks = &mut s.tasks;
             tasks.clear();
             tasks.extend((0..items.len()).filter(|&i| !items[i].tokens.is_empty()).flat_map(|i| {
-                let per = if items[i].tokens.len() >= PREFILL_GEMM_MIN { 1 } else { group };
+                let per = if kv_at[i].is_some() { 1 } else { group };
                 (0..nh).step_by(per).map(move |h0| (i, h0, per))
             }));
             let tasks: &[(usize, usize, usize)] = tasks;
-            let items_ref: &[BatchItem<'_>] = items;
             let qkv_ref: &[f32] = qkv;
             let attn_out = SendPtr(attn.as_mut_ptr());
             threads().run(tasks.len(), &|ti| {
@@ -458,23 +509,23 @@ impl Model {
                         }
                     }
                 };
-                let f16_kv = pool_ref.host_dtype() == Some(KvDtype::F16);
-                if a.n >= PREFILL_GEMM_MIN {
-                    put(&if f16_kv { attend_prefill::<f16>(&a) } else { attend_prefill::<f32>(&a) });
-                } else {
-                    thread_local! {
-                        static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-                    }
-                    BUFS.with(|b| {
-                        let (scores, out) = &mut *b.borrow_mut();
-                        if f16_kv {
-                            attend_decode::<f16>(&a, scores, out);
-                        } else {
-                            attend_decode::<f32>(&a, scores, out);
-                        }
-                        put(out);
-                    });
+                thread_local! {
+                    static BUFS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
                 }
+                BUFS.with(|b| {
+                    let [scores, out, q] = &mut *b.borrow_mut();
+                    if let Some(at) = kv_at[i] {
+                        let total = (a.p0 + a.n) * hd;
+                        let kv = &kvw[at + 2 * a.g * total..at + 2 * (a.g + 1) * total];
+                        let (k, v) = kv.split_at(total);
+                        attend_prefill(&a, k, v, [scores, out, q]);
+                    } else if f16_kv {
+                        attend_decode::<f16>(&a, scores, out);
+                    } else {
+                        attend_decode::<f32>(&a, scores, out);
+                    }
+                    put(out);
+                });
             });
 
             layer.o_proj.forward(attn, t, proj);
@@ -645,30 +696,35 @@ fn attend_decode<T: HostElem>(a: &Attn<'_>, scores: &mut Vec<f32>, out: &mut Vec
     }
 }
 
-/// Causal attention of one query head for many new tokens (prefill): gather the head's keys
-/// and values once, then `softmax(mask(Q·Kᵀ)·scale)·V` as two matrix products.
-fn attend_prefill<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
-    debug_assert_eq!(a.heads, 1);
-    let (pool, blocks, li, g, qkv, row0, n, p0, hh, qkv_dim, scale) =
-        (a.pool, a.blocks, a.li, a.g, a.qkv, a.row0, a.n, a.p0, a.h0, a.qkv_dim, a.scale);
+/// One KV head's keys (`kv` 0) or values (1) of a sequence's first `out.len() / head_dim`
+/// positions, as f32.
+fn widen_kv<T: HostElem>(pool: &KvPool, blocks: &[u32], li: usize, kv: usize, g: usize, out: &mut [f32]) {
     let hd = pool.shape().head_dim;
-    let total = p0 + n;
-    let mut k = vec![0f32; total * hd];
-    let mut v = vec![0f32; total * hd];
-    for (dst, kv) in [(&mut k, 0), (&mut v, 1)] {
-        for (lo, slab) in kv_slabs::<T>(pool, blocks, li, kv, g, total) {
-            T::widen(slab, &mut dst[lo * hd..lo * hd + slab.len()]);
-        }
+    for (lo, slab) in kv_slabs::<T>(pool, blocks, li, kv, g, out.len() / hd) {
+        T::widen(slab, &mut out[lo * hd..lo * hd + slab.len()]);
     }
-    let mut q = vec![0f32; n * hd];
+}
+
+/// Causal attention of one query head for many new tokens (prefill) on its KV head's keys and
+/// values widened to f32 (`k`, `v`: `p0 + n` rows each): `softmax(mask(Q·Kᵀ)·scale)·V` as two
+/// matrix products. Output in `out` (per token, `head_dim` values); `scores` and `q` are its
+/// scratch.
+fn attend_prefill(a: &Attn<'_>, k: &[f32], v: &[f32], [scores, out, q]: [&mut Vec<f32>; 3]) {
+    debug_assert_eq!(a.heads, 1);
+    let (qkv, row0, n, p0, hh, qkv_dim, scale) = (a.qkv, a.row0, a.n, a.p0, a.h0, a.qkv_dim, a.scale);
+    let hd = a.pool.shape().head_dim;
+    let total = p0 + n;
+    debug_assert!(k.len() == total * hd && v.len() == total * hd);
+    let q = grown(q, n * hd);
     for j in 0..n {
         let r = (row0 + j) * qkv_dim + hh * hd;
         q[j * hd..(j + 1) * hd].copy_from_slice(&qkv[r..r + hd]);
     }
     // Tiles of query rows: a tile sees keys up to its last row only (the causal mask skips the
     // rest), and its scores stay small enough for the cache however long the prompt is.
-    let mut out = vec![0f32; n * hd];
-    let mut scores = vec![0f32; PREFILL_TILE.min(n) * total];
+    out.clear();
+    out.resize(n * hd, 0.0);
+    let scores = grown(scores, PREFILL_TILE.min(n) * total);
     for j0 in (0..n).step_by(PREFILL_TILE) {
         let j1 = (j0 + PREFILL_TILE).min(n);
         let (rows, vis) = (j1 - j0, p0 + j1);
@@ -682,7 +738,6 @@ fn attend_prefill<T: HostElem>(a: &Attn<'_>) -> Vec<f32> {
         }
         ops::matmul_single(sc, &v[..vis * hd], &mut out[j0 * hd..j1 * hd], rows, vis, hd, false);
     }
-    out
 }
 
 /// Query rows per tile of prefill attention.

@@ -166,6 +166,29 @@ pub(crate) mod x86 {
         }
     }
 
+    /// `dst[i] = src[i]` as f32, 32 elements a pass (F16C).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (s, d) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 32 <= n {
+            for l in 0..4 {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(s.add(i + 8 * l) as *const __m128i));
+                _mm256_storeu_ps(d.add(i + 8 * l), v);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(_mm_loadu_si128(s.add(i) as *const __m128i)));
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(*s.add(i)))));
+            i += 1;
+        }
+    }
+
     /// `out[s] = scale * q · keys[s]` for each key row: four keys per pass (four independent
     /// FMA chains, one shared load of q), reduced together with two rounds of `hadd`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -402,6 +425,8 @@ struct Vector {
     /// The same two over f16 keys and values.
     attn_scores_f16: fn(&[f32], &[half::f16], f32, &mut [f32]),
     attn_weighted_sum_f16: fn(&[f32], &[half::f16], &mut [f32]),
+    /// f16 to f32, element by element.
+    widen_f16: fn(&[half::f16], &mut [f32]),
 }
 
 fn vector() -> &'static Vector {
@@ -426,6 +451,7 @@ impl Vector {
                 attn_weighted_sum: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
                 attn_scores_f16: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
                 attn_weighted_sum_f16: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
+                widen_f16: |s, d| unsafe { x86::widen_f16(s, d) },
             };
         }
         let _ = f;
@@ -437,6 +463,7 @@ impl Vector {
             attn_weighted_sum: attn_weighted_sum_portable,
             attn_scores_f16: attn_scores_portable,
             attn_weighted_sum_f16: attn_weighted_sum_portable,
+            widen_f16: widen_f16_portable,
         }
     }
 }
@@ -488,8 +515,8 @@ impl KvElem for half::f16 {
         }
     }
     fn widen(src: &[half::f16], dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(dst);
+        assert_eq!(src.len(), dst.len(), "widen: lengths differ");
+        (vector().widen_f16)(src, dst)
     }
     fn kernels() -> AttnKernels<half::f16> {
         AttnKernels { scores: vector().attn_scores_f16, weighted_sum: vector().attn_weighted_sum_f16 }
@@ -527,6 +554,11 @@ fn attn_weighted_sum_portable<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32
     for (&w, value) in p.iter().zip(values.chunks_exact(out.len())) {
         T::axpy(w, value, out);
     }
+}
+
+fn widen_f16_portable(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
 }
 
 fn exp_shift_sum_portable(v: &mut [f32], shift: f32) -> f32 {
@@ -675,6 +707,21 @@ mod tests {
                 u[i],
                 o[i]
             );
+        }
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_length() {
+        // Every f16 class: zeros, subnormals, normals, infinities, NaN.
+        let bits = [0u16, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00, 0xbc00, 0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x3555];
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 100] {
+            let src: Vec<half::f16> =
+                (0..n).map(|i| half::f16::from_bits(bits[i % bits.len()] ^ (i as u16 & 0x10))).collect();
+            let mut got = vec![0f32; n];
+            <half::f16 as KvElem>::widen(&src, &mut got);
+            for (g, w) in got.iter().zip(&src) {
+                assert!(g.to_bits() == w.to_f32().to_bits() || g.is_nan() && w.is_nan(), "{n}: {g} vs {w}");
+            }
         }
     }
 

@@ -4,6 +4,7 @@ use std::arch::x86_64::*;
 
 use super::float::Weight;
 use super::input::BlockQ8A;
+use super::interleaved::{Q4x16, Q8x16, LANES};
 use super::kernels::DotsQ;
 use super::q8_0::BlockQ8;
 use super::quant::{scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, QuantBlock, SubScales};
@@ -298,5 +299,172 @@ pub(super) unsafe fn dequantize<B: Avx2Quants>(w: &[B], out: &mut [f32]) {
                 o = o.add(16);
             }
         }
+    }
+}
+
+/// The driver of the interleaved kernels: per group of sixteen weight rows, each half of eight
+/// for up to four input rows at a time (`$rows::<R>`), the columns past `cols` left alone.
+macro_rules! interleaved_halves {
+    ($rows:ident, $x:ident, $m:ident, $w:ident, $per_row:ident, $cols:ident, $dst:ident, $ldc:ident) => {{
+        let groups = $w.len() / $per_row;
+        assert!($x.len() >= $m * $per_row && $cols <= groups * LANES);
+        for g in 0..groups {
+            let wg = $w.as_ptr().add(g * $per_row);
+            for half in 0..2 {
+                let valid = $cols.saturating_sub(g * LANES + 8 * half).min(8);
+                if valid == 0 {
+                    break;
+                }
+                let out = $dst.add(g * LANES + 8 * half);
+                let mut i = 0;
+                while i < $m {
+                    let (xi, o) = ($x.as_ptr().add(i * $per_row), out.add(i * $ldc));
+                    match $m - i {
+                        1 => $rows::<1>(xi, wg, $per_row, half, o, $ldc, valid),
+                        2 => $rows::<2>(xi, wg, $per_row, half, o, $ldc, valid),
+                        3 => $rows::<3>(xi, wg, $per_row, half, o, $ldc, valid),
+                        _ => $rows::<4>(xi, wg, $per_row, half, o, $ldc, valid),
+                    }
+                    i += 4;
+                }
+            }
+        }
+    }};
+}
+
+/// The first `valid` (at most 8) lanes of `a` to `o`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_lanes(o: *mut f32, a: __m256, valid: usize) {
+    if valid == 8 {
+        _mm256_storeu_ps(o, a);
+    } else {
+        let mut tmp = [0f32; 8];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, valid);
+    }
+}
+
+/// See [`super::interleaved::gemm_q4x16`], on 256-bit registers: each group of sixteen weight
+/// rows is taken as two halves of eight (one row per 32-bit lane). Per half and block, the four
+/// words of nibbles are loaded and split once for up to four input rows; per input row, eight
+/// `maddubs` (four inputs broadcast against four weights of each row) summed in 16 bits (a
+/// product pair is at most 2 · 15 · 127 = 3,810, so eight of them fit), one `madd` to 32 bits,
+/// and the eight rows' sums, one per lane, are scaled and offset in two `fmadd`s. No
+/// horizontal sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm_q4x16(
+    x: &[BlockQ8A],
+    m: usize,
+    w: &[Q4x16],
+    per_row: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    interleaved_halves!(q4x8_rows, x, m, w, per_row, cols, dst, ldc);
+}
+
+/// `R` input rows (from `x`, `per_row` groups apart) against half `half` (rows `8 half..`) of
+/// one interleaved group of weight rows, into `dst` (`ldc` apart), its first `valid` columns.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4x8_rows<const R: usize>(
+    x: *const BlockQ8A,
+    w: *const Q4x16,
+    per_row: usize,
+    half: usize,
+    dst: *mut f32,
+    ldc: usize,
+    valid: usize,
+) {
+    let nib = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..per_row {
+        let blk = &*w.add(b);
+        // Word t of this half: rows 8 half..8 half + 8, bytes 4t..4t + 4 of each.
+        let qp = blk.q.as_ptr().add(8 * half);
+        let mut lo = [_mm256_setzero_si256(); 4];
+        let mut hi = [_mm256_setzero_si256(); 4];
+        for t in 0..4 {
+            let z = _mm256_loadu_si256(qp.add(LANES * t) as *const __m256i);
+            lo[t] = _mm256_and_si256(z, nib);
+            hi[t] = _mm256_and_si256(_mm256_srli_epi16::<4>(z), nib);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * half) as *const __m128i));
+        let mo = _mm256_cvtph_ps(_mm_loadu_si128(blk.m.as_ptr().add(8 * half) as *const __m128i));
+        for (l, a) in acc.iter_mut().enumerate() {
+            let xb = &*x.add(l * per_row + b);
+            let xq = xb.q.as_ptr() as *const i32;
+            let mut s = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(xq.read_unaligned()));
+            for t in 1..4 {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[t], _mm256_set1_epi32(xq.add(t).read_unaligned())));
+            }
+            for t in 0..4 {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[t], _mm256_set1_epi32(xq.add(4 + t).read_unaligned())));
+            }
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+            *a = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), *a);
+            *a = _mm256_fmadd_ps(mo, _mm256_set1_ps(xb.s[0] + xb.s[1]), *a);
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        store_lanes(dst.add(l * ldc), *a, valid);
+    }
+}
+
+/// [`gemm_q4x16`] for interleaved Q8_0 rows. The weights are signed, so each word of four
+/// quants per row meets its broadcast inputs as `maddubs(|w|, x · sign w)` (a pair is at most
+/// 2 · 128 · 127 = 32,512: no saturation), widened to 32 bits by a `madd` per word.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm_q8x16(
+    x: &[BlockQ8A],
+    m: usize,
+    w: &[Q8x16],
+    per_row: usize,
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    interleaved_halves!(q8x8_rows, x, m, w, per_row, cols, dst, ldc);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8x8_rows<const R: usize>(
+    x: *const BlockQ8A,
+    w: *const Q8x16,
+    per_row: usize,
+    half: usize,
+    dst: *mut f32,
+    ldc: usize,
+    valid: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..per_row {
+        let blk = &*w.add(b);
+        let qp = blk.q.as_ptr().add(8 * half);
+        let mut aw = [_mm256_setzero_si256(); 8];
+        for (t, a) in aw.iter_mut().enumerate() {
+            let q = _mm256_loadu_si256(qp.add(LANES * t) as *const __m256i);
+            *a = _mm256_sign_epi8(q, q);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * half) as *const __m128i));
+        for (l, a) in acc.iter_mut().enumerate() {
+            let xb = &*x.add(l * per_row + b);
+            let xq = xb.q.as_ptr() as *const i32;
+            let mut s = _mm256_setzero_si256();
+            for (t, &awt) in aw.iter().enumerate() {
+                let q = _mm256_loadu_si256(qp.add(LANES * t) as *const __m256i);
+                let xs = _mm256_sign_epi8(_mm256_set1_epi32(xq.add(t).read_unaligned()), q);
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(awt, xs), ones));
+            }
+            *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), *a);
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        store_lanes(dst.add(l * ldc), *a, valid);
     }
 }

@@ -1,5 +1,6 @@
 //! Rows of ggml's Q4_0, Q4_1 and Q8_0 interleaved sixteen at a time: the layout the products
-//! of these formats run on where the CPU has AVX-512 VNNI.
+//! of these formats run on where the CPU has AVX2 or AVX-512 VNNI (AVX2 takes a group as two
+//! halves of eight rows, one row per 32-bit lane of a 256-bit register).
 //!
 //! Stored as ggml stores them, a row's blocks are 18 or 20 bytes each, and a product streams
 //! one row at a time: per block of 32 weights one 256-bit integer dot product, its conversion

@@ -131,12 +131,8 @@ impl Kernels {
                     gemm_q4_1_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4_1>) } else { None },
                     gemm_q4_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ4K>) } else { None },
                     gemm_q5_k_vnni: if f.vnni { Some(avx512::gemm_quant_vnni::<BlockQ5K>) } else { None },
-                    gemm_q4x16: if f.vnni { avx512::gemm_q4x16_vnni as GemmQ4x16 } else { interleaved::gemm_q4x16 },
-                    gemm_q8x16: if f.vnni {
-                        avx512::gemm_q8x16_vnni as GemmX16<Q8x16>
-                    } else {
-                        interleaved::gemm_q8x16
-                    },
+                    gemm_q4x16: if f.vnni { avx512::gemm_q4x16_vnni as GemmQ4x16 } else { avx2::gemm_q4x16 },
+                    gemm_q8x16: if f.vnni { avx512::gemm_q8x16_vnni as GemmX16<Q8x16> } else { avx2::gemm_q8x16 },
                 };
             }
             Level::Avx2 => {
@@ -166,8 +162,8 @@ impl Kernels {
                     gemm_q4_1_vnni: None,
                     gemm_q4_k_vnni: None,
                     gemm_q5_k_vnni: None,
-                    gemm_q4x16: interleaved::gemm_q4x16,
-                    gemm_q8x16: interleaved::gemm_q8x16,
+                    gemm_q4x16: avx2::gemm_q4x16,
+                    gemm_q8x16: avx2::gemm_q8x16,
                 };
             }
             Level::Portable => {}

@@ -16,6 +16,9 @@
 //!   products are switched on, bf16 weights instead meet inputs rounded to bf16 and packed in
 //!   column pairs, in a register-tiled `vdpbf16ps` GEMM; on AVX-512 VNNI, q8 weights meet
 //!   inputs quantized per group and packed four columns at a time, in a `vpdpbusd` GEMM.
+//! - Q4_0, Q4_1 and Q8_0 rows interleaved sixteen at a time ([`interleaved`], where the CPU has
+//!   AVX2): both shapes go through one kernel over quantized inputs, the sixteen rows' sums in
+//!   the lanes of the registers.
 //!
 //! The modules: one per storage format ([`float`], [`q8_0`], [`q4_0`], [`q4_1`], [`q4_k`],
 //! [`q5_k`], [`q6_k`]; [`quant`] is what the ggml block formats share), the inputs of the
@@ -471,12 +474,13 @@ impl Matrix {
     }
 
     /// Q4_0 / Q4_1 / Q8_0 rows interleaved sixteen at a time (see [`interleaved`]), where the CPU
-    /// has AVX-512 VNNI and every block fits the layout; otherwise the matrix as it is. The
+    /// has AVX2 (the `maddubs` kernels) or AVX-512 VNNI and every block fits the layout;
+    /// otherwise the matrix as it is. The
     /// same weights (the 4-bit formats in the same bytes, Q8_0 in 6 % more): only the
     /// products' speed changes.
     pub fn interleaved(self) -> Matrix {
         let f = kernels().features;
-        if f.level != crate::cpu::Level::Avx512 || !f.vnni {
+        if f.level < crate::cpu::Level::Avx2 {
             return self;
         }
         self.interleave()
