@@ -397,12 +397,10 @@ unsafe fn q4x8_rows<const R: usize>(
         for (l, a) in acc.iter_mut().enumerate() {
             let xb = &*x.add(l * per_row + b);
             let xq = xb.q.as_ptr() as *const i32;
-            let mut s = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(xq.read_unaligned()));
-            for t in 1..4 {
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[t], _mm256_set1_epi32(xq.add(t).read_unaligned())));
-            }
-            for t in 0..4 {
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[t], _mm256_set1_epi32(xq.add(4 + t).read_unaligned())));
+            // Words 0..4 of the low nibbles meet inputs 0..16, those of the high nibbles 16..32.
+            let mut s = _mm256_setzero_si256();
+            for (t, &q) in lo.iter().chain(&hi).enumerate() {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q, _mm256_set1_epi32(xq.add(t).read_unaligned())));
             }
             let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
             *a = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), *a);
