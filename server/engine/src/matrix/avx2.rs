@@ -397,10 +397,12 @@ unsafe fn q4x8_rows<const R: usize>(
         for (l, a) in acc.iter_mut().enumerate() {
             let xb = &*x.add(l * per_row + b);
             let xq = xb.q.as_ptr() as *const i32;
-            // Words 0..4 of the low nibbles meet inputs 0..16, those of the high nibbles 16..32.
+            // Word t of the low nibbles meets inputs 4t.., that of the high nibbles 16 + 4t...
             let mut s = _mm256_setzero_si256();
-            for (t, &q) in lo.iter().chain(&hi).enumerate() {
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q, _mm256_set1_epi32(xq.add(t).read_unaligned())));
+            for (t, (&l, &h)) in lo.iter().zip(&hi).enumerate() {
+                let xl = _mm256_set1_epi32(xq.add(t).read_unaligned());
+                let xh = _mm256_set1_epi32(xq.add(4 + t).read_unaligned());
+                s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_maddubs_epi16(l, xl), _mm256_maddubs_epi16(h, xh)));
             }
             let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
             *a = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), *a);
