@@ -132,12 +132,16 @@ impl Documents {
         for (range, text) in changes {
             inserted = text.chars().count();
             let edit = st.doc.apply(*range, text, enc);
+            // Every edit of the change goes to the tree first, then one reparse takes them all.
             match st.syntax.as_mut() {
-                Some(s) if range.is_some() => s.edit(&st.doc, &edit),
-                Some(s) => s.parse_full(&st.doc),
+                Some(s) if range.is_some() => s.note_edit(&edit),
+                Some(s) => s.forget_tree(),
                 None => {}
             }
             last_end = Some(st.doc.rope().byte_to_char(edit.new_end_byte));
+        }
+        if let Some(s) = st.syntax.as_mut() {
+            s.reparse(&st.doc);
         }
         st.doc.version = version;
         st.generation.send_modify(|g| *g += 1);

@@ -51,19 +51,34 @@ impl Syntax {
 
     /// Tells the tree about an edit already applied to `doc`, then reparses incrementally.
     pub fn edit(&mut self, doc: &Document, e: &TextEdit) {
-        let Some(mut old) = self.tree.take() else {
-            self.parse_full(doc);
-            return;
-        };
-        old.edit(&InputEdit {
-            start_byte: e.start_byte,
-            old_end_byte: e.old_end_byte,
-            new_end_byte: e.new_end_byte,
-            start_position: Point::new(e.start_point.0, e.start_point.1),
-            old_end_position: Point::new(e.old_end_point.0, e.old_end_point.1),
-            new_end_position: Point::new(e.new_end_point.0, e.new_end_point.1),
-        });
-        self.tree = self.parse_with(doc, Some(&old));
+        self.note_edit(e);
+        self.reparse(doc);
+    }
+
+    /// Tells the tree about an edit (one of several of a change, applied in order), without
+    /// reparsing: [`Syntax::reparse`] once after the last one parses them all together.
+    pub fn note_edit(&mut self, e: &TextEdit) {
+        if let Some(tree) = self.tree.as_mut() {
+            tree.edit(&InputEdit {
+                start_byte: e.start_byte,
+                old_end_byte: e.old_end_byte,
+                new_end_byte: e.new_end_byte,
+                start_position: Point::new(e.start_point.0, e.start_point.1),
+                old_end_position: Point::new(e.old_end_point.0, e.old_end_point.1),
+                new_end_position: Point::new(e.new_end_point.0, e.new_end_point.1),
+            });
+        }
+    }
+
+    /// Forgets the tree (the whole text was replaced): the next reparse starts from scratch.
+    pub fn forget_tree(&mut self) {
+        self.tree = None;
+    }
+
+    /// Reparses `doc`: incrementally from the edited tree, or from scratch when there is none.
+    pub fn reparse(&mut self, doc: &Document) {
+        let old = self.tree.take();
+        self.tree = self.parse_with(doc, old.as_ref());
     }
 
     fn parse_with(&mut self, doc: &Document, old: Option<&Tree>) -> Option<Tree> {
@@ -139,6 +154,14 @@ mod tests {
         }
     }
 
+    const SEEDS: [(&str, &str); 5] = [
+        ("python", "def f(a):\n    return a  # é\n\nclass C:\n    x = '😀'\n"),
+        ("rust", "fn main() {\r\n    let s = \"😀\";\r\n}\r\n// end\r\n"),
+        ("typescriptreact", "const f = (a: number) => <p>{`${a} 😀`}</p>;\n// é\n"),
+        ("go", "package m\n\nfunc f() {\r\n\ts := `é`\r\n}\r\n"),
+        ("cpp", "#include <x>\nint f() {\n    return R\"(😀)\"[0]; // é\n}\n"),
+    ];
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
         /// Random edit sequences (positions in UTF-16 units, clamped as LSP clamps them) give the
@@ -148,13 +171,7 @@ mod tests {
             lang in 0usize..5,
             edits in proptest::collection::vec((0u32..8, 0u32..30, 0u32..8, 0u32..30, "[a-z_(){}:;=\\n\r 😀é\"#/]{0,12}"), 1..12),
         ) {
-            let (lang, seed) = [
-                ("python", "def f(a):\n    return a  # é\n\nclass C:\n    x = '😀'\n"),
-                ("rust", "fn main() {\r\n    let s = \"😀\";\r\n}\r\n// end\r\n"),
-                ("typescriptreact", "const f = (a: number) => <p>{`${a} 😀`}</p>;\n// é\n"),
-                ("go", "package m\n\nfunc f() {\r\n\ts := `é`\r\n}\r\n"),
-                ("cpp", "#include <x>\nint f() {\n    return R\"(😀)\"[0]; // é\n}\n"),
-            ][lang];
+            let (lang, seed) = SEEDS[lang];
             let mut doc = Document::new(seed, 1, lang);
             let mut model: Vec<char> = seed.chars().collect();
             let mut syn = Syntax::new(lang).unwrap();
@@ -185,6 +202,36 @@ mod tests {
                 } else {
                     proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
                 }
+            }
+        }
+
+        /// The edits of one change told to the tree one after another and reparsed once (as
+        /// `Documents::change` does) give the same as reparsing after each.
+        #[test]
+        fn edits_reparsed_together_match_a_full_reparse(
+            lang in 0usize..5,
+            edits in proptest::collection::vec((0u32..8, 0u32..30, 0u32..8, 0u32..30, "[a-z_(){}:;=\n\r 😀é\"#/]{0,12}"), 1..6),
+        ) {
+            let (lang, seed) = SEEDS[lang];
+            let mut doc = Document::new(seed, 1, lang);
+            let mut syn = Syntax::new(lang).unwrap();
+            syn.parse_full(&doc);
+            for (l0, c0, l1, c1, new) in edits {
+                let e = doc.apply(Some((Position::new(l0, c0), Position::new(l1, c1))), &new, Utf16);
+                syn.note_edit(&e);
+            }
+            syn.reparse(&doc);
+            let text = doc.text();
+            let tree = syn.tree().unwrap();
+            if let Err(e) = positions_match_the_text(tree, &text) {
+                return Err(proptest::test_runner::TestCaseError::fail(e));
+            }
+            let fresh = full(&doc);
+            let fresh = fresh.root_node();
+            if fresh.has_error() {
+                proptest::prop_assert!(tree.root_node().has_error(), "{}", text);
+            } else {
+                proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
             }
         }
     }

@@ -69,21 +69,30 @@ const PIECES: &[&str] = &[
 ];
 
 const URI: &str = "file:///fuzz/doc.rs";
-/// Most repetitions of one piece in a huge edit (up to about 120 KB of text).
-const HUGE: usize = 4096;
-/// Edit steps per input: the rest of a longer input is not read. Each step reparses the
-/// document; what makes a run slow is tree-sitter's error recovery on long runs of garbage, so
-/// a document past `MAX_CHARS` ends its input too (after the step that made it so, checked).
-const MAX_STEPS: usize = 24;
-const MAX_CHARS: usize = 32 << 10;
 
-fn text_of(b: &mut Bytes) -> String {
+/// How big an input's documents may grow: `huge` is the most repetitions of one piece in a huge
+/// edit; an input stops after `MAX_STEPS` edit steps, or after the step that takes its document
+/// past `max_chars` (that step still checked).
+struct Limits {
+    huge: usize,
+    max_chars: usize,
+}
+
+/// Plain text: huge edits of up to about 120 KB, documents to 32 Ki characters.
+const TEXT: Limits = Limits { huge: 4096, max_chars: 32 << 10 };
+/// With syntax trees every step reparses, and what makes that slow is tree-sitter's error
+/// recovery on long runs of garbage (`}}}}`, `((((` thousands of times): huge edits of up to
+/// about 8 KB, documents to 4 Ki characters. The text target covers the large sizes.
+const TREES: Limits = Limits { huge: 256, max_chars: 4 << 10 };
+const MAX_STEPS: usize = 24;
+
+fn text_of(b: &mut Bytes, huge: usize) -> String {
     match b.u8() % 4 {
         0 => PIECES[b.u8() as usize % PIECES.len()].to_string(),
         1 => {
             // One piece many times; now and then a huge edit.
             let p = PIECES[b.u8() as usize % PIECES.len()];
-            let times = if b.u8() < 8 { 1 + b.u16() as usize % HUGE } else { 1 + b.u8() as usize % 16 };
+            let times = if b.u8() < 8 { 1 + b.u16() as usize % huge } else { 1 + b.u8() as usize % 16 };
             p.repeat(times)
         }
         2 => {
@@ -112,23 +121,23 @@ const SEEDS: &[&[u8]] = &[
 ];
 
 /// One input: a document opened in one of `languages`, then edit steps, each checked.
-fn edit_session(data: &[u8], languages: &[&str]) {
+fn edit_session(data: &[u8], languages: &[&str], lim: &Limits) {
     let mut b = Bytes::new(data);
     let docs = Documents::default();
     let enc = if b.u8().is_multiple_of(2) { PositionEncoding::Utf16 } else { PositionEncoding::Utf8 };
     docs.set_encoding(enc);
-    let initial = text_of(&mut b);
+    let initial = text_of(&mut b, lim.huge);
     docs.open(URI, languages[b.u8() as usize % languages.len()], 1, &initial);
     let mut model: Vec<char> = initial.chars().collect();
     let mut version = 1;
     let mut steps = 0;
-    while !b.is_empty() && steps < MAX_STEPS && (steps == 0 || model.len() <= MAX_CHARS) {
+    while !b.is_empty() && steps < MAX_STEPS && (steps == 0 || model.len() <= lim.max_chars) {
         steps += 1;
         let whole = b.u8().is_multiple_of(16);
         let edits: Vec<(Option<(Position, Position)>, String)> = (0..1 + b.u8() % 3)
             .map(|_| {
                 let range = (!whole).then(|| (position(&mut b), position(&mut b)));
-                (range, text_of(&mut b))
+                (range, text_of(&mut b, lim.huge))
             })
             .collect();
         for (range, text) in &edits {
@@ -154,11 +163,13 @@ fn edit_session(data: &[u8], languages: &[&str]) {
     }
 }
 
-/// Documents with syntax trees (Rust, Python) and without: every edit reparses, so this target
-/// runs at hundreds of inputs per second.
+/// Documents with syntax trees (Rust, Python) and without: every edit reparses the document,
+/// so its documents stay smaller ([`TREES`]).
 #[test]
 fn fuzz_document_edits() {
-    ghostline_fuzz::run("document_edits", SEEDS, &[], 100, |data| edit_session(data, &["rust", "python", "plaintext"]));
+    ghostline_fuzz::run("document_edits", SEEDS, &[], 100, |data| {
+        edit_session(data, &["rust", "python", "plaintext"], &TREES)
+    });
 }
 
 /// The same sessions on plain-text documents (no tree): the rope, the position rules of both
@@ -169,5 +180,5 @@ fn fuzz_document_text_edits() {
     let mut seeds: Vec<Vec<u8>> = ghostline_fuzz::corpus("document_edits").into_iter().map(|(_, b)| b).collect();
     seeds.extend(SEEDS.iter().map(|s| s.to_vec()));
     let seeds: Vec<&[u8]> = seeds.iter().map(|s| s.as_slice()).collect();
-    ghostline_fuzz::run("document_text_edits", &seeds, &[], 100, |data| edit_session(data, &["plaintext"]));
+    ghostline_fuzz::run("document_text_edits", &seeds, &[], 100, |data| edit_session(data, &["plaintext"], &TEXT));
 }
