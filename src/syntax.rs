@@ -185,23 +185,7 @@ mod tests {
                 syn.edit(&doc, &e);
                 let text = doc.text();
                 proptest::prop_assert_eq!(&text, &model.iter().collect::<String>());
-                let tree = syn.tree().unwrap();
-                // Every node's points agree with its bytes in the new text: what a wrong edit
-                // (bytes or points) would break.
-                if let Err(e) = positions_match_the_text(tree, &text) {
-                    return Err(proptest::test_runner::TestCaseError::fail(e));
-                }
-                // Where the text parses cleanly the incremental tree is the fresh one. Where it
-                // has syntax errors, tree-sitter's error recovery may settle differently with an
-                // old tree than from scratch (tree-sitter/tree-sitter#4001, #1645), so only the
-                // error itself must show in both.
-                let fresh = full(&doc);
-                let fresh = fresh.root_node();
-                if fresh.has_error() {
-                    proptest::prop_assert!(tree.root_node().has_error(), "{}", text);
-                } else {
-                    proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
-                }
+                agrees_with_a_fresh_parse(&syn, &doc)?;
             }
         }
 
@@ -221,19 +205,28 @@ mod tests {
                 syn.note_edit(&e);
             }
             syn.reparse(&doc);
-            let text = doc.text();
-            let tree = syn.tree().unwrap();
-            if let Err(e) = positions_match_the_text(tree, &text) {
-                return Err(proptest::test_runner::TestCaseError::fail(e));
-            }
-            let fresh = full(&doc);
-            let fresh = fresh.root_node();
-            if fresh.has_error() {
-                proptest::prop_assert!(tree.root_node().has_error(), "{}", text);
-            } else {
-                proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
-            }
+            agrees_with_a_fresh_parse(&syn, &doc)?;
         }
+    }
+
+    fn agrees_with_a_fresh_parse(syn: &Syntax, doc: &Document) -> Result<(), proptest::test_runner::TestCaseError> {
+        let text = doc.text();
+        let tree = syn.tree().unwrap();
+        // Every node's points agree with its bytes in the new text: what a wrong edit (bytes or
+        // points) would break.
+        positions_match_the_text(tree, &text).map_err(proptest::test_runner::TestCaseError::fail)?;
+        // Where the text parses cleanly the incremental tree is the fresh one. Where it has
+        // syntax errors, tree-sitter's error recovery may settle differently with an old tree
+        // than from scratch (tree-sitter/tree-sitter#4001, #1645), so only the error itself
+        // must show in both.
+        let fresh = full(doc);
+        let fresh = fresh.root_node();
+        if fresh.has_error() {
+            proptest::prop_assert!(tree.root_node().has_error(), "{}", text);
+        } else {
+            proptest::prop_assert_eq!(tree.root_node().to_sexp(), fresh.to_sexp());
+        }
+        Ok(())
     }
 
     /// Checks that each node's start and end points are the row and column (bytes after the
