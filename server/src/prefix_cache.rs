@@ -138,17 +138,17 @@ impl PrefixCache {
         }
     }
 
-    /// Drops the entry `h` and the cache's reference on its block.
-    fn remove(&mut self, pool: &mut KvPool, h: u64) {
-        if let Some(e) = self.map.remove(&h) {
-            pool.release_block(e.block);
-            if let Some(kids) = self.children.get_mut(&e.parent) {
-                kids.retain(|&k| k != h);
-                if kids.is_empty() {
-                    self.children.remove(&e.parent);
-                }
+    /// Drops the entry `h` and the cache's reference on its block; false if it was not cached.
+    fn remove(&mut self, pool: &mut KvPool, h: u64) -> bool {
+        let Some(e) = self.map.remove(&h) else { return false };
+        pool.release_block(e.block);
+        if let Some(kids) = self.children.get_mut(&e.parent) {
+            kids.retain(|&k| k != h);
+            if kids.is_empty() {
+                self.children.remove(&e.parent);
             }
         }
+        true
     }
 
     /// Releases least-recently-used blocks that no sequence holds until `need` blocks are
@@ -165,8 +165,7 @@ impl PrefixCache {
             if pool.free_blocks() >= need {
                 break;
             }
-            if self.map.contains_key(&h) {
-                self.remove(pool, h);
+            if self.remove(pool, h) {
                 freed += 1;
             }
         }

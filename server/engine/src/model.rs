@@ -77,7 +77,8 @@ struct Scratch {
     gu: Vec<f32>,
     act: Vec<f32>,
     tasks: Vec<(usize, usize, usize)>,
-    /// Prompts' KV heads widened to f32 for their attention, and where each prompt's start.
+    /// Prompts' KV heads widened to f32 for their attention, where each prompt's part starts,
+    /// and the widening's tasks (sequence, KV head, keys or values).
     kvw: Vec<f32>,
     kv_at: Vec<Option<usize>>,
     widen_tasks: Vec<(usize, usize, usize)>,

@@ -515,8 +515,7 @@ impl KvElem for half::f16 {
         }
     }
     fn widen(src: &[half::f16], dst: &mut [f32]) {
-        assert_eq!(src.len(), dst.len(), "widen: lengths differ");
-        (vector().widen_f16)(src, dst)
+        widen_f16(src, dst)
     }
     fn kernels() -> AttnKernels<half::f16> {
         AttnKernels { scores: vector().attn_scores_f16, weighted_sum: vector().attn_weighted_sum_f16 }
@@ -554,6 +553,13 @@ fn attn_weighted_sum_portable<T: KvElem>(p: &[f32], values: &[T], out: &mut [f32
     for (&w, value) in p.iter().zip(values.chunks_exact(out.len())) {
         T::axpy(w, value, out);
     }
+}
+
+/// `dst[i] = src[i]` as f32 (F16C where the CPU has it): the f16 KV cache's keys and values for
+/// prompt attention, and f16 weight rows.
+pub(crate) fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_f16: lengths differ");
+    (vector().widen_f16)(src, dst)
 }
 
 fn widen_f16_portable(src: &[half::f16], dst: &mut [f32]) {

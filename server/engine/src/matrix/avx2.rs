@@ -315,33 +315,34 @@ macro_rules! interleaved_halves {
                 if valid == 0 {
                     break;
                 }
-                let out = $dst.add(g * LANES + 8 * half);
-                let mut i = 0;
-                while i < $m {
-                    let (xi, o) = ($x.as_ptr().add(i * $per_row), out.add(i * $ldc));
-                    match $m - i {
-                        1 => $rows::<1>(xi, wg, $per_row, half, o, $ldc, valid),
-                        2 => $rows::<2>(xi, wg, $per_row, half, o, $ldc, valid),
-                        3 => $rows::<3>(xi, wg, $per_row, half, o, $ldc, valid),
-                        _ => $rows::<4>(xi, wg, $per_row, half, o, $ldc, valid),
-                    }
-                    i += 4;
-                }
+                let out = Out8 { dst: $dst.add(g * LANES + 8 * half), ldc: $ldc, valid };
+                by_fours!($m, $rows, $x.as_ptr(), wg, $per_row, half, out);
             }
         }
     }};
 }
 
-/// The first `valid` (at most 8) lanes of `a` to `o`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store_lanes(o: *mut f32, a: __m256, valid: usize) {
-    if valid == 8 {
-        _mm256_storeu_ps(o, a);
-    } else {
-        let mut tmp = [0f32; 8];
-        _mm256_storeu_ps(tmp.as_mut_ptr(), a);
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, valid);
+/// Where the interleaved kernels write: input row `i`'s eight sums go to `dst + i * ldc`, the
+/// first `valid` (at most 8) of them.
+#[derive(Clone, Copy)]
+struct Out8 {
+    dst: *mut f32,
+    ldc: usize,
+    valid: usize,
+}
+
+impl Out8 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store(self, i: usize, a: __m256) {
+        let o = self.dst.add(i * self.ldc);
+        if self.valid == 8 {
+            _mm256_storeu_ps(o, a);
+        } else {
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, self.valid);
+        }
     }
 }
 
@@ -365,19 +366,19 @@ pub(super) unsafe fn gemm_q4x16(
     interleaved_halves!(q4x8_rows, x, m, w, per_row, cols, dst, ldc);
 }
 
-/// `R` input rows (from `x`, `per_row` groups apart) against half `half` (rows `8 half..`) of
-/// one interleaved group of weight rows, into `dst` (`ldc` apart), its first `valid` columns.
+/// Input rows `i..i + R` (from `x`, `per_row` groups apart) against half `half` (rows
+/// `8 half..`) of one interleaved group of weight rows, into `out`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4x8_rows<const R: usize>(
+    i: usize,
     x: *const BlockQ8A,
     w: *const Q4x16,
     per_row: usize,
     half: usize,
-    dst: *mut f32,
-    ldc: usize,
-    valid: usize,
+    out: Out8,
 ) {
+    let x = x.add(i * per_row);
     let nib = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
@@ -410,7 +411,7 @@ unsafe fn q4x8_rows<const R: usize>(
         }
     }
     for (l, a) in acc.iter().enumerate() {
-        store_lanes(dst.add(l * ldc), *a, valid);
+        out.store(i + l, *a);
     }
 }
 
@@ -433,14 +434,14 @@ pub(super) unsafe fn gemm_q8x16(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8x8_rows<const R: usize>(
+    i: usize,
     x: *const BlockQ8A,
     w: *const Q8x16,
     per_row: usize,
     half: usize,
-    dst: *mut f32,
-    ldc: usize,
-    valid: usize,
+    out: Out8,
 ) {
+    let x = x.add(i * per_row);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..per_row {
@@ -465,6 +466,6 @@ unsafe fn q8x8_rows<const R: usize>(
         }
     }
     for (l, a) in acc.iter().enumerate() {
-        store_lanes(dst.add(l * ldc), *a, valid);
+        out.store(i + l, *a);
     }
 }

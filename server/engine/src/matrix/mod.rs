@@ -305,10 +305,7 @@ impl Matrix {
         let rows = |per_row: usize| r0 * per_row..(r0 + n) * per_row;
         match &self.data {
             Data::F32(v) => out.copy_from_slice(&v[rows(k)]),
-            Data::F16(v) => {
-                use half::slice::HalfFloatSliceExt;
-                v[rows(k)].convert_to_f32_slice(out)
-            }
+            Data::F16(v) => ops::widen_f16(&v[rows(k)], out),
             Data::Bf16(v) => widen_bf16(&v[rows(k)], out),
             Data::Q8(v) => q8_0::dequantize(&v[rows(k / Q8_GROUP)], out),
             Data::Q4_0(v) => (kernels().dequantize_q4_0)(&v[rows(k / 32)], out),
