@@ -124,9 +124,11 @@ serve_options! {
         "On a CPU with AVX-512 BF16, compute bf16 products of 8 rows or more natively (logits move by about 1e-2).";
     kernels: String, env "GHOSTLINE_KERNELS",
         "Cap the CPU kernels: auto, avx512, avx2 or portable (to compare kernels on one machine). Default: auto, the best the CPU has.";
-    weights: String, env "GHOSTLINE_WEIGHTS",
-        "How the CPU backend stores weights: f32, bf16 or q8 (int8 in groups of 32; fastest, slightly less \
-         exact). Default: the checkpoint's own precision (bf16 or f32).";
+    weights: String = "auto".into() => "auto", env "GHOSTLINE_WEIGHTS",
+        "How the CPU backend holds weights: auto, stored (the checkpoint's own precision: bf16 or f32, a \
+         GGUF file's blocks), or one format for every matrix: f32, bf16, q8 (int8 in groups of 32), q4, q4_1. \
+         auto: q8 where the CPU has AVX2 or AVX-512 and q8 changes no matrix by more than 2% (RMS), else \
+         stored; a GGUF file's quantized blocks as stored. The load log says which, and why.";
     kv_cache: String = "f16".into() => "f16", env "GHOSTLINE_KV_CACHE",
         "How the CPU backend stores the KV cache: f16 (half the memory) or f32.";
     upstream: String, env "GHOSTLINE_UPSTREAM",

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use config::{ModelServing, ServeArgs, Settings};
-use ghostline_engine::{Backend, Checkpoint, Device, KvDtype, SamplingParams, Tokenizer, WeightFormat};
+use ghostline_engine::{Backend, Checkpoint, Device, KvDtype, SamplingParams, Tokenizer, Weights};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 #[derive(Parser)]
@@ -209,14 +209,18 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Generate { model, prompt, max_tokens, temperature, top_p, top_k, seed, stop }) => {
             // The engine's knobs from the environment (GHOSTLINE_THREADS, _KERNELS, _BF16_NATIVE).
-            cli.serve.resolve()?.engine().hand_to_engine()?;
+            // And GHOSTLINE_WEIGHTS.
+            let settings = cli.serve.resolve()?;
+            settings.engine().hand_to_engine()?;
+            let weights = settings.weights.parse::<Weights>().map_err(|e| anyhow::anyhow!("GHOSTLINE_WEIGHTS: {e}"))?;
             let dir = resolve_model(model.as_ref().and_then(|p| p.to_str()))?;
             let t0 = Instant::now();
-            let ckpt = Checkpoint::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+            let ckpt = Checkpoint::load_as(&dir, weights).with_context(|| format!("loading {}", dir.display()))?;
             eprintln!(
-                "loaded {} ({:.1}M parameters) in {:.2}s",
+                "loaded {} ({:.1}M parameters, weights {}) in {:.2}s",
                 dir.display(),
                 ckpt.model.num_params() as f64 / 1e6,
+                ckpt.model.describe_weights(),
                 t0.elapsed().as_secs_f64()
             );
             let mut pool = ckpt.kv_pool_as(256 << 20, KvDtype::default());
@@ -267,8 +271,7 @@ fn serve(a: Settings) -> anyhow::Result<()> {
     let (local, tokenizer) = match &a.upstream {
         Some(_) => (None, None),
         None => {
-            let weights =
-                a.weights.as_deref().map(str::parse::<WeightFormat>).transpose().map_err(anyhow::Error::msg)?;
+            let weights = a.weights.parse::<Weights>().map_err(|e| anyhow::anyhow!("--weights: {e}"))?;
             let kv_dtype = a.kv_cache.parse::<KvDtype>().map_err(anyhow::Error::msg)?;
             let (backend, tokenizer) = Backend::load_with_tokenizer(&dir, device, weights)
                 .with_context(|| format!("loading model {} on {device}", dir.display()))?;

@@ -271,7 +271,40 @@ fn every_weight_format_serves_and_an_unknown_one_is_refused() {
     }
     assert_eq!(texts[0], texts[1], "f32 and bf16 storage of a bf16 checkpoint compute the same products");
     let err = refused_startup(&["--weights", "q3"]);
-    assert!(err.contains("q3") && err.contains("bf16"), "{err}");
+    assert!(err.contains("q3") && err.contains("bf16") && err.contains("auto"), "{err}");
+}
+
+/// The load log of a server started with `extra`, once it listens.
+fn load_log(extra: &[&str]) -> String {
+    let dir = TempDir::new("log");
+    let log = dir.path().join("stderr");
+    let s = Launch::new("qwen2-tied-bf16").env("GHOSTLINE_LOG", "info").stderr(&log).args(extra).start();
+    drop(s);
+    std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("model loaded")).collect()
+}
+
+#[test]
+fn the_default_weights_are_chosen_for_the_cpu_and_the_load_log_says_which_and_why() {
+    // Without --weights: q8 where the kernels are AVX2 or AVX-512, with what it changed.
+    let auto = load_log(&[]);
+    let avx2 = std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c");
+    if avx2 {
+        assert!(auto.contains("weights q8 (auto: fastest on avx"), "{auto}");
+        // Measured at load against the checkpoint's own bf16 on a code sample.
+        assert!(auto.contains("within budget; chose bf16's next token at "), "{auto}");
+        assert!(auto.contains("% RMS, at most "), "{auto}");
+        assert!(auto.contains("kernels"), "the kernel set is printed too: {auto}");
+    }
+    // The portable kernels run q8 slower than the checkpoint's own bf16, which auto keeps.
+    let portable = load_log(&["--kernels", "portable"]);
+    assert!(portable.contains("weights bf16 (auto: the portable kernels run q8 slower than bf16)"), "{portable}");
+    assert!(portable.contains("portable kernels"), "{portable}");
+    // Asked for: the checkpoint's own precision, or a format with its cost.
+    assert!(load_log(&["--weights", "stored"]).contains("weights bf16 (the checkpoint's own precision)"));
+    let q4 = load_log(&["--weights", "q4", "--kernels", "portable"]);
+    assert!(q4.contains("weights q4 (asked; changed "), "{q4}");
 }
 
 #[test]

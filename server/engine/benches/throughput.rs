@@ -1,7 +1,7 @@
 //! Prefill and decode throughput of the engine on a checkpoint.
 //!
 //! cargo bench -p ghostline-engine --bench throughput -- --model DIR [--prompts 128,512,1500]
-//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights f32|bf16|q8|q4]
+//!     [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] [--weights auto|stored|f32|bf16|q8|q4|q4_1]
 //!     [--kv f16|f32] [--latency]
 //!
 //! Prints one JSON object per measurement: tokens/s as min / median / max over `--reps`
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ghostline_engine::{
-    argmax, cpu, BatchItem, Checkpoint, CpuOptions, KvDtype, KvPool, Logits, Model, SeqKv, WeightFormat,
+    argmax, cpu, BatchItem, Checkpoint, CpuOptions, KvDtype, KvPool, Logits, Model, SeqKv, Weights,
 };
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -72,7 +72,7 @@ fn main() {
     let Some(model) = arg(&args, "--model") else {
         eprintln!(
             "usage: throughput --model DIR [--prompts 128,512,1500] [--decode 32] [--batches 1,8,32] [--context 128] [--reps 5] \
-             [--weights f32|bf16|q8|q4] [--kv f16|f32] [--latency]"
+             [--weights auto|stored|f32|bf16|q8|q4|q4_1] [--kv f16|f32] [--latency]"
         );
         return;
     };
@@ -88,9 +88,9 @@ fn main() {
     let reps: usize = arg(&args, "--reps").and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
     let batches = list(&args, "--batches", "1,8");
     let context: usize = arg(&args, "--context").and_then(|s| s.parse().ok()).unwrap_or(128).max(1);
-    let format: Option<WeightFormat> =
-        arg(&args, "--weights").map(|s| s.parse().unwrap_or_else(|e: String| panic!("{e}")));
-    let ckpt = Checkpoint::load_as(&PathBuf::from(&model), format).unwrap_or_else(|e| panic!("{e}"));
+    let weights: Weights =
+        arg(&args, "--weights").map_or(Ok(Weights::Auto), |s| s.parse()).unwrap_or_else(|e: String| panic!("{e}"));
+    let ckpt = Checkpoint::load_as(&PathBuf::from(&model), weights).unwrap_or_else(|e| panic!("{e}"));
     let m = &ckpt.model;
     let fmt = m.format;
     let vocab = m.config.vocab_size;
@@ -98,9 +98,10 @@ fn main() {
         arg(&args, "--kv").map_or(Ok(KvDtype::default()), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
     let mut pool = ckpt.kv_pool_as(1 << 30, kv);
     eprintln!(
-        "model {model}: {:.2}M params, {fmt} weights ({:.1} MB), {kv} KV cache, {}; loaded: RSS {:.1} MiB \
+        "model {model}: {:.2}M params, weights {} ({:.1} MB), {kv} KV cache, {}; loaded: RSS {:.1} MiB \
          (anonymous {:.1}, file {:.1}), peak {:.1} MiB",
         m.num_params() as f64 / 1e6,
+        m.describe_weights(),
         m.weight_bytes() as f64 / 1e6,
         cpu::describe(),
         status_mib("VmRSS:"),

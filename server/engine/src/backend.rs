@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvDtype, KvPool, KvShape};
-use crate::matrix::WeightFormat;
+use crate::model::Weights;
 use crate::model::{BatchItem, Logits, Model};
 use crate::sampling::{Rng, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -136,14 +136,14 @@ pub struct Backend {
 impl Backend {
     /// Loads the checkpoint in `dir` (Hugging Face layout) onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Backend> {
-        Self::load_as(dir, device, None)
+        Self::load_as(dir, device, Weights::Stored)
     }
 
-    /// As [`Backend::load`], with the CPU backend's weights stored in `format` (`None`: the
-    /// checkpoint's own precision, see [`crate::default_format`]; a GGUF file's blocks as
-    /// stored). The GPU keeps bf16 / f16.
+    /// As [`Backend::load`], with the CPU backend's weights held as `weights` asks (see
+    /// [`Weights`]). The GPU keeps bf16 / f16.
     /// `dir` may also be a `.gguf` file (CPU only).
-    pub fn load_as(dir: &Path, device: Device, format: Option<WeightFormat>) -> Result<Backend> {
+    pub fn load_as(dir: &Path, device: Device, weights: impl Into<Weights>) -> Result<Backend> {
+        let format = weights.into();
         if crate::gguf::is_gguf(dir) && !dir.is_dir() {
             return match device {
                 Device::Cpu => Ok(Backend::cpu(Model::load_as(dir, format)?)),
@@ -177,8 +177,9 @@ impl Backend {
     pub fn load_with_tokenizer(
         dir: &Path,
         device: Device,
-        format: Option<WeightFormat>,
+        weights: impl Into<Weights>,
     ) -> Result<(Backend, Tokenizer)> {
+        let format = weights.into();
         if crate::gguf::is_gguf(dir) && !dir.is_dir() && device == Device::Cpu {
             let (mut file, config) = crate::gguf::open_model(dir)?;
             let model = Model::from_gguf(&mut file, config, format)?;
@@ -214,7 +215,7 @@ impl Backend {
     /// The device in words (the GPU's name on CUDA).
     pub fn describe(&self) -> String {
         match &self.inner {
-            Inner::Cpu(m) => format!("cpu ({} weights)", m.format),
+            Inner::Cpu(m) => format!("cpu, weights {}", m.describe_weights()),
             #[cfg(feature = "cuda")]
             Inner::Cuda(m) => format!("{} ({})", self.device, m.gpu().name),
         }

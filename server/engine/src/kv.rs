@@ -384,11 +384,8 @@ impl KvPool {
     pub(crate) fn write(&mut self, id: BlockId, at: usize, src: &[f32]) {
         match &mut self.storage {
             Storage::Host(blocks) => blocks[id as usize][at..at + src.len()].copy_from_slice(src),
-            Storage::HostF16(blocks) => {
-                // F16C where the CPU has it (detected at run time), else a portable rounding.
-                use half::slice::HalfFloatSliceExt;
-                blocks[id as usize][at..at + src.len()].convert_from_f32_slice(src);
-            }
+            // F16C where the CPU has it, else a portable rounding.
+            Storage::HostF16(blocks) => crate::ops::narrow_f16(src, &mut blocks[id as usize][at..at + src.len()]),
             #[cfg(feature = "cuda")]
             Storage::Device(_) => {}
         }

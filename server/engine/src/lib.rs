@@ -46,8 +46,8 @@ pub use cpu::{CpuOptions, KernelCap};
 pub use error::{EngineError, Result};
 pub use generate::{generate, Finish, GenerateParams, Generation, StopMatcher};
 pub use kv::{BlockId, KvDtype, KvPool, KvShape, SeqKv};
-pub use matrix::{Matrix, WeightFormat};
-pub use model::{default_format, BatchItem, Logits, Model};
+pub use matrix::{Matrix, Rounding, WeightFormat};
+pub use model::{default_format, Agreement, BatchItem, Logits, Model, Weights, Q8_AUTO_BUDGET};
 pub use sampling::{argmax, Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
@@ -64,16 +64,18 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Loads everything from a checkpoint directory in the Hugging Face layout.
     pub fn load(dir: &Path) -> Result<Self> {
-        Self::load_as(dir, None)
+        Self::load_as(dir, Weights::Stored)
     }
 
-    /// Loads a checkpoint with its weight matrices in `format` (`None`: the lossless default;
-    /// q8 for a block-quantized GGUF file). `dir` is a checkpoint directory or a `.gguf` file.
-    pub fn load_as(dir: &Path, format: Option<WeightFormat>) -> Result<Self> {
+    /// Loads a checkpoint with its weight matrices held as `weights` asks (see [`Weights`]; a
+    /// format, or `None` for the checkpoint's own precision). `dir` is a checkpoint directory
+    /// or a `.gguf` file.
+    pub fn load_as(dir: &Path, weights: impl Into<Weights>) -> Result<Self> {
+        let weights = weights.into();
         if gguf::is_gguf(dir) && !dir.is_dir() {
             // The file's header and metadata are read once, for the weights and the tokenizer.
             let (mut file, config) = gguf::open_model(dir)?;
-            let model = Model::from_gguf(&mut file, config, format)?;
+            let model = Model::from_gguf(&mut file, config, weights)?;
             let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
             drop(file);
             release_freed_heap();
@@ -85,7 +87,7 @@ impl Checkpoint {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
             });
         }
-        let model = Model::load_as(dir, format)?;
+        let model = Model::load_as(dir, weights)?;
         let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
         release_freed_heap();
         Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer })

@@ -189,6 +189,30 @@ pub(crate) mod x86 {
         }
     }
 
+    /// `dst[i] = src[i]` rounded to f16 (to nearest, ties to even), 32 elements a pass (F16C).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn narrow_f16(src: &[f32], dst: &mut [half::f16]) {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let n = src.len().min(dst.len());
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut u16);
+        let mut i = 0;
+        while i + 32 <= n {
+            for l in 0..4 {
+                let h = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(s.add(i + 8 * l)));
+                _mm_storeu_si128(d.add(i + 8 * l) as *mut __m128i, h);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            _mm_storeu_si128(d.add(i) as *mut __m128i, _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(s.add(i))));
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = _mm_extract_epi16::<0>(_mm_cvtps_ph::<NEAREST>(_mm_set_ss(*s.add(i)))) as u16;
+            i += 1;
+        }
+    }
+
     /// `out[s] = scale * q · keys[s]` for each key row: four keys per pass (four independent
     /// FMA chains, one shared load of q), reduced together with two rounds of `hadd`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -427,6 +451,8 @@ struct Vector {
     attn_weighted_sum_f16: fn(&[f32], &[half::f16], &mut [f32]),
     /// f16 to f32, element by element.
     widen_f16: fn(&[half::f16], &mut [f32]),
+    /// f32 to f16 (to nearest, ties to even), element by element.
+    narrow_f16: fn(&[f32], &mut [half::f16]),
 }
 
 fn vector() -> &'static Vector {
@@ -452,6 +478,7 @@ impl Vector {
                 attn_scores_f16: |q, k, s, o| unsafe { x86::attn_scores(q, k, s, o) },
                 attn_weighted_sum_f16: |p, v, o| unsafe { x86::attn_weighted_sum(p, v, o) },
                 widen_f16: |s, d| unsafe { x86::widen_f16(s, d) },
+                narrow_f16: |s, d| unsafe { x86::narrow_f16(s, d) },
             };
         }
         let _ = f;
@@ -464,6 +491,7 @@ impl Vector {
             attn_scores_f16: attn_scores_portable,
             attn_weighted_sum_f16: attn_weighted_sum_portable,
             widen_f16: widen_f16_portable,
+            narrow_f16: narrow_f16_portable,
         }
     }
 }
@@ -562,6 +590,18 @@ pub(crate) fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
     (vector().widen_f16)(src, dst)
 }
 
+/// `dst[i] = src[i]` rounded to f16 (F16C where the CPU has it): what the f16 KV cache stores.
+pub(crate) fn narrow_f16(src: &[f32], dst: &mut [half::f16]) {
+    assert_eq!(src.len(), dst.len(), "narrow_f16: lengths differ");
+    (vector().narrow_f16)(src, dst)
+}
+
+fn narrow_f16_portable(src: &[f32], dst: &mut [half::f16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(x);
+    }
+}
+
 fn widen_f16_portable(src: &[half::f16], dst: &mut [f32]) {
     use half::slice::HalfFloatSliceExt;
     src.convert_to_f32_slice(dst);
@@ -639,6 +679,49 @@ mod tests {
     use super::test_naive_matmul_t as naive;
 
     use super::test_data as data;
+
+    #[test]
+    fn f16_rounding_and_widening_agree_with_the_portable_code_bit_for_bit() {
+        let simd = Vector::for_features(crate::cpu::Features::detect(crate::cpu::KernelCap::Auto));
+        // Ties (1 + 2^-11 rounds to even), the subnormal range, overflow to infinity, signed zeros.
+        let mut x: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0 + f32::powi(2.0, -11),
+            1.0 + 3.0 * f32::powi(2.0, -11),
+            6.0e-8,
+            -3.0e-8,
+            1.0e-5,
+            65504.0,
+            65520.0,
+            -1.0e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+        ];
+        x.extend(data(200, 3).iter().map(|v| v * 300.0));
+        for n in 0..x.len() {
+            let (mut a, mut b) = (vec![half::f16::ZERO; n], vec![half::f16::ZERO; n]);
+            (simd.narrow_f16)(&x[..n], &mut a);
+            narrow_f16_portable(&x[..n], &mut b);
+            assert_eq!(
+                a.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+                "n = {n}"
+            );
+            let (mut wa, mut wb) = (vec![0f32; n], vec![0f32; n]);
+            (simd.widen_f16)(&a, &mut wa);
+            widen_f16_portable(&b, &mut wb);
+            assert_eq!(
+                wa.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                wb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        let (mut nan, mut h) = ([f32::NAN; 9], [half::f16::ZERO; 9]);
+        nan[3] = 1.0;
+        (simd.narrow_f16)(&nan, &mut h);
+        assert!(h.iter().enumerate().all(|(i, v)| (i == 3) != v.is_nan()), "{h:?}");
+    }
 
     #[test]
     fn single_threaded_products_match_naive() {

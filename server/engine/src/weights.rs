@@ -12,15 +12,16 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use crate::error::{io_err, EngineError, Result};
-use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
+use crate::matrix::{Matrix, MatrixBuilder, Rounding, WeightFormat};
 
 /// Where a model's tensors come from (safetensors files or a GGUF file), addressed by
 /// transformers' tensor names.
 pub trait TensorSource {
     /// Tensor `name`, its shape checked against `shape`, as f32.
     fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
-    /// The named matrices (each `(name, rows)`, all `cols` wide) stacked by rows, in `format`.
-    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<Matrix>;
+    /// The named matrices (each `(name, rows)`, all `cols` wide) stacked by rows, in `format`,
+    /// and how far converting them to it moved the weights (nothing for blocks kept as stored).
+    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<(Matrix, Rounding)>;
     /// The float type most weight matrices are stored in, if they are stored as floats.
     fn main_dtype(&self) -> Option<DType>;
 }
@@ -32,12 +33,12 @@ impl TensorSource for WeightFiles {
 
     // Weight matrices go straight from the file into their storage format, a batch of rows at
     // a time.
-    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<Matrix> {
+    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<(Matrix, Rounding)> {
         let mut b = MatrixBuilder::new(parts.iter().map(|(_, r)| r).sum(), cols, format);
         for (name, rows) in parts {
             self.rows_f32(name, &[*rows, cols], |chunk| b.push(chunk))?;
         }
-        Ok(b.finish())
+        Ok(b.finish_measured())
     }
 
     fn main_dtype(&self) -> Option<DType> {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ghostline_engine::{
     generate, BatchItem, Checkpoint, GenerateParams, Logits, Model, SamplingParams, SeqKv, Tokenizer, WeightFormat,
+    Weights,
 };
 use half::f16;
 use serde_json::Value as Json;
@@ -294,8 +295,11 @@ fn gguf_tensors(ty: u32) -> Vec<Tensor> {
 
 /// As llama.cpp writes them: q/k rows permuted for llama, as they are for qwen2.
 fn gguf_tensors_of(qwen2: bool, ty: u32) -> Vec<Tensor> {
-    hf_tensors_of(qwen2)
-        .into_iter()
+    gguf_tensors_from(hf_tensors_of(qwen2), qwen2, ty)
+}
+
+fn gguf_tensors_from(hf: Vec<(String, usize, usize, Vec<f32>)>, qwen2: bool, ty: u32) -> Vec<Tensor> {
+    hf.into_iter()
         .map(|(name, rows, cols, mut w)| {
             if !qwen2 && name.ends_with("q_proj.weight") {
                 w = permute(&w, HEADS, cols);
@@ -775,9 +779,49 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
         assert_eq!(got, want, "{name}");
         let (per_block, _) = ty.block();
         let rows = want.len() / per_block;
-        let m = matrix_from_ggml(&[(ty, rows, &bytes)], per_block, WeightFormat::F32).unwrap();
+        let (m, rounding) = matrix_from_ggml(&[(ty, rows, &bytes)], per_block, WeightFormat::F32).unwrap();
+        assert_eq!(rounding.err2, 0.0, "{name}: f32 holds every weight");
         let mut out = vec![0f32; want.len()];
         m.rows_into(0, &mut out);
         assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{name} through matrix_from_ggml");
     }
+}
+
+/// `--weights auto` on a file of floats: q8 where the CPU has the integer kernels, after
+/// measuring it against the file's own f32 on the code sample; the file's f32 when q8 would
+/// choose other next tokens, and on the portable kernels.
+#[test]
+fn auto_weights_take_q8_only_where_it_is_fast_and_keeps_the_next_tokens() {
+    let d = tmp("auto");
+    let path = write(&d, &write_gguf(3, &metadata(), &gguf_tensors(0)).bytes);
+    let fast = ghostline_engine::cpu::features().level >= ghostline_engine::cpu::Level::Avx2;
+    let m = Model::load_as(&path, Weights::Auto).unwrap();
+    let stored = Model::load_as(&path, Weights::Stored).unwrap();
+    assert_eq!(stored.format, WeightFormat::F32);
+    assert!(stored.agreement.is_none(), "nothing measured unless auto");
+    if fast {
+        assert_eq!(m.format, WeightFormat::Q8, "{}", m.describe_weights());
+        let a = m.agreement.expect("measured on the sample");
+        assert!(a.positions >= 20 && a.within_budget(), "{a:?}");
+        assert!(m.rounding.relative_rms() > 0.0 && m.rounding.relative_rms() < 0.01, "{:?}", m.rounding);
+    } else {
+        assert_eq!(m.format, WeightFormat::F32, "{}", m.describe_weights());
+        assert!(m.describe_weights().contains("portable kernels run q8 slower"), "{}", m.describe_weights());
+    }
+
+    // Rows of the (tied) embedding that differ from each other by far less than q8's step:
+    // the f32 model's next tokens hang on differences that q8 rounds away, so auto keeps f32.
+    let mut hf = hf_tensors_of(false);
+    let common = rand_vec(7, H, 0.5);
+    let (_, _, _, embed) = &mut hf[0];
+    for (i, x) in embed.iter_mut().enumerate() {
+        *x = common[i % H] + *x * 1e-4;
+    }
+    let path = write(&d, &write_gguf(3, &metadata(), &gguf_tensors_from(hf, false, 0)).bytes);
+    let m = Model::load_as(&path, Weights::Auto).unwrap();
+    assert_eq!(m.format, WeightFormat::F32, "{}", m.describe_weights());
+    if fast {
+        assert!(m.describe_weights().contains("outside the budget"), "{}", m.describe_weights());
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }

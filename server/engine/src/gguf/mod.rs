@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{io_err, EngineError, Result};
-use crate::matrix::{Matrix, MatrixBuilder, WeightFormat};
+use crate::matrix::{Matrix, MatrixBuilder, Rounding, WeightFormat};
 use crate::weights::{DType, TensorSource};
 use dequant::GgmlType;
 
@@ -220,7 +220,7 @@ pub fn matrix_from_ggml(
     parts: &[(GgmlType, usize, &[u8])],
     cols: usize,
     format: WeightFormat,
-) -> Result<Matrix, String> {
+) -> Result<(Matrix, Rounding), String> {
     let total = parts.iter().map(|p| p.1).sum();
     let mut b = MatrixBuilder::new(total, cols, format);
     for &(ty, rows, data) in parts {
@@ -235,7 +235,7 @@ pub fn matrix_from_ggml(
             b.push(&dequant::to_f32(ty, chunk, n * cols)?);
         }
     }
-    Ok(b.finish())
+    Ok(b.finish_measured())
 }
 
 impl TensorSource for GgufFile {
@@ -250,7 +250,7 @@ impl TensorSource for GgufFile {
         self.rows_f32(info, &g, rows, cols)
     }
 
-    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<Matrix> {
+    fn stacked(&self, parts: &[(String, usize)], cols: usize, format: WeightFormat) -> Result<(Matrix, Rounding)> {
         let mut owned: Vec<(GgmlType, usize, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(parts.len());
         let mut infos = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
@@ -288,8 +288,9 @@ impl TensorSource for GgufFile {
                     [one] => std::borrow::Cow::Borrowed(one.2),
                     many => std::borrow::Cow::Owned(many.iter().flat_map(|v| v.2.iter().copied()).collect()),
                 };
-                Matrix::from_ggml(ty.id(), rows, cols, &data)
-                    .map_err(|e| self.err(format!("tensor {}: {e}", names.join(" + "))))?
+                let m = Matrix::from_ggml(ty.id(), rows, cols, &data)
+                    .map_err(|e| self.err(format!("tensor {}: {e}", names.join(" + "))))?;
+                (m, Rounding::default())
             }
             _ => matrix_from_ggml(&views, cols, format)
                 .map_err(|m| self.err(format!("tensor {}: {m}", names.join(" + "))))?,

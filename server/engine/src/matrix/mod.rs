@@ -654,6 +654,31 @@ pub struct MatrixBuilder {
     cols: usize,
     filled: usize,
     data: Data,
+    rounding: Rounding,
+}
+
+/// How far a conversion moved a matrix's weights: the sums of squares of the change and of the
+/// weights converted, so that matrices add up ([`Rounding::add`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rounding {
+    pub err2: f64,
+    pub ref2: f64,
+}
+
+impl Rounding {
+    /// The change's root mean square relative to the weights' (0 for an exact conversion).
+    pub fn relative_rms(&self) -> f64 {
+        if self.ref2 > 0.0 {
+            (self.err2 / self.ref2).sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    pub fn add(&mut self, other: Rounding) {
+        self.err2 += other.err2;
+        self.ref2 += other.ref2;
+    }
 }
 
 impl MatrixBuilder {
@@ -677,7 +702,7 @@ impl MatrixBuilder {
             }
             WeightFormat::Q4_1 => Data::Q4_1(Vec::with_capacity(n / 32)),
         };
-        MatrixBuilder { rows, cols, filled: 0, data }
+        MatrixBuilder { rows, cols, filled: 0, data, rounding: Rounding::default() }
     }
 
     /// Appends whole rows (`w.len()` a multiple of `cols`).
@@ -690,6 +715,7 @@ impl MatrixBuilder {
         );
         let rows = w.len() / self.cols.max(1);
         assert!(self.filled + rows <= self.rows, "MatrixBuilder::push: more than {} rows", self.rows);
+        let start = self.stored_len();
         match &mut self.data {
             Data::F32(v) => v.extend_from_slice(w),
             Data::F16(v) => v.extend(w.iter().map(|&x| f16::from_f32(x))),
@@ -701,11 +727,58 @@ impl MatrixBuilder {
             Data::Q4_0x16(_) | Data::Q4_1x16(_) | Data::Q8x16(_) => unreachable!("the builder interleaves nothing"),
         }
         self.filled += rows;
+        self.measure(w, start);
+    }
+
+    /// Elements (float formats) or blocks (block formats) stored so far.
+    fn stored_len(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::Bf16(v) => v.len(),
+            Data::Q8(v) => v.len(),
+            Data::Q4_0(v) => v.len(),
+            Data::Q4_1(v) => v.len(),
+            _ => 0,
+        }
+    }
+
+    /// Adds what storing `w` (from element or block `start` on) changed to [`Self::rounding`].
+    fn measure(&mut self, w: &[f32], start: usize) {
+        let norm2 = |w: &[f32]| w.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+        if let Data::F32(_) = self.data {
+            self.rounding.add(Rounding { err2: 0.0, ref2: norm2(w) });
+            return;
+        }
+        let mut back = vec![0f32; w.len()];
+        match &self.data {
+            Data::F16(v) => back.iter_mut().zip(&v[start..]).for_each(|(o, x)| *o = x.to_f32()),
+            Data::Bf16(v) => back.iter_mut().zip(&v[start..]).for_each(|(o, &x)| *o = bf16::from_bits(x).to_f32()),
+            Data::Q8(v) => q8_0::dequantize(&v[start..], &mut back),
+            Data::Q4_0(v) => portable::dequantize(&v[start..], &mut back),
+            Data::Q4_1(v) => portable::dequantize(&v[start..], &mut back),
+            Data::F32(_)
+            | Data::Q4K(_)
+            | Data::Q5K(_)
+            | Data::Q6K(_)
+            | Data::Q4_0x16(_)
+            | Data::Q4_1x16(_)
+            | Data::Q8x16(_) => {
+                unreachable!("the builder makes none of these")
+            }
+        }
+        let err2 = w.iter().zip(&back).map(|(&x, &y)| f64::from(x - y) * f64::from(x - y)).sum();
+        self.rounding.add(Rounding { err2, ref2: norm2(w) });
     }
 
     pub fn finish(self) -> Matrix {
+        self.finish_measured().0
+    }
+
+    /// The matrix, and how far its conversion moved the weights pushed.
+    pub fn finish_measured(self) -> (Matrix, Rounding) {
         assert_eq!(self.filled, self.rows, "MatrixBuilder::finish: {} of {} rows", self.filled, self.rows);
-        Matrix { rows: self.rows, cols: self.cols, data: self.data }
+        (Matrix { rows: self.rows, cols: self.cols, data: self.data }, self.rounding)
     }
 }
 
