@@ -178,9 +178,14 @@ impl Model {
         }
         let format = file.keep_as_stored();
         let mut m = Self::from_weights(config, &*file, format)?;
+        let converted = if m.rounding.err2 > 0.0 {
+            ", except blocks of types the kernels lack, or stacked with other types, converted to q8"
+        } else {
+            ""
+        };
         m.format_reason = match weights {
-            Weights::Auto => "auto: the file's blocks as stored".into(),
-            _ => "the file's blocks as stored".into(),
+            Weights::Auto => format!("auto: the file's blocks as stored{converted}"),
+            _ => format!("the file's blocks as stored{converted}"),
         };
         Ok(m)
     }

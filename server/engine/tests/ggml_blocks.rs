@@ -16,15 +16,19 @@ fn dir() -> PathBuf {
 type Tensor = (String, u32, usize, usize, Vec<u8>, Vec<f32>);
 
 fn tensors() -> Vec<Tensor> {
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("index.json")).unwrap()).unwrap();
+    tensors_in(&dir())
+}
+
+fn tensors_in(dir: &std::path::Path) -> Vec<Tensor> {
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     index
         .as_array()
         .unwrap()
         .iter()
         .map(|t| {
             let name = t["name"].as_str().unwrap().to_string();
-            let raw = std::fs::read(dir().join(format!("{name}.bin"))).unwrap();
-            let want = std::fs::read(dir().join(format!("{name}.f32"))).unwrap();
+            let raw = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+            let want = std::fs::read(dir.join(format!("{name}.f32"))).unwrap();
             let want = want.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let n = |k: &str| t[k].as_u64().unwrap() as usize;
             (name, t["type"].as_u64().unwrap() as u32, n("rows"), n("cols"), raw, want)
@@ -93,4 +97,32 @@ fn from_ggml_refuses_what_it_cannot_take() {
     // A shape whose size overflows.
     assert!(err(0, usize::MAX, 2, 8).contains("more than"));
     assert!(Matrix::from_ggml(2, 2, 64, &[0u8; 72]).is_ok());
+}
+
+/// Q5_0 and Q5_1, which llama.cpp's Q4_K_M files hold where a row is not whole k-quant blocks:
+/// the kernels lack them, so the loader dequantizes them as gguf-py does (to the bit) and
+/// converts them to q8, whose change it measures.
+#[test]
+fn five_bit_blocks_dequantize_as_the_reference_does_and_convert_to_q8() {
+    use ghostline_engine::gguf::{dequant, matrix_from_ggml};
+    let all = tensors_in(&dir().join("converted"));
+    assert_eq!(all.len(), 2);
+    for (name, ty, rows, cols, raw, want) in all {
+        let t = dequant::GgmlType::from_id(ty).unwrap();
+        assert!(!t.computed_as_stored() && t.is_quantized(), "{name}");
+        let got = dequant::to_f32(t, &raw, rows * cols).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.to_bits() == w.to_bits(), "{name}[{i}]: {g} vs {w}");
+        }
+        let (m, rounding) = matrix_from_ggml(&[(t, rows, &raw)], cols, t.stored_format()).unwrap();
+        assert_eq!(m.format(), ghostline_engine::WeightFormat::Q8, "{name}");
+        let back = m.dequantize_rows();
+        let err2: f64 = back.iter().zip(&want).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+        let ref2: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+        let rms = (err2 / ref2).sqrt();
+        assert!((rounding.relative_rms() - rms).abs() < 1e-9, "{name}: measured {rounding:?}, is {rms}");
+        assert!(rms > 0.0 && rms < 0.01, "{name}: q8 changes five-bit weights by {rms} (RMS)");
+    }
+    // Matrix::from_ggml, which keeps blocks as stored, still refuses them.
+    assert!(Matrix::from_ggml(6, 1, 32, &[0u8; 22]).is_err());
 }

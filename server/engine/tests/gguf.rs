@@ -208,6 +208,23 @@ fn q8_0_bytes(v: &[f32]) -> Vec<u8> {
     out
 }
 
+/// ggml's Q5_0 blocks of `v` (as `quantize_row_q5_0_ref`: the scale from the value of largest
+/// magnitude, `-max / 16`).
+fn q5_0_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in v.chunks(32) {
+        let max = b.iter().fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q: Vec<u32> = b.iter().map(|x| ((x * id + 16.5) as i32).clamp(0, 31) as u32).collect();
+        out.extend(f16::from_f32(d).to_le_bytes());
+        let qh = (0..16).fold(0u32, |h, j| h | ((q[j] & 0x10) >> 4) << j | ((q[j + 16] & 0x10) >> 4) << (j + 16));
+        out.extend(qh.to_le_bytes());
+        out.extend((0..16).map(|j| (q[j] & 0xF) as u8 | ((q[j + 16] & 0xF) as u8) << 4));
+    }
+    out
+}
+
 /// The tiny model's tensors in transformers' naming and layout (`[rows, cols]`); `qwen2` adds
 /// the q/k/v biases that architecture has.
 fn hf_tensors_of(qwen2: bool) -> Vec<(String, usize, usize, Vec<f32>)> {
@@ -310,6 +327,9 @@ fn gguf_tensors_from(hf: Vec<(String, usize, usize, Vec<f32>)>, qwen2: bool, ty:
                 (vec![cols as u64], 0, f32_bytes(&w))
             } else if ty == 8 {
                 (vec![cols as u64, rows as u64], 8, q8_0_bytes(&w))
+            } else if ty == 6 && name.contains("self_attn") {
+                // Q5_0 for attention only: stacks of one type, and gate/up stay F32.
+                (vec![cols as u64, rows as u64], 6, q5_0_bytes(&w))
             } else {
                 (vec![cols as u64, rows as u64], 0, f32_bytes(&w))
             };
@@ -823,5 +843,28 @@ fn auto_weights_take_q8_only_where_it_is_fast_and_keeps_the_next_tokens() {
     if fast {
         assert!(m.describe_weights().contains("outside the budget"), "{}", m.describe_weights());
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A file with Q5_0 tensors (as llama.cpp's Q4_K_M writes where rows are not whole k-quant
+/// blocks): they load converted to q8, the load says so and what it changed, and the logits
+/// stay near those of the f32 weights.
+#[test]
+fn five_bit_tensors_load_converted_to_q8_and_say_so() {
+    let d = tmp("q5");
+    let f32_file = write(&d, &write_gguf(3, &metadata(), &gguf_tensors(0)).bytes);
+    let reference = Checkpoint::load(&f32_file).unwrap();
+    let ids = reference.tokenizer.encode("the thin thing in the", true).unwrap();
+    let want = last_logits(&reference.model, &ids);
+    let q5 = d.join("q5.gguf");
+    std::fs::write(&q5, write_gguf(3, &metadata(), &gguf_tensors(6)).bytes).unwrap();
+    let m = Checkpoint::load(&q5).unwrap().model;
+    let said = m.describe_weights();
+    assert!(said.contains("converted to q8") && said.contains("self_attn"), "{said}");
+    assert!(m.rounding.err2 > 0.0, "{said}");
+    let got = last_logits(&m, &ids);
+    let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let diff = got.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(diff < 0.1 * scale, "q5_0 logits differ by {diff} (scale {scale})");
     let _ = std::fs::remove_dir_all(&d);
 }

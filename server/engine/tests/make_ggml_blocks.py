@@ -5,7 +5,8 @@ little-endian f32) and their shapes (`index.json`), for `tests/ggml_blocks.rs`.
 
 Random blocks (scales in a sane range, every other byte random) for Q4_0, Q4_1, Q8_0, Q4_K,
 Q5_K, Q6_K, F16, BF16, F32; with `--gguf FILE`, also the first rows of one tensor of each of
-the file's quantized types (real blocks). Needs the `gguf` and `numpy` packages.
+the file's quantized types (real blocks). In `converted/`, random Q5_0 and Q5_1 blocks, the
+types the engine converts to q8 at load. Needs the `gguf` and `numpy` packages.
 
     python3 server/engine/tests/make_ggml_blocks.py [--gguf SmolLM2-135M-Instruct.Q4_1.gguf]
 """
@@ -20,6 +21,9 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 OUT = Path(__file__).parent / "fixtures" / "ggml-blocks"
+# Types the engine converts at load (to q8) instead of computing on: the same files, in their
+# own directory and index.
+CONVERTED_OUT = OUT / "converted"
 
 # Block layouts: bytes per block, weights per block, offsets of the f16 scale fields.
 LAYOUT = {
@@ -30,15 +34,19 @@ LAYOUT = {
     T.Q5_K: (176, 256, [0, 2]),
     T.Q6_K: (210, 256, [208]),
 }
+CONVERTED = {
+    T.Q5_0: (22, 32, [0]),
+    T.Q5_1: (24, 32, [0, 2]),
+}
 
 
 def random_blocks(rng, qtype, rows, cols):
-    size, per, scales = LAYOUT[qtype]
+    size, per, scales = {**LAYOUT, **CONVERTED}[qtype]
     raw = rng.integers(0, 256, size=(rows * cols // per, size), dtype=np.uint8)
     for off in scales:
         # Q4_0's scale (ggml's quantizer makes it negative as often as not) and Q4_1's minimum
         # may be negative; the k-quants' super-block scales are positive.
-        lo = -0.5 if qtype in (T.Q4_0, T.Q8_0) or (qtype == T.Q4_1 and off == 2) else 0.001
+        lo = -0.5 if qtype in (T.Q4_0, T.Q8_0, T.Q5_0) or (qtype in (T.Q4_1, T.Q5_1) and off == 2) else 0.001
         val = rng.uniform(lo, 0.05 if per == 256 else 0.5, size=raw.shape[0]).astype(np.float16)
         raw[:, off : off + 2] = val.view(np.uint8).reshape(-1, 2)
     return raw.reshape(rows, -1)
@@ -84,6 +92,18 @@ def main():
                 raw = np.asarray(t.data).reshape(int(t.shape[1]), -1)[:4]
                 put(f"smollm2-{t.name}", t.tensor_type, 4, cols, raw, dequantize(raw, t.tensor_type))
     (OUT / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+
+    CONVERTED_OUT.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(22)
+    converted = []
+    for qtype in CONVERTED:
+        rows, cols = 5, 512
+        raw = random_blocks(rng, qtype, rows, cols)
+        name = f"random-{qtype.name.lower()}"
+        (CONVERTED_OUT / f"{name}.bin").write_bytes(np.ascontiguousarray(raw).tobytes())
+        (CONVERTED_OUT / f"{name}.f32").write_bytes(np.ascontiguousarray(dequantize(raw, qtype), dtype="<f4").tobytes())
+        converted.append({"name": name, "type": int(qtype), "rows": rows, "cols": cols})
+    (CONVERTED_OUT / "index.json").write_text(json.dumps(converted, indent=1) + "\n")
 
 
 if __name__ == "__main__":

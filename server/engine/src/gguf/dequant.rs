@@ -12,6 +12,9 @@ pub enum GgmlType {
     Bf16,
     Q4_0,
     Q4_1,
+    /// 5-bit blocks: computed on after conversion to q8 at load (see [`GgmlType::stored_format`]).
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q5K,
@@ -29,6 +32,8 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
@@ -37,7 +42,9 @@ impl GgmlType {
         }
     }
 
-    /// The weight format that computes on this type's blocks as they are stored.
+    /// The weight format that computes on this type's blocks as they are stored, or for the
+    /// types the kernels lack (Q5_0, Q5_1: llama.cpp's Q4_K_M files hold them where a row is
+    /// not whole k-quant blocks) the nearest one they are converted to at load, q8.
     pub fn stored_format(self) -> crate::matrix::WeightFormat {
         use crate::matrix::WeightFormat as F;
         match self {
@@ -46,6 +53,7 @@ impl GgmlType {
             GgmlType::Bf16 => F::Bf16,
             GgmlType::Q4_0 => F::Q4,
             GgmlType::Q4_1 => F::Q4_1,
+            GgmlType::Q5_0 | GgmlType::Q5_1 => F::Q8,
             GgmlType::Q8_0 => F::Q8,
             GgmlType::Q4K => F::Q4K,
             GgmlType::Q5K => F::Q5K,
@@ -60,6 +68,8 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4K,
             13 => GgmlType::Q5K,
@@ -67,8 +77,6 @@ impl GgmlType {
             30 => GgmlType::Bf16,
             other => {
                 let name = match other {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
                     9 => "Q8_1",
                     10 => "Q2_K",
                     11 => "Q3_K",
@@ -93,7 +101,7 @@ impl GgmlType {
                     _ => return Err(format!("unknown ggml tensor type {other}")),
                 };
                 return Err(format!(
-                    "tensor type {name} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
+                    "tensor type {name} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
                 ));
             }
         })
@@ -106,6 +114,8 @@ impl GgmlType {
             GgmlType::Bf16 => "BF16",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
@@ -120,6 +130,8 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4K => (QK_K, 144),
             GgmlType::Q5K => (QK_K, 176),
@@ -129,6 +141,12 @@ impl GgmlType {
 
     pub fn is_quantized(self) -> bool {
         self.block().0 > 1
+    }
+
+    /// Whether the kernels compute on this type's blocks as stored (else they are converted to
+    /// [`GgmlType::stored_format`] at load).
+    pub fn computed_as_stored(self) -> bool {
+        !matches!(self, GgmlType::Q5_0 | GgmlType::Q5_1)
     }
 
     /// Bytes of one row of `cols` elements (a row is a whole number of blocks).
@@ -179,6 +197,21 @@ pub fn to_f32(ty: GgmlType, data: &[u8], numel: usize) -> Result<Vec<f32>, Strin
             let (d, m, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..20]);
             out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
             out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+        }),
+        // ggml's dequantize_row_q5_0 / _q5_1: the fifth bit of weight j in bit j of `qh`.
+        GgmlType::Q5_0 | GgmlType::Q5_1 => blocks.for_each(|b| {
+            let (d, m, rest) = match ty {
+                GgmlType::Q5_0 => (f16_at(b, 0), None, &b[2..]),
+                _ => (f16_at(b, 0), Some(f16_at(b, 2)), &b[4..]),
+            };
+            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let qs = &rest[4..20];
+            let value = |q: u32| match m {
+                None => (q as i32 - 16) as f32 * d,
+                Some(m) => q as f32 * d + m,
+            };
+            out.extend(qs.iter().enumerate().map(|(j, &q)| value(u32::from(q & 0xF) | ((qh >> j) << 4 & 0x10))));
+            out.extend(qs.iter().enumerate().map(|(j, &q)| value(u32::from(q >> 4) | ((qh >> (j + 12)) & 0x10))));
         }),
         GgmlType::Q4K => blocks.for_each(|b| {
             let (d, min, scales, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);

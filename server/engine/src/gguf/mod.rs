@@ -282,7 +282,7 @@ impl TensorSource for GgufFile {
         let one_type = views.first().map(|v| v.0).filter(|&t| views.iter().all(|v| v.0 == t));
         let m = match one_type {
             // As stored: the parts' rows are whole blocks, so stacking them is concatenating.
-            Some(ty) if self.as_stored => {
+            Some(ty) if self.as_stored && ty.computed_as_stored() => {
                 let rows = views.iter().map(|v| v.1).sum();
                 let data: std::borrow::Cow<'_, [u8]> = match views.as_slice() {
                     [one] => std::borrow::Cow::Borrowed(one.2),
@@ -292,8 +292,20 @@ impl TensorSource for GgufFile {
                     .map_err(|e| self.err(format!("tensor {}: {e}", names.join(" + "))))?;
                 (m, Rounding::default())
             }
-            _ => matrix_from_ggml(&views, cols, format)
-                .map_err(|m| self.err(format!("tensor {}: {m}", names.join(" + "))))?,
+            // Converted: to the format asked for; as stored, a type the kernels lack to the
+            // nearest one they compute on, and parts of different types (llama.cpp's Q4_K_M
+            // keeps some q/k/v and gate/up in Q6_K or Q8_0 beside Q4_K) to q8, which holds
+            // every 4- to 8-bit block's values closely, or to f32 where a part is floats.
+            _ => {
+                let target = match one_type {
+                    _ if !self.as_stored => format,
+                    Some(ty) => ty.stored_format(),
+                    None if views.iter().all(|v| v.0.is_quantized()) => WeightFormat::Q8,
+                    None => WeightFormat::F32,
+                };
+                matrix_from_ggml(&views, cols, target)
+                    .map_err(|m| self.err(format!("tensor {}: {m}", names.join(" + "))))?
+            }
         };
         for (_, info) in infos {
             self.release(info);
