@@ -80,7 +80,7 @@ if [ -z "$dir" ]; then
   python3 server/engine/tests/make_fixtures.py --random-checkpoint "$dir" \
     ${SHAPE:---hidden 256 --intermediate 768 --layers 4 --heads 4 --kv-heads 2 --vocab 8192} >&2
 fi
-# Cases: "ghostline's --weights (- for as stored):llama.cpp's GGUF file:label".
+# Cases: "ghostline's --weights:llama.cpp's GGUF file:label" (stored: the file's blocks as they are).
 export LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cases=()
 if [ -f "$dir" ]; then
@@ -88,7 +88,7 @@ if [ -f "$dir" ]; then
     "$bin/llama-quantize" --allow-requantize "$dir" "$tmp/model-$t.gguf" "$t" >"$tmp/quantize-$t.log" 2>&1 \
       || { cat "$tmp/quantize-$t.log" >&2; exit 1; }
   done
-  cases=("-:$dir:as-stored" "q8:$tmp/model-Q8_0.gguf:q8" "bf16:$tmp/model-BF16.gguf:bf16")
+  cases=("stored:$dir:as-stored" "q8:$tmp/model-Q8_0.gguf:q8" "bf16:$tmp/model-BF16.gguf:bf16")
 else
   for t in f32 bf16 q8_0; do
     python3 server/engine/benches/gguf_convert.py "$src" "$dir" "$tmp/model-$t.gguf" "$t" >"$tmp/convert-$t.log" 2>&1 \
@@ -113,7 +113,7 @@ rss() { # rss NAME CMD... : runs CMD, keeps its stdout, appends its peak RSS as 
 
 for case in "${cases[@]}"; do
   IFS=: read -r weights gguf label <<<"$case"
-  wargs=(); [ "$weights" = - ] || wargs=(--weights "$weights")
+  wargs=(--weights "$weights")
   # llama.cpp: prefill at each length and batch-1 decode.
   rss "llama.cpp-$label" "$bin/llama-bench" -m "$gguf" -t "$threads" -r "$reps" \
     -p 128,512,1500 -n 32 -o json > "$tmp/lb-$label.json" 2>"$tmp/lb-$label.err" || { cat "$tmp/lb-$label.err" >&2; exit 1; }
