@@ -169,9 +169,8 @@ impl Model {
             Weights::Stored => {}
             Weights::Auto if file.is_quantized() => {}
             Weights::Auto => {
-                let path = file.path.clone();
                 let sample =
-                    sample_ids(crate::tokenizer::Tokenizer::load_with(&path, &config.eos_token_ids, Some(&*file)));
+                    sample_ids(crate::tokenizer::Tokenizer::load_with(&file.path, &config.eos_token_ids, Some(&*file)));
                 return Self::from_floats(config, &*file, weights, sample.as_deref());
             }
             Weights::Format(_) => return Self::from_floats(config, &*file, weights, None),
@@ -753,10 +752,11 @@ pub(crate) fn reserve_batch(c: &ModelConfig, pool: &mut KvPool, items: &mut [Bat
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
     /// The default, fast within an accuracy budget on this CPU. A checkpoint of floats is held
-    /// in q8 where the CPU has the integer kernels (AVX2 or AVX-512), unless that would change
-    /// some matrix by more than [`Q8_AUTO_BUDGET`] (RMS of the change over RMS of the weights),
-    /// and in its own precision otherwise (the portable kernels run q8 slower than bf16 or
-    /// f32). A GGUF file's quantized blocks are computed on as stored.
+    /// in q8 where the CPU has the integer kernels (AVX2 or AVX-512), unless q8 misses the
+    /// budget: on [`SAMPLE`] against the checkpoint's own precision
+    /// ([`Agreement::within_budget`]), or a matrix changed by more than [`Q8_AUTO_BUDGET`]. In
+    /// its own precision otherwise (the portable kernels run q8 slower than bf16 or f32). A
+    /// GGUF file's quantized blocks are computed on as stored.
     #[default]
     Auto,
     /// The checkpoint's own precision ([`default_format`]); a GGUF file's blocks as stored.
@@ -768,7 +768,10 @@ pub enum Weights {
 /// The most [`Weights::Auto`] lets q8 change any one weight matrix: 2% (RMS of the change over
 /// RMS of the weights). Q8_0 changes a matrix of roughly normal weights by about 0.5%; the
 /// house model's matrices change by 0.5-0.6% and its FIM benchmark moves by less than a point
-/// (BENCHMARKS.md). A matrix with outliers that squeeze its groups' scales goes over.
+/// (BENCHMARKS.md). Rounding to 1/127 of a group's largest weight cannot by itself take a group
+/// past about 2.2% (half a step over at least that weight / √32); what does is a group scale
+/// too small for f16 (weights around 1e-5 and below), which rounds the whole group away. Outliers
+/// in the activations are what the sample check ([`Agreement`]) is for.
 pub const Q8_AUTO_BUDGET: f64 = 0.02;
 
 /// A few lines of code in two languages that [`Weights::Auto`] runs through q8 and through the

@@ -299,24 +299,9 @@ impl Matrix {
     /// Writes rows `r0..r0 + out.len() / cols` as f32 into `out` (dequantized, for every
     /// format: embeddings, tied output layers, the widened panels).
     pub fn rows_into(&self, r0: usize, out: &mut [f32]) {
-        let k = self.cols;
-        let n = out.len() / k;
+        let n = out.len() / self.cols;
         assert!(r0 + n <= self.rows, "rows_into: rows {r0}..{} of {}", r0 + n, self.rows);
-        let rows = |per_row: usize| r0 * per_row..(r0 + n) * per_row;
-        match &self.data {
-            Data::F32(v) => out.copy_from_slice(&v[rows(k)]),
-            Data::F16(v) => ops::widen_f16(&v[rows(k)], out),
-            Data::Bf16(v) => widen_bf16(&v[rows(k)], out),
-            Data::Q8(v) => q8_0::dequantize(&v[rows(k / Q8_GROUP)], out),
-            Data::Q4_0(v) => (kernels().dequantize_q4_0)(&v[rows(k / 32)], out),
-            Data::Q4_1(v) => (kernels().dequantize_q4_1)(&v[rows(k / 32)], out),
-            Data::Q4_0x16(v) => interleaved::dequantize_rows::<BlockQ4_0>(v, k / 32, r0, out),
-            Data::Q4_1x16(v) => interleaved::dequantize_rows::<BlockQ4_1>(v, k / 32, r0, out),
-            Data::Q8x16(v) => interleaved::dequantize_rows_q8(v, k / 32, r0, out),
-            Data::Q4K(v) => (kernels().dequantize_q4_k)(&v[rows(k / 256)], out),
-            Data::Q5K(v) => (kernels().dequantize_q5_k)(&v[rows(k / 256)], out),
-            Data::Q6K(v) => (kernels().dequantize_q6_k)(&v[rows(k / 256)], out),
-        }
+        data_rows_into(&self.data, self.cols, r0, out);
     }
 
     /// All rows as f32 (`rows * cols` floats).
@@ -647,6 +632,27 @@ impl std::fmt::Debug for Matrix {
     }
 }
 
+/// Rows `r0..r0 + out.len() / k` of matrix data `k` wide as f32 ([`Matrix::rows_into`], and
+/// [`MatrixBuilder`]'s measure of the rows it has stored).
+fn data_rows_into(data: &Data, k: usize, r0: usize, out: &mut [f32]) {
+    let n = out.len() / k.max(1);
+    let rows = |per_row: usize| r0 * per_row..(r0 + n) * per_row;
+    match data {
+        Data::F32(v) => out.copy_from_slice(&v[rows(k)]),
+        Data::F16(v) => ops::widen_f16(&v[rows(k)], out),
+        Data::Bf16(v) => widen_bf16(&v[rows(k)], out),
+        Data::Q8(v) => q8_0::dequantize(&v[rows(k / Q8_GROUP)], out),
+        Data::Q4_0(v) => (kernels().dequantize_q4_0)(&v[rows(k / 32)], out),
+        Data::Q4_1(v) => (kernels().dequantize_q4_1)(&v[rows(k / 32)], out),
+        Data::Q4_0x16(v) => interleaved::dequantize_rows::<BlockQ4_0>(v, k / 32, r0, out),
+        Data::Q4_1x16(v) => interleaved::dequantize_rows::<BlockQ4_1>(v, k / 32, r0, out),
+        Data::Q8x16(v) => interleaved::dequantize_rows_q8(v, k / 32, r0, out),
+        Data::Q4K(v) => (kernels().dequantize_q4_k)(&v[rows(k / 256)], out),
+        Data::Q5K(v) => (kernels().dequantize_q5_k)(&v[rows(k / 256)], out),
+        Data::Q6K(v) => (kernels().dequantize_q6_k)(&v[rows(k / 256)], out),
+    }
+}
+
 /// Builds a [`Matrix`] from its rows in order, a few at a time, converting each batch of rows
 /// to the storage format at once, so that loading never holds a whole f32 copy of a weight.
 pub struct MatrixBuilder {
@@ -715,7 +721,6 @@ impl MatrixBuilder {
         );
         let rows = w.len() / self.cols.max(1);
         assert!(self.filled + rows <= self.rows, "MatrixBuilder::push: more than {} rows", self.rows);
-        let start = self.stored_len();
         match &mut self.data {
             Data::F32(v) => v.extend_from_slice(w),
             Data::F16(v) => v.extend(w.iter().map(|&x| f16::from_f32(x))),
@@ -726,47 +731,19 @@ impl MatrixBuilder {
             Data::Q4K(_) | Data::Q5K(_) | Data::Q6K(_) => unreachable!("the builder makes no k-quants"),
             Data::Q4_0x16(_) | Data::Q4_1x16(_) | Data::Q8x16(_) => unreachable!("the builder interleaves nothing"),
         }
+        self.measure(w, self.filled);
         self.filled += rows;
-        self.measure(w, start);
     }
 
-    /// Elements (float formats) or blocks (block formats) stored so far.
-    fn stored_len(&self) -> usize {
-        match &self.data {
-            Data::F32(v) => v.len(),
-            Data::F16(v) => v.len(),
-            Data::Bf16(v) => v.len(),
-            Data::Q8(v) => v.len(),
-            Data::Q4_0(v) => v.len(),
-            Data::Q4_1(v) => v.len(),
-            _ => 0,
-        }
-    }
-
-    /// Adds what storing `w` (from element or block `start` on) changed to [`Self::rounding`].
-    fn measure(&mut self, w: &[f32], start: usize) {
+    /// Adds what storing `w` as rows `r0..` changed to [`Self::rounding`].
+    fn measure(&mut self, w: &[f32], r0: usize) {
         let norm2 = |w: &[f32]| w.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
         if let Data::F32(_) = self.data {
             self.rounding.add(Rounding { err2: 0.0, ref2: norm2(w) });
             return;
         }
         let mut back = vec![0f32; w.len()];
-        match &self.data {
-            Data::F16(v) => back.iter_mut().zip(&v[start..]).for_each(|(o, x)| *o = x.to_f32()),
-            Data::Bf16(v) => back.iter_mut().zip(&v[start..]).for_each(|(o, &x)| *o = bf16::from_bits(x).to_f32()),
-            Data::Q8(v) => q8_0::dequantize(&v[start..], &mut back),
-            Data::Q4_0(v) => portable::dequantize(&v[start..], &mut back),
-            Data::Q4_1(v) => portable::dequantize(&v[start..], &mut back),
-            Data::F32(_)
-            | Data::Q4K(_)
-            | Data::Q5K(_)
-            | Data::Q6K(_)
-            | Data::Q4_0x16(_)
-            | Data::Q4_1x16(_)
-            | Data::Q8x16(_) => {
-                unreachable!("the builder makes none of these")
-            }
-        }
+        data_rows_into(&self.data, self.cols, r0, &mut back);
         let err2 = w.iter().zip(&back).map(|(&x, &y)| f64::from(x - y) * f64::from(x - y)).sum();
         self.rounding.add(Rounding { err2, ref2: norm2(w) });
     }
