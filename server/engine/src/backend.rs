@@ -179,16 +179,12 @@ impl Backend {
         device: Device,
         weights: impl Into<Weights>,
     ) -> Result<(Backend, Tokenizer)> {
-        let format = weights.into();
-        if crate::gguf::is_gguf(dir) && !dir.is_dir() && device == Device::Cpu {
-            let (mut file, config) = crate::gguf::open_model(dir)?;
-            let model = Model::from_gguf(&mut file, config, format)?;
-            let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
-            drop(file);
+        if device == Device::Cpu {
+            let (model, tokenizer) = Model::load_with_tokenizer(dir, weights)?;
             crate::release_freed_heap();
             return Ok((Backend::cpu(model), tokenizer));
         }
-        let backend = Backend::load_as(dir, device, format)?;
+        let backend = Backend::load_as(dir, device, weights)?;
         let tokenizer = Tokenizer::load(dir, &backend.config().eos_token_ids)?;
         crate::release_freed_heap();
         Ok((backend, tokenizer))

@@ -10,6 +10,7 @@
 //!   Q4_1, Q4_K, Q5_K, Q6_K) and the products on them.
 //! - [`tokenizer`]: encode/decode with the checkpoint's special tokens; streaming decode.
 //! - [`model`]: the forward pass, batched over sequences of different lengths.
+//! - [`weight_choice`]: which format the weights are held in (`--weights`, the default's check).
 //! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
 //! - [`sampling`], [`generate`]: token choice, stop strings, one-sequence generation.
 //! - [`backend`]: the one interface over the CPU model and (feature `cuda`) the CUDA model.
@@ -36,6 +37,7 @@ pub mod ops;
 pub mod pool;
 pub mod sampling;
 pub mod tokenizer;
+pub mod weight_choice;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -71,24 +73,7 @@ impl Checkpoint {
     /// format, or `None` for the checkpoint's own precision). `dir` is a checkpoint directory
     /// or a `.gguf` file.
     pub fn load_as(dir: &Path, weights: impl Into<Weights>) -> Result<Self> {
-        let weights = weights.into();
-        if gguf::is_gguf(dir) && !dir.is_dir() {
-            // The file's header and metadata are read once, for the weights and the tokenizer.
-            let (mut file, config) = gguf::open_model(dir)?;
-            let model = Model::from_gguf(&mut file, config, weights)?;
-            let tokenizer = Tokenizer::load_with(dir, &model.config.eos_token_ids, Some(&file))?;
-            drop(file);
-            release_freed_heap();
-            return Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer });
-        }
-        if !dir.is_dir() {
-            return Err(EngineError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
-            });
-        }
-        let model = Model::load_as(dir, weights)?;
-        let tokenizer = Tokenizer::load(dir, &model.config.eos_token_ids)?;
+        let (model, tokenizer) = Model::load_with_tokenizer(dir, weights)?;
         release_freed_heap();
         Ok(Checkpoint { dir: dir.to_path_buf(), model, tokenizer })
     }

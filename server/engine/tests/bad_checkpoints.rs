@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ghostline_engine::Checkpoint;
+use ghostline_engine::{Checkpoint, Model, Weights};
 
 fn copy_fixture(tag: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tied-bf16");
@@ -81,6 +81,33 @@ fn each_kind_of_damage_is_named() {
 
     let e = load_err(Path::new("/nonexistent/ghostline/model"));
     assert!(e.contains("not found"), "{e}");
+}
+
+/// The tokenizer is read before any weight, once, for both the checkpoint and the default
+/// weights' sample check: a broken one fails the load at once, by name, even where the weights
+/// are damaged too; the model alone still loads without it (the check then skips its sample).
+#[test]
+fn a_broken_tokenizer_fails_the_load_before_the_weights_are_read() {
+    let d = copy_fixture("tokenizer-first");
+    std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 5}").unwrap();
+    let model = Model::load_as(&d, Weights::Auto).unwrap();
+    assert!(model.agreement.is_none(), "{}", model.describe_weights());
+    let e = match Checkpoint::load_as(&d, Weights::Auto) {
+        Ok(_) => panic!("a broken tokenizer should not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("tokenizer.json") && e.contains("tokenizer does not load"), "{e}");
+
+    let w = d.join("model.safetensors");
+    let len = std::fs::metadata(&w).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&w).unwrap().set_len(len / 2).unwrap();
+    for weights in [Weights::Auto, Weights::Stored] {
+        let e = match Checkpoint::load_as(&d, weights) {
+            Ok(_) => panic!("a broken tokenizer should not load"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("tokenizer.json"), "{weights}: {e}");
+    }
 }
 
 #[test]
