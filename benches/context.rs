@@ -119,7 +119,7 @@ fn main() {
         let doc = Document::new(&text, 1, s.id);
         let mut syn = Syntax::new(s.id).expect("a grammar");
         let t = Instant::now();
-        syn.parse_full(&doc);
+        syn.parse_full(&doc).unwrap();
         let parse_ms = t.elapsed().as_secs_f64() * 1000.0;
         let errors = syn.tree().is_some_and(|t| t.root_node().has_error());
         let cfg = ContextConfig::default();

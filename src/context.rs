@@ -172,7 +172,7 @@ mod tests {
     fn parsed(text: &str, lang: &str) -> (Document, Syntax) {
         let doc = Document::new(text, 1, lang);
         let mut s = Syntax::new(lang).unwrap();
-        s.parse_full(&doc);
+        s.parse_full(&doc).unwrap();
         (doc, s)
     }
 
@@ -217,9 +217,11 @@ mod tests {
     #[test]
     fn a_minified_line_is_cut_inside_the_line() {
         let line = "a=1;".repeat(250_000);
-        let (doc, syn) = parsed(&format!("{line}\n"), "rust");
+        // A megabyte of statements on one line takes tree-sitter-rust over 2 s, past the parse
+        // budget: such a file is plain text.
+        let doc = Document::new(&format!("{line}\n"), 1, "rust");
         let cfg = ContextConfig::default();
-        let w = build(&doc, 500_000, syn.parts(), &cfg);
+        let w = build(&doc, 500_000, None, &cfg);
         let budget = cfg.budget_chars();
         assert!(
             w.prefix.len() + w.suffix.len() <= budget && w.prefix.len() > budget / 2,

@@ -17,15 +17,22 @@ use tokio::sync::watch;
 
 use crate::document::{Document, Position, PositionEncoding};
 use crate::snippets::{identifiers, SnippetIndex, WINDOW_LINES};
-use crate::syntax::Syntax;
+use crate::syntax::{OverBudget, Syntax};
 use crate::trigger::{self, Mode, Multiline};
 
 /// Recently closed documents kept for snippets.
 const CLOSED_KEPT: usize = 16;
-/// Documents larger than this get no syntax tree.
+/// Documents larger than this get no syntax tree (nor do those whose parse runs past its budget:
+/// see [`crate::syntax`]).
 const MAX_PARSED_BYTES: usize = 8 << 20;
 /// Documents larger than this give no snippets.
 const MAX_SNIPPET_SOURCE_BYTES: usize = 2 << 20;
+
+/// A document whose parse of its whole text ran past the budget is completed as plain text until
+/// it is reopened: trying again on keystrokes would cost that budget (a second) on each.
+fn plain_text_from_now(path: &str, over: OverBudget) {
+    tracing::info!("{path}: {over}; completing it as plain text until it is reopened");
+}
 
 pub(crate) struct DocState {
     doc: Document,
@@ -104,10 +111,11 @@ impl Documents {
         let doc = Document::new(text, version, language);
         // Very large files are completed as plain text: a tree would cost seconds and much memory.
         let mut syntax = if text.len() <= MAX_PARSED_BYTES { Syntax::new(language) } else { None };
-        if let Some(s) = syntax.as_mut() {
-            s.parse_full(&doc);
-        }
         let path = self.path_for(uri);
+        if let Some(Err(over)) = syntax.as_mut().map(|s| s.parse_full(&doc)) {
+            syntax = None;
+            plain_text_from_now(&path, over);
+        }
         let old =
             self.docs.lock().insert(uri.to_string(), DocState { doc, syntax, path, generation: watch::channel(0).0 });
         // Reopened: waiters on the old text are superseded.
@@ -140,8 +148,20 @@ impl Documents {
             }
             last_end = Some(st.doc.rope().byte_to_char(edit.new_end_byte));
         }
+        if st.doc.rope().len_bytes() > MAX_PARSED_BYTES {
+            st.syntax = None;
+        }
         if let Some(s) = st.syntax.as_mut() {
-            s.reparse(&st.doc);
+            match s.reparse(&st.doc) {
+                Err(over) if s.lost() => {
+                    st.syntax = None;
+                    plain_text_from_now(&st.path, over);
+                }
+                Err(over) if s.stops() == 1 => {
+                    tracing::debug!("{}: {over}; plain text until a reparse is quick again", st.path)
+                }
+                _ => {}
+            }
         }
         st.doc.version = version;
         st.generation.send_modify(|g| *g += 1);
@@ -285,5 +305,77 @@ mod tests {
         assert!(d.change("file:///a.py", 2, &[(None, "y = 2\n".into())]).is_some());
         assert_eq!(d.text("file:///a.py").as_deref(), Some("y = 2\n"));
         assert!(d.snapshot("file:///a.py", Position::new(0, 4), Multiline::Auto, true).is_some());
+    }
+
+    fn has_tree(d: &Documents, uri: &str) -> bool {
+        d.docs.lock()[uri].syntax.as_ref().is_some_and(|s| s.tree().is_some())
+    }
+
+    /// Lines of unterminated strings and braces send tree-sitter's error recovery into seconds
+    /// per parse (about 6 s for 400 KB of Rust); inside one block comment they parse at once.
+    fn slow_rust(lines: usize) -> String {
+        "\"a{\n".repeat(lines)
+    }
+
+    /// A file whose parse runs past the budget is opened, and edited, as plain text: each
+    /// keystroke costs the budget once at most, not seconds.
+    #[test]
+    fn a_file_that_parses_too_slowly_is_completed_as_plain_text() {
+        let d = Documents::default();
+        let uri = "file:///slow.rs";
+        let text = slow_rust(100_000);
+        let t = std::time::Instant::now();
+        d.open(uri, "rust", 1, &text);
+        assert!(!has_tree(&d, uri), "parsed in {:?}", t.elapsed());
+        assert!(d.change(uri, 2, &[(Some((Position::new(0, 1), Position::new(0, 1))), "b".into())]).is_some());
+        assert!(d.text(uri).is_some_and(|t| t.starts_with("\"ba{\n\"a{")));
+        let snap = d.snapshot(uri, Position::new(3, 2), Multiline::Auto, true).unwrap();
+        assert!(snap.syntax.is_none());
+    }
+
+    /// The same text arriving by edits: a keystroke that opens the comment's text to the parser
+    /// makes a reparse past the edit budget, and leaves no tree; the keystroke that closes it
+    /// again brings the tree back. While the text stays slow, reparses are tried after the 1st,
+    /// 2nd, 4th, … keystroke only.
+    #[test]
+    fn an_edit_whose_reparse_runs_past_the_budget_leaves_plain_text_until_it_is_quick_again() {
+        let d = Documents::default();
+        let uri = "file:///grows.rs";
+        let commented = format!("/*\n{}*/\nfn main() {{}}\n", slow_rust(100_000));
+        d.open(uri, "rust", 1, &commented);
+        assert!(has_tree(&d, uri), "a comment parses within the budget");
+        let (start, two) = (Position::new(0, 0), Position::new(0, 2));
+        let stops = || d.docs.lock()[uri].syntax.as_ref().map(|s| s.stops());
+        let t = std::time::Instant::now();
+        d.change(uri, 2, &[(Some((start, two)), String::new())]).unwrap();
+        assert!(!has_tree(&d, uri), "reparsed in {:?}", t.elapsed());
+        assert_eq!(stops(), Some(1));
+        d.change(uri, 3, &[(Some((start, start)), "/*".into())]).unwrap();
+        assert!(has_tree(&d, uri), "quick again");
+        assert_eq!(d.text(uri).as_deref(), Some(commented.as_str()));
+
+        d.change(uri, 4, &[(Some((start, two)), String::new())]).unwrap();
+        let end = Position::new(100_000, 0);
+        let mut seen = vec![];
+        for v in 5..16 {
+            d.change(uri, v, &[(Some((end, end)), "x".into())]).unwrap();
+            seen.push(stops().unwrap());
+        }
+        // Tries at the 1st, 3rd and 7th keystroke after the first stop.
+        assert_eq!(seen, [2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4]);
+        assert!(!has_tree(&d, uri));
+        d.change(uri, 16, &[(Some((start, start)), "/*".into())]).unwrap();
+        let mut v = 17;
+        while !has_tree(&d, uri) {
+            assert!(v < 17 + 8, "the tree is back within 8 keystrokes");
+            d.change(uri, v, &[(Some((end, end)), "y".into())]).unwrap();
+            v += 1;
+        }
+        assert_eq!(stops(), Some(0));
+
+        d.open(uri, "rust", v, "fn main() {}\n");
+        assert!(has_tree(&d, uri));
+        d.change(uri, v + 1, &[(Some((Position::new(0, 11), Position::new(0, 11))), " let x = 1; ".into())]).unwrap();
+        assert!(has_tree(&d, uri));
     }
 }

@@ -212,7 +212,7 @@ fn with_insert(doc: &Document, cursor: usize, syn: &Syntax, text: &str) -> Optio
     let pos = d.position(cursor, PositionEncoding::Utf8);
     let edit = d.apply(Some((pos, pos)), text, PositionEncoding::Utf8);
     let mut s = syn.fork()?;
-    s.edit(&d, &edit);
+    s.edit(&d, &edit).ok()?;
     let tree = s.tree()?.clone();
     Some((d, tree))
 }
@@ -324,7 +324,7 @@ mod tests {
             let doc = Document::new(&text, 1, lang);
             let mut syn = Syntax::new(lang);
             if let Some(s) = syn.as_mut() {
-                s.parse_full(&doc);
+                s.parse_full(&doc).unwrap();
             }
             let cursor = at.min(doc.rope().len_chars());
             let mode = [Mode::SingleLine, MULTI4, Mode::MultiLine { min_indent: 0 }][m];

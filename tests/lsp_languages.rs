@@ -139,7 +139,7 @@ fn error_in(node: tree_sitter::Node, a: usize, b: usize) -> bool {
 fn tree_of(text: &str, language: &str) -> tree_sitter::Tree {
     let doc = Document::new(text, 1, language);
     let mut syn = Syntax::new(language).expect("a grammar");
-    syn.parse_full(&doc);
+    syn.parse_full(&doc).unwrap();
     syn.tree().unwrap().clone()
 }
 
