@@ -50,6 +50,7 @@ fn main() {
             let t = Instant::now();
             docs.change(&uri, 2, &[(Some((at, at)), "x".into())]);
             let key = t.elapsed();
+            // A snapshot has a syntax only with a current tree.
             let kept =
                 docs.snapshot(&uri, at, ghostline::trigger::Multiline::Auto, true).is_some_and(|s| s.syntax.is_some());
 

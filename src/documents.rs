@@ -350,6 +350,8 @@ mod tests {
         d.change(uri, 2, &[(Some((start, two)), String::new())]).unwrap();
         assert!(!has_tree(&d, uri), "reparsed in {:?}", t.elapsed());
         assert_eq!(stops(), Some(1));
+        let snap = d.snapshot(uri, start, Multiline::Auto, true).unwrap();
+        assert!(snap.syntax.is_none(), "a request gets no syntax to parse the whole text with");
         d.change(uri, 3, &[(Some((start, start)), "/*".into())]).unwrap();
         assert!(has_tree(&d, uri), "quick again");
         assert_eq!(d.text(uri).as_deref(), Some(commented.as_str()));

@@ -85,10 +85,12 @@ impl Syntax {
     }
 
     /// A separate parser over a copy of the current tree (trees are cheap to clone), for trying
-    /// an edit without touching the document's own tree.
+    /// an edit without touching the document's own tree; `None` without a current tree (a
+    /// fork would have to parse the whole text).
     pub fn fork(&self) -> Option<Syntax> {
+        let tree = self.tree.clone()?;
         let mut s = Syntax::new(self.spec.id)?;
-        s.tree = self.tree.clone();
+        s.tree = Some(tree);
         Some(s)
     }
 
@@ -134,9 +136,8 @@ impl Syntax {
     /// Reparses `doc` incrementally from the edited tree within [`EDIT_BUDGET`], or from scratch
     /// within [`OPEN_BUDGET`] when there is none. A reparse that stops at its budget leaves no
     /// current tree; the edited one is kept to start the next from, and while they keep
-    /// stopping, the tries are spaced out (after the 1st, 2nd, 4th, … edit, at most
-    /// [`MAX_SKIPPED`] + 1 apart). Typing that makes the text quick to parse again brings the
-    /// tree back at the next try.
+    /// stopping, the tries are spaced out (after the 1st, 2nd, 4th, … edit, at most 32 apart).
+    /// Typing that makes the text quick to parse again brings the tree back at the next try.
     pub fn reparse(&mut self, doc: &Document) -> Result<(), OverBudget> {
         let old = self.tree.take().or_else(|| self.stale.take());
         let Some(old) = old else {

@@ -12,7 +12,7 @@
 //! - [`model`]: the forward pass, batched over sequences of different lengths.
 //! - [`weight_choice`]: which format the weights are held in (`--weights`, the default's check).
 //! - [`kv`]: the paged KV cache (fixed-size, reference-counted blocks).
-//! - [`sampling`], [`generate`]: token choice, stop strings, one-sequence generation.
+//! - [`sampling`], [`generate`](mod@generate): token choice, stop strings, one-sequence generation.
 //! - [`backend`]: the one interface over the CPU model and (feature `cuda`) the CUDA model.
 //! - [`cpu`]: the caller's CPU options, the instruction set every kernel dispatches on, the
 //!   thread pool; [`matrix`], [`ops`]: the kernels.

@@ -16,14 +16,14 @@
 //!   products are switched on, bf16 weights instead meet inputs rounded to bf16 and packed in
 //!   column pairs, in a register-tiled `vdpbf16ps` GEMM; on AVX-512 VNNI, q8 weights meet
 //!   inputs quantized per group and packed four columns at a time, in a `vpdpbusd` GEMM.
-//! - Q4_0, Q4_1 and Q8_0 rows interleaved sixteen at a time ([`interleaved`], where the CPU has
+//! - Q4_0, Q4_1 and Q8_0 rows interleaved sixteen at a time (`interleaved`, where the CPU has
 //!   AVX2): both shapes go through one kernel over quantized inputs, the sixteen rows' sums in
 //!   the lanes of the registers.
 //!
-//! The modules: one per storage format ([`float`], [`q8_0`], [`q4_0`], [`q4_1`], [`q4_k`],
+//! The modules: one per storage format (`float`, [`q8_0`], [`q4_0`], [`q4_1`], [`q4_k`],
 //! [`q5_k`], [`q6_k`]; [`quant`] is what the ggml block formats share), the inputs of the
-//! integer and native bf16 products ([`input`]), and one module per CPU feature family
-//! ([`portable`], [`avx2`], [`avx512`]) behind one kernel table ([`kernels`]), chosen once for
+//! integer and native bf16 products (`input`), and one module per CPU feature family
+//! (`portable`, `avx2`, `avx512`) behind one kernel table (`kernels`), chosen once for
 //! [`crate::cpu::features`].
 
 #[macro_use]
@@ -455,7 +455,7 @@ impl Matrix {
         true
     }
 
-    /// Q4_0 / Q4_1 / Q8_0 rows interleaved sixteen at a time (see [`interleaved`]), where the CPU
+    /// Q4_0 / Q4_1 / Q8_0 rows interleaved sixteen at a time (see `interleaved`), where the CPU
     /// has AVX2 (the `maddubs` kernels) or AVX-512 VNNI and every block fits the layout;
     /// otherwise the matrix as it is. The
     /// same weights (the 4-bit formats in the same bytes, Q8_0 in 6 % more): only the

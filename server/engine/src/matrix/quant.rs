@@ -5,7 +5,7 @@
 //!
 //! Each format describes itself to the kernels in one way ([`QuantBlock`]): per sub-block of
 //! 32 weights, unsigned quants `q` (0..=63) and per half of 16 a scale and an offset, so that
-//! `w = a · q + b`. The inputs are quantized to int8 groups of 32 ([`BlockQ8A`], which carries
+//! `w = a · q + b`. The inputs are quantized to int8 groups of 32 (`BlockQ8A`, which carries
 //! `d · Σq` per half), so a sub-block's product is `dx · (a0 · Σ q·xq + a1 · Σ q·xq) + b0 · s0
 //! + b1 · s1`: integer dot products of unsigned weights and signed inputs (`maddubs` on AVX2,
 //! `vpdpbusd` on AVX-512 VNNI), as llama.cpp computes its formats against q8 inputs.
