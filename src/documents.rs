@@ -29,7 +29,7 @@ const MAX_PARSED_BYTES: usize = 8 << 20;
 const MAX_SNIPPET_SOURCE_BYTES: usize = 2 << 20;
 
 /// A document whose parse of its whole text ran past the budget is completed as plain text until
-/// it is reopened: trying again on keystrokes would cost that budget (a second) on each.
+/// it is reopened: trying again on keystrokes would cost that budget (2 s) on each.
 fn plain_text_from_now(path: &str, over: OverBudget) {
     tracing::info!("{path}: {over}; completing it as plain text until it is reopened");
 }
