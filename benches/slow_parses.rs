@@ -61,14 +61,7 @@ fn main() {
             let mut doc = Document::new(&text, 1, lang);
             let edit = doc.apply(Some((at, at)), "x", PositionEncoding::Utf16);
             let mut tree = tree.expect("an unbounded parse makes a tree");
-            tree.edit(&tree_sitter::InputEdit {
-                start_byte: edit.start_byte,
-                old_end_byte: edit.old_end_byte,
-                new_end_byte: edit.new_end_byte,
-                start_position: tree_sitter::Point::new(edit.start_point.0, edit.start_point.1),
-                old_end_position: tree_sitter::Point::new(edit.old_end_point.0, edit.old_end_point.1),
-                new_end_position: tree_sitter::Point::new(edit.new_end_point.0, edit.new_end_point.1),
-            });
+            tree.edit(&(&edit).into());
             let (_, re) = parse(&mut parser, &doc.text(), Some(&tree));
             println!(
                 "| {name} | {lang} | {} | {} | {} | {} | {} | {} |",

@@ -40,6 +40,20 @@ impl std::fmt::Display for OverBudget {
     }
 }
 
+/// An edit as tree-sitter's `Tree::edit` takes it.
+impl From<&TextEdit> for InputEdit {
+    fn from(e: &TextEdit) -> InputEdit {
+        InputEdit {
+            start_byte: e.start_byte,
+            old_end_byte: e.old_end_byte,
+            new_end_byte: e.new_end_byte,
+            start_position: Point::new(e.start_point.0, e.start_point.1),
+            old_end_position: Point::new(e.old_end_point.0, e.old_end_point.1),
+            new_end_position: Point::new(e.new_end_point.0, e.new_end_point.1),
+        }
+    }
+}
+
 /// A document's syntax tree and the parser that maintains it.
 pub struct Syntax {
     pub spec: &'static LangSpec,
@@ -117,14 +131,7 @@ impl Syntax {
     /// reparsing: [`Syntax::reparse`] once after the last one parses them all together.
     pub fn note_edit(&mut self, e: &TextEdit) {
         if let Some(tree) = self.tree.as_mut().or(self.stale.as_mut()) {
-            tree.edit(&InputEdit {
-                start_byte: e.start_byte,
-                old_end_byte: e.old_end_byte,
-                new_end_byte: e.new_end_byte,
-                start_position: Point::new(e.start_point.0, e.start_point.1),
-                old_end_position: Point::new(e.old_end_point.0, e.old_end_point.1),
-                new_end_position: Point::new(e.new_end_point.0, e.new_end_point.1),
-            });
+            tree.edit(&e.into());
         }
     }
 
