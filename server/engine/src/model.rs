@@ -8,7 +8,7 @@
 //! over that sequence's KV blocks.
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::config::ModelConfig;
@@ -145,53 +145,19 @@ impl Model {
     /// is [`Weights::Stored`], a format is [`Weights::Format`]). A path to a `.gguf` file loads
     /// that file (see [`crate::gguf`]).
     pub fn load_as(dir: &Path, weights: impl Into<Weights>) -> Result<Self> {
-        Ok(Self::open(dir, weights.into(), false)?.0)
+        let (weights, opened) = (weights.into(), Opened::open(dir)?);
+        // Only for the auto check's sample, which is skipped without one.
+        let tokenizer = if opened.samples(weights) { opened.tokenizer().ok() } else { None };
+        opened.into_model(weights, tokenizer.as_ref())
     }
 
-    /// [`Model::load_as`] and the checkpoint's [`Tokenizer`], each read once: the tokenizer
-    /// also encodes the sample that [`Weights::Auto`] checks, and a GGUF file's header and
-    /// metadata serve both.
+    /// [`Model::load_as`] and the checkpoint's [`Tokenizer`], each read once: the tokenizer,
+    /// read before any weight (a broken one fails the load at once), also encodes the sample
+    /// that [`Weights::Auto`] checks, and a GGUF file's header and metadata serve both.
     pub fn load_with_tokenizer(dir: &Path, weights: impl Into<Weights>) -> Result<(Self, Tokenizer)> {
-        let (model, tokenizer) = Self::open(dir, weights.into(), true)?;
-        // `open` loads the tokenizer when asked for it, or fails.
-        let tokenizer = match tokenizer {
-            Some(t) => t,
-            None => Tokenizer::load(dir, &model.config.eos_token_ids)?,
-        };
-        Ok((model, tokenizer))
-    }
-
-    /// The model, and its tokenizer where `want_tokenizer` (then a tokenizer that does not load
-    /// fails the load, before any weight is read). [`Weights::Auto`] loads the tokenizer for
-    /// its sample anyway; without one it skips that part of its check.
-    fn open(dir: &Path, weights: Weights, want_tokenizer: bool) -> Result<(Self, Option<Tokenizer>)> {
-        let tokenizer = |load: &dyn Fn() -> Result<Tokenizer>, for_sample: bool| -> Result<Option<Tokenizer>> {
-            match (want_tokenizer, for_sample) {
-                (true, _) => load().map(Some),
-                (false, true) => Ok(load().ok()),
-                (false, false) => Ok(None),
-            }
-        };
-        if crate::gguf::is_gguf(dir) && !dir.is_dir() {
-            let (mut file, config) = crate::gguf::open_model(dir)?;
-            let for_sample = weights == Weights::Auto && !file.is_quantized();
-            let tok = tokenizer(&|| Tokenizer::load_with(dir, &config.eos_token_ids, Some(&file)), for_sample)?;
-            let sample = if for_sample { sample_ids(tok.as_ref()) } else { None };
-            let model = Self::from_gguf(&mut file, config, weights, sample.as_deref())?;
-            return Ok((model, tok));
-        }
-        if !dir.is_dir() {
-            return Err(EngineError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
-            });
-        }
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let for_sample = weights == Weights::Auto;
-        let tok = tokenizer(&|| Tokenizer::load(dir, &config.eos_token_ids), for_sample)?;
-        let sample = if for_sample { sample_ids(tok.as_ref()) } else { None };
-        let files = WeightFiles::open_dir(dir)?;
-        Ok((Self::from_floats(config, &files, weights, sample.as_deref())?, tok))
+        let opened = Opened::open(dir)?;
+        let tokenizer = opened.tokenizer()?;
+        Ok((opened.into_model(weights.into(), Some(&tokenizer))?, tokenizer))
     }
 
     /// The model of an opened GGUF file ([`crate::gguf::open_model`]): unless a format is asked
@@ -695,6 +661,54 @@ pub(crate) fn reserve_batch(c: &ModelConfig, pool: &mut KvPool, items: &mut [Bat
         pool.reserve(it.kv, len)?;
     }
     Ok(())
+}
+
+/// A checkpoint opened for loading: a GGUF file with its header and metadata read, or a
+/// directory with its config (its weight files are opened when the model is built, after the
+/// tokenizer).
+enum Opened {
+    Gguf(crate::gguf::GgufFile, ModelConfig),
+    Dir(PathBuf, ModelConfig),
+}
+
+impl Opened {
+    fn open(dir: &Path) -> Result<Opened> {
+        if crate::gguf::is_gguf(dir) && !dir.is_dir() {
+            let (file, config) = crate::gguf::open_model(dir)?;
+            return Ok(Opened::Gguf(file, config));
+        }
+        if !dir.is_dir() {
+            return Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
+            });
+        }
+        Ok(Opened::Dir(dir.to_path_buf(), ModelConfig::from_file(&dir.join("config.json"))?))
+    }
+
+    /// Whether building the model as `weights` asks runs the auto check's sample.
+    fn samples(&self, weights: Weights) -> bool {
+        weights == Weights::Auto && !matches!(self, Opened::Gguf(f, _) if f.is_quantized())
+    }
+
+    /// The checkpoint's tokenizer.
+    fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            Opened::Gguf(file, config) => Tokenizer::load_with(&file.path, &config.eos_token_ids, Some(file)),
+            Opened::Dir(dir, config) => Tokenizer::load(dir, &config.eos_token_ids),
+        }
+    }
+
+    /// The model, held as `weights` asks; `tokenizer` encodes the auto check's sample.
+    fn into_model(self, weights: Weights, tokenizer: Option<&Tokenizer>) -> Result<Model> {
+        let sample = if self.samples(weights) { sample_ids(tokenizer) } else { None };
+        match self {
+            Opened::Gguf(mut file, config) => Model::from_gguf(&mut file, config, weights, sample.as_deref()),
+            Opened::Dir(dir, config) => {
+                Model::from_floats(config, &WeightFiles::open_dir(&dir)?, weights, sample.as_deref())
+            }
+        }
+    }
 }
 
 /// Most new tokens one pass through the layers takes (see `Model::forward`).
